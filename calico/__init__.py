@@ -1,0 +1,1 @@
+"""Routed container networking with security groups (Calico prototype re-creation)."""

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="calico",
+    version="0.1.0",
+    description="Routed container networking with security groups: a re-creation of the first Calico prototype",
+    packages=find_packages(include=["calico", "calico.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "pyzmq",
+        "netaddr",
+        "python-iptables",
+        "pyroute2",
+        "docker",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "calico-plugin=calico.plugin.main:main",
+            "calico-acl-manager=calico.acl_manager.main:main",
+            "calico-felix=calico.felix.main:main",
+            "calico-lab=calico.lab.cli:main",
+            "calico-bird-config=calico.bird:main",
+        ]
+    },
+)
