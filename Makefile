@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make demo` and `make test` (as root).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps test-deps demo test unit lab-down clean
+
+deps:
+	VENV=$(VENV) scripts/install-deps.sh
+
+test-deps:
+	VENV=$(VENV) WITH_TESTS=1 scripts/install-deps.sh
+
+demo: deps
+	$(VENV)/bin/calico-lab demo
+
+test: test-deps
+	$(PYTHON) -m pytest -ra tests $(PYTEST_ARGS)
+
+unit: test-deps
+	$(PYTHON) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+lab-down:
+	$(VENV)/bin/calico-lab down
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,220 @@
+"""Component configuration: felix.cfg and acl_manager.cfg.
+
+Keys are those of the original Calico (DESIGN section 3).  Every key has a
+default except the peer addresses, which may also come from the environment
+or the cluster file so that one Docker image serves every site:
+
+1. the config file's value, unless it still holds a seed placeholder
+   (``IP1``, ``HOST2``...: the operator skipped the seed's sed step);
+2. ``CALICO_PLUGIN_ADDRESS``, ``CALICO_ACL_ADDRESS``, ``CALICO_FELIX_HOSTNAME``;
+3. ``CALICO_HOSTS`` (``name=ip name=ip``, the first being the plugin host) or
+   the cluster file (``CALICO_CLUSTER_FILE``, default
+   /opt/plugin/data/felix.txt).
+
+A bad value stops start-up with ``ConfigError``, one line naming the file,
+key and value.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import socket
+from dataclasses import dataclass, fields
+from typing import Callable, Iterable
+
+from calico.common.datafiles import DataFileError, Host, load_cluster
+from calico.common.validation import ValidationError, check_hostname, parse_ip, short_hostname
+
+DEFAULT_CLUSTER_FILE = "/opt/plugin/data/felix.txt"
+PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE")
+
+
+class ConfigError(ValueError):
+    """A configuration fault that stops start-up; str() is one line."""
+
+
+@dataclass
+class Config:
+    plugin_address: str = ""
+    acl_address: str = ""
+    felix_hostname: str = ""
+    local_address: str = "*"
+    resync_interval_secs: int = 1800
+    endpoint_retry_time_millis: int = 500
+    log_file_path: str = ""
+    log_severity_file: str = "INFO"
+    log_severity_sys: str = "NONE"
+    log_severity_screen: str = "INFO"
+    connection_timeout_millis: int = 6000
+    connection_keepalive_interval_millis: int = 2000
+    source: str = "<defaults>"
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError("not a positive integer")
+    return int(text)
+
+
+def _level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _address(text: str) -> str:
+    text = text.strip()
+    if text == "*":
+        return text
+    if re.match(r"^[A-Za-z][A-Za-z0-9.-]{0,252}$", text):
+        return text  # a DNS name; ZeroMQ resolves it on connect
+    return str(parse_ip(text, allow_loopback=True))
+
+
+def _hostname(text: str) -> str:
+    return check_hostname(short_hostname(text.strip()))
+
+
+def _path(text: str) -> str:
+    return text.strip()
+
+
+# (section, key in the file, attribute, parser)
+_KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
+    ("global", "PluginAddress", "plugin_address", _address),
+    ("global", "ACLAddress", "acl_address", _address),
+    ("global", "FelixHostname", "felix_hostname", _hostname),
+    ("global", "LocalAddress", "local_address", _address),
+    ("global", "ResyncIntervalSecs", "resync_interval_secs", _positive_int),
+    ("global", "EndpointRetryTimeMillis", "endpoint_retry_time_millis", _positive_int),
+    ("log", "LogFilePath", "log_file_path", _path),
+    ("log", "LogSeverityFile", "log_severity_file", _level),
+    ("log", "LogSeveritySys", "log_severity_sys", _level),
+    ("log", "LogSeverityScreen", "log_severity_screen", _level),
+    ("connection", "ConnectionTimeoutMillis", "connection_timeout_millis", _positive_int),
+    ("connection", "ConnectionKeepaliveIntervalMillis", "connection_keepalive_interval_millis", _positive_int),
+]
+
+_ENV = {
+    "plugin_address": "CALICO_PLUGIN_ADDRESS",
+    "acl_address": "CALICO_ACL_ADDRESS",
+    "felix_hostname": "CALICO_FELIX_HOSTNAME",
+}
+
+
+def is_placeholder(value: str) -> bool:
+    """True for a value the seed's sed step was meant to replace."""
+    return bool(PLACEHOLDER_RE.search(value))
+
+
+def load_config(path: str | None, env: dict[str, str] | None = None) -> Config:
+    """Read a component config file; ``path`` None means defaults only."""
+    env = dict(os.environ) if env is None else env
+    config = Config()
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # keys are CamelCase, as in the original Calico
+    if path is not None:
+        config.source = path
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: not a valid INI file: {' '.join(str(exc).split())}") from None
+    known = {(section, key) for section, key, _, _ in _KEYS}
+    for section in parser.sections():
+        for key in parser[section]:
+            if (section, key) not in known:
+                raise ConfigError(f"{path}: [{section}] {key}: unknown key")
+    for section, key, attr, parse in _KEYS:
+        if not parser.has_option(section, key):
+            continue
+        raw = parser.get(section, key)
+        if attr in _ENV and (not raw.strip() or is_placeholder(raw)):
+            continue
+        try:
+            setattr(config, attr, parse(raw))
+        except (ValueError, ValidationError) as exc:
+            raise ConfigError(f"{path}: [{section}] {key} = {raw!r}: {exc}") from None
+    for attr, var in _ENV.items():
+        value = env.get(var, "").strip()
+        if not getattr(config, attr) and value and not is_placeholder(value):
+            parse = next(p for _, _, a, p in _KEYS if a == attr)
+            try:
+                setattr(config, attr, parse(value))
+            except (ValueError, ValidationError) as exc:
+                raise ConfigError(f"environment {var} = {value!r}: {exc}") from None
+    return config
+
+
+def hosts_from_env(env: dict[str, str]) -> list[Host]:
+    """Parse ``CALICO_HOSTS="name=ip name=ip"``; placeholders count as unset."""
+    text = env.get("CALICO_HOSTS", "").strip()
+    if not text or is_placeholder(text):
+        return []
+    hosts = []
+    for item in text.replace(",", " ").split():
+        name, sep, ip = item.partition("=")
+        try:
+            if not sep:
+                raise ValidationError("want name=ip")
+            hosts.append(Host(check_hostname(short_hostname(name)), str(parse_ip(ip, allow_loopback=True))))
+        except ValidationError as exc:
+            raise ConfigError(f"environment CALICO_HOSTS item {item!r}: {exc}") from None
+    return hosts
+
+
+def cluster_hosts(env: dict[str, str]) -> list[Host]:
+    """The cluster's hosts from CALICO_HOSTS, else from the cluster file."""
+    hosts = hosts_from_env(env)
+    if hosts:
+        return hosts
+    path = env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        cluster = load_cluster(path)
+    except DataFileError as exc:
+        raise ConfigError(f"cluster file {exc}") from None
+    plugin_host = cluster.plugin_host
+    return [plugin_host] + [h for h in cluster.hosts if h != plugin_host]
+
+
+def resolve_peers(config: Config, need: Iterable[str], env: dict[str, str] | None = None,
+                  local_addresses: Callable[[], set[str]] | None = None) -> Config:
+    """Fill the peer addresses and host name that the config left unset.
+
+    ``need`` names the attributes this component cannot run without; a
+    missing one is a ConfigError naming the key and where it may come from.
+    """
+    env = dict(os.environ) if env is None else env
+    hosts: list[Host] | None = None
+    for attr in ("plugin_address", "acl_address", "felix_hostname"):
+        if getattr(config, attr):
+            continue
+        if hosts is None:
+            hosts = cluster_hosts(env)
+        if attr in ("plugin_address", "acl_address") and hosts:
+            setattr(config, attr, config.plugin_address or hosts[0].ip)
+        elif attr == "felix_hostname":
+            owned = local_addresses() if (hosts and local_addresses) else set()
+            mine = [h for h in hosts if h.ip in owned]
+            config.felix_hostname = mine[0].name if mine else short_hostname(socket.gethostname())
+    for attr in need:
+        if not getattr(config, attr):
+            key = next(k for _, k, a, _ in _KEYS if a == attr)
+            raise ConfigError(
+                f"{config.source}: [global] {key} is not set (set it, or {_ENV[attr]}, "
+                f"or CALICO_HOSTS, or provide the cluster file {env.get('CALICO_CLUSTER_FILE', DEFAULT_CLUSTER_FILE)})")
+    return config
+
+
+def config_keys() -> list[tuple[str, str, object]]:
+    """(section, key, default) for documentation and tests."""
+    defaults = {f.name: f.default for f in fields(Config)}
+    return [(section, key, defaults[attr]) for section, key, attr, _ in _KEYS]

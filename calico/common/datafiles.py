@@ -1,0 +1,286 @@
+"""Parsers for the files users write into the data directory.
+
+Every ``*.txt`` file in the data directory is INI and may hold any of:
+
+* ``[felix NAME]`` with ``ip`` and ``host``: a host of the cluster;
+* ``[endpoint NAME]`` with ``id``, ``ip``, ``mac``, ``host``, ``group`` and
+  optionally ``state``: one container endpoint;
+* ``[global]`` with ``pool``, ``as`` and ``plugin_host``;
+* ``[group NAME]`` with ``inbound`` and ``outbound`` rule lists.
+
+This module checks each file on its own and returns plain immutable values.
+Checks that need every file at once (an endpoint's host exists, no two
+endpoints share an address) belong to the plugin's store.  Errors are
+``DataFileError`` whose text is one line naming the file, the section and the
+reason, ready for the log.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from calico.common import messages
+from calico.common.rules import Rule, parse_rule_list
+from calico.common.validation import (
+    DEFAULT_POOL,
+    ValidationError,
+    check_endpoint_id,
+    check_group_name,
+    check_hostname,
+    parse_cidr,
+    parse_ip,
+    parse_mac,
+    short_hostname,
+)
+
+DEFAULT_AS = 64511
+
+
+class DataFileError(ValueError):
+    """A file (or one section of it) that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str  # short name: compared up to the first dot
+    ip: str
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str
+    addrs: tuple[str, ...]
+    mac: str
+    host: str
+    groups: tuple[str, ...]
+    state: str = "enabled"
+    name: str = ""
+    source: str = ""
+
+    def message(self, msg_type: str, resync_id: str | None = None) -> dict[str, Any]:
+        """The ENDPOINTCREATED/UPDATED message announcing this endpoint."""
+        fields: dict[str, Any] = {
+            "endpoint_id": self.endpoint_id,
+            "mac": self.mac,
+            "state": self.state,
+            "addrs": [{"addr": a} for a in self.addrs],
+        }
+        if resync_id is not None:
+            fields["resync_id"] = resync_id
+        return messages.make(msg_type, **fields)
+
+    def same_dataplane(self, other: "Endpoint") -> bool:
+        """True when Felix would program both the same way (groups aside)."""
+        return (self.endpoint_id, self.addrs, self.mac, self.host, self.state) == (
+            other.endpoint_id, other.addrs, other.mac, other.host, other.state)
+
+
+@dataclass(frozen=True)
+class GroupRules:
+    name: str
+    inbound: tuple[Rule, ...]
+    outbound: tuple[Rule, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "inbound": [r.to_wire() for r in self.inbound],
+            "outbound": [r.to_wire() for r in self.outbound],
+            "inbound_default": "deny",
+            "outbound_default": "deny",
+        }
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    pool: str = DEFAULT_POOL
+    as_number: int = DEFAULT_AS
+    plugin_host: str | None = None
+
+
+@dataclass
+class FileContents:
+    source: str
+    hosts: list[Host] = field(default_factory=list)
+    endpoints: list[Endpoint] = field(default_factory=list)
+    groups: list[GroupRules] = field(default_factory=list)
+    global_settings: GlobalSettings | None = None
+    # Sections skipped for a fault, one line each; the rest of the file stands.
+    errors: list[str] = field(default_factory=list)
+
+
+def default_group_rules(name: str) -> GroupRules:
+    """The seed's rules: in from the group, out to the group and anywhere."""
+    return GroupRules(
+        name,
+        inbound=(Rule(group=name),),
+        outbound=(Rule(group=name), Rule(cidr="0.0.0.0/0"), Rule(cidr="::/0")),
+    )
+
+
+def _get(section: configparser.SectionProxy, key: str) -> str:
+    value = section.get(key, "").strip()
+    if not value:
+        raise ValidationError(f"missing '{key}'")
+    return value
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _parse_host(name: str, section: configparser.SectionProxy) -> Host:
+    ip = str(parse_ip(_get(section, "ip"), allow_loopback=True))
+    host = section.get("host", "").strip() or name
+    return Host(check_hostname(short_hostname(host)), ip)
+
+
+def _parse_endpoint(name: str, section: configparser.SectionProxy, source: str) -> Endpoint:
+    endpoint_id = check_endpoint_id(_get(section, "id"))
+    addrs = tuple(str(parse_ip(a)) for a in _split_list(_get(section, "ip")))
+    if len(set(addrs)) != len(addrs):
+        raise ValidationError("an address is listed twice")
+    mac = parse_mac(_get(section, "mac"))
+    host = check_hostname(short_hostname(_get(section, "host")))
+    groups = tuple(check_group_name(g) for g in _split_list(_get(section, "group")))
+    state = section.get("state", "enabled").strip()
+    if state not in messages.ENDPOINT_STATES:
+        raise ValidationError(f"state {state!r} is not enabled or disabled")
+    return Endpoint(endpoint_id, addrs, mac, host, groups, state, name, source)
+
+
+def _parse_group(name: str, section: configparser.SectionProxy) -> GroupRules:
+    check_group_name(name)
+    default = default_group_rules(name)
+    inbound = section.get("inbound")
+    outbound = section.get("outbound")
+    return GroupRules(
+        name,
+        tuple(parse_rule_list(inbound)) if inbound is not None else default.inbound,
+        tuple(parse_rule_list(outbound)) if outbound is not None else default.outbound,
+    )
+
+
+def _parse_global(section: configparser.SectionProxy) -> GlobalSettings:
+    pool = str(parse_cidr(section.get("pool", DEFAULT_POOL).strip()))
+    as_text = section.get("as", str(DEFAULT_AS)).strip()
+    if not as_text.isdigit() or not 0 < int(as_text) < 2**32:
+        raise ValidationError(f"as {as_text!r} is not an AS number")
+    plugin_host = section.get("plugin_host", "").strip() or None
+    if plugin_host is not None:
+        plugin_host = check_hostname(short_hostname(plugin_host))
+    return GlobalSettings(pool, int(as_text), plugin_host)
+
+
+def parse_data_text(text: str, source: str) -> FileContents:
+    """Parse one file's text.  A file-level fault raises DataFileError; a bad
+    section is recorded in ``errors`` and skipped so the file's other
+    sections still count."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise DataFileError(f"{source}: not a valid INI file: {reason}") from None
+    contents = FileContents(source)
+    for section_name in parser.sections():
+        section = parser[section_name]
+        kind, _, name = section_name.strip().partition(" ")
+        name = name.strip()
+        try:
+            if kind == "felix" and name:
+                contents.hosts.append(_parse_host(name, section))
+            elif kind == "endpoint" and name:
+                contents.endpoints.append(_parse_endpoint(name, section, source))
+            elif kind == "group" and name:
+                contents.groups.append(_parse_group(name, section))
+            elif kind == "global" and not name:
+                contents.global_settings = _parse_global(section)
+            else:
+                raise ValidationError("unknown section (want felix NAME, endpoint NAME, group NAME or global)")
+        except ValidationError as exc:
+            contents.errors.append(f"{source}: [{section_name}]: {exc}")
+    return contents
+
+
+def parse_data_file(path: str) -> FileContents:
+    source = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise DataFileError(f"{source}: not UTF-8 text") from None
+    except OSError as exc:
+        raise DataFileError(f"{source}: cannot read: {exc.strerror}") from None
+    return parse_data_text(text, source)
+
+
+def endpoint_file_text(endpoint: Endpoint) -> str:
+    """The text of an endpoint file, as network_container.sh writes it."""
+    lines = [
+        f"[endpoint {endpoint.name or endpoint_file_stem(endpoint.addrs[0])}]",
+        f"id={endpoint.endpoint_id}",
+        f"ip={','.join(endpoint.addrs)}",
+        f"mac={endpoint.mac}",
+        f"host={endpoint.host}",
+        f"group={','.join(endpoint.groups)}",
+    ]
+    if endpoint.state != "enabled":
+        lines.append(f"state={endpoint.state}")
+    return "\n".join(lines) + "\n"
+
+
+def endpoint_file_stem(ip: str) -> str:
+    """Endpoint files are named after their first IP, dots as underscores."""
+    return ip.replace(".", "_").replace(":", "_")
+
+
+def write_file_atomically(path: str, text: str) -> None:
+    """Write via a temporary name and rename, so readers never see half a file.
+
+    The temporary name does not end in .txt, so the plugin ignores it."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.rename(tmp, path)
+
+
+@dataclass
+class Cluster:
+    """The cluster file (felix.txt) as a whole."""
+
+    hosts: list[Host]
+    settings: GlobalSettings
+    groups: dict[str, GroupRules]
+
+    @property
+    def plugin_host(self) -> Host:
+        if self.settings.plugin_host:
+            for host in self.hosts:
+                if host.name == self.settings.plugin_host:
+                    return host
+            raise DataFileError(f"[global] plugin_host {self.settings.plugin_host!r} is not a [felix] host")
+        return self.hosts[0]
+
+    def host(self, name: str) -> Host | None:
+        short = short_hostname(name)
+        return next((h for h in self.hosts if h.name == short), None)
+
+
+def load_cluster(path: str) -> Cluster:
+    """Load a cluster file strictly: any bad section is an error."""
+    contents = parse_data_file(path)
+    if contents.errors:
+        raise DataFileError(contents.errors[0])
+    if not contents.hosts:
+        raise DataFileError(f"{contents.source}: no [felix NAME] host sections")
+    names = [h.name for h in contents.hosts]
+    if len(set(names)) != len(names):
+        raise DataFileError(f"{contents.source}: a host is listed twice")
+    return Cluster(contents.hosts, contents.global_settings or GlobalSettings(),
+                   {g.name: g for g in contents.groups})

@@ -1,0 +1,193 @@
+"""One event loop over ZeroMQ sockets, and a REQ channel that survives peers.
+
+Every component is a single thread polling its sockets.  ``EventLoop`` holds
+the poller, the per-socket handlers and the timers; handlers run to
+completion, so component state needs no locks.
+
+``ReqChannel`` wraps a REQ socket.  A ZeroMQ REQ socket that has sent a
+request and never hears back is stuck for good (it refuses to send again),
+so the channel watches the outstanding request: after
+ConnectionTimeoutMillis without a reply the socket is closed and made afresh
+and ``on_reset`` tells the owner that whatever state the peer held may be
+gone (Felix resyncs, the ACL manager asks for all groups again).  When the
+line is quiet for ConnectionKeepaliveIntervalMillis it sends a HEARTBEAT, so
+a dead peer is noticed even when there is nothing to say.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any, Callable
+
+import zmq
+
+from calico.common import messages
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[], None]
+Timer = Callable[[float], float | None]
+
+
+def tcp_address(host: str, port: int) -> str:
+    """A ZeroMQ tcp:// address; IPv6 literals need brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def make_socket(context: zmq.Context, kind: int) -> zmq.Socket:
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IPV6, 1)  # harmless for IPv4, needed for v6 peers
+    return sock
+
+
+class EventLoop:
+    """Poll sockets; call their handlers; run timers that say when next."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._poller = zmq.Poller()
+        self._handlers: dict[zmq.Socket, Handler] = {}
+        self._timers: list[Timer] = []
+        self.stopped = False
+
+    def add_socket(self, sock: zmq.Socket, handler: Handler) -> None:
+        self._handlers[sock] = handler
+        self._poller.register(sock, zmq.POLLIN)
+
+    def remove_socket(self, sock: zmq.Socket) -> None:
+        if self._handlers.pop(sock, None) is not None:
+            self._poller.unregister(sock)
+
+    def add_timer(self, timer: Timer) -> None:
+        """``timer(now)`` does what is due and returns seconds until it next
+        needs calling (None: no deadline of its own)."""
+        self._timers.append(timer)
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        wait = max_wait
+        now = self.clock()
+        for timer in list(self._timers):
+            due = timer(now)
+            if due is not None:
+                wait = min(wait, max(due, 0.0))
+        for sock, _ in self._poller.poll(int(wait * 1000)):
+            handler = self._handlers.get(sock)
+            if handler is not None:
+                handler()
+
+    def run(self) -> None:
+        while not self.stopped:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class ReqChannel:
+    """A REQ socket to one peer, with timeout, re-creation and keepalive."""
+
+    def __init__(self, loop: EventLoop, context: zmq.Context, address: str, name: str,
+                 timeout_ms: int, keepalive_ms: int,
+                 on_reply: Callable[[dict[str, Any], dict[str, Any]], None],
+                 on_reset: Callable[[], None] | None = None,
+                 retry_lost_request: bool = True):
+        self.loop = loop
+        self.context = context
+        self.address = address
+        self.name = name
+        self.timeout = timeout_ms / 1000.0
+        self.keepalive = keepalive_ms / 1000.0
+        self.on_reply = on_reply
+        self.on_reset = on_reset
+        self.retry_lost_request = retry_lost_request
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.in_flight: dict[str, Any] | None = None
+        self.sent_at = 0.0
+        self.last_heard = loop.clock()
+        self.connected = False  # True once the peer has answered since the last reset
+        self.resets = 0
+        self.socket = self._open()
+        loop.add_timer(self._tick)
+
+    def _open(self) -> zmq.Socket:
+        sock = make_socket(self.context, zmq.REQ)
+        sock.connect(self.address)
+        self.loop.add_socket(sock, self._readable)
+        return sock
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """Queue a request; requests go out one at a time, in order."""
+        self.queue.append(msg)
+        self._pump()
+
+    def clear(self) -> None:
+        """Forget queued requests (the one in flight still gets its answer)."""
+        self.queue.clear()
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight is None and not self.queue
+
+    def _pump(self) -> None:
+        if self.in_flight is not None or not self.queue:
+            return
+        msg = self.queue.popleft()
+        self.in_flight = msg
+        self.sent_at = self.loop.clock()
+        self.socket.send(messages.encode(msg))
+        log.debug("%s: sent %s", self.name, msg.get("type"))
+
+    def _readable(self) -> None:
+        try:
+            raw = self.socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        request, self.in_flight = self.in_flight, None
+        self.last_heard = self.loop.clock()
+        if not self.connected:
+            log.info("%s: connected to %s", self.name, self.address)
+        self.connected = True
+        if request is not None and request["type"] != messages.HEARTBEAT:
+            try:
+                reply = messages.decode_reply(raw, request["type"])
+            except messages.MessageError as exc:
+                log.warning("%s: bad reply from %s: %s", self.name, self.address, exc)
+            else:
+                self.on_reply(request, reply)
+        self._pump()
+
+    def _tick(self, now: float) -> float:
+        if self.in_flight is not None:
+            if now - self.sent_at >= self.timeout:
+                self._reset(now)
+                return 0.0
+            return self.sent_at + self.timeout - now
+        if not self.queue and now - max(self.last_heard, self.sent_at) >= self.keepalive:
+            self.send(messages.make(messages.HEARTBEAT))
+            return self.timeout
+        return max(self.last_heard, self.sent_at) + self.keepalive - now
+
+    def _reset(self, now: float) -> None:
+        lost, self.in_flight = self.in_flight, None
+        log.warning("%s: no answer from %s within %.1fs to %s; reconnecting",
+                    self.name, self.address, self.timeout, lost and lost.get("type"))
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)
+        self.socket = self._open()
+        self.connected = False
+        self.resets += 1
+        self.last_heard = now
+        if lost is not None and self.retry_lost_request and lost["type"] != messages.HEARTBEAT:
+            self.queue.appendleft(lost)
+        if self.on_reset is not None:
+            self.on_reset()
+        self._pump()
+
+    def close(self) -> None:
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)

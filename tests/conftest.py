@@ -1,0 +1,28 @@
+"""Shared test set-up: root-only test directories and their skip policy.
+
+Tests under dataplane/, e2e/ and docker/ need root.  Outside root they skip,
+unless CALICO_REQUIRE_ROOT_TESTS=1 (CI), where a skip would hide a failure,
+so they fail instead.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+ROOT_DIRS = {"dataplane", "e2e", "docker"}
+TESTS_DIR = pathlib.Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    is_root = os.geteuid() == 0
+    required = os.environ.get("CALICO_REQUIRE_ROOT_TESTS") == "1"
+    for item in items:
+        parts = pathlib.Path(item.fspath).relative_to(TESTS_DIR).parts
+        if parts and parts[0] in ROOT_DIRS:
+            item.add_marker(pytest.mark.root)
+            if not is_root:
+                if required:
+                    raise pytest.UsageError(
+                        f"CALICO_REQUIRE_ROOT_TESTS=1 but not root: cannot run {item.nodeid}")
+                item.add_marker(pytest.mark.skip(reason="needs root"))
