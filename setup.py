@@ -21,6 +21,7 @@ setup(
             "calico-felix=calico.felix.main:main",
             "calico-lab=calico.lab.cli:main",
             "calico-bird-config=calico.bird:main",
+            "calico-attach=calico.attach:main",
         ]
     },
 )
