@@ -5,7 +5,7 @@ Every ``*.txt`` file in the data directory is INI and may hold any of:
 * ``[felix NAME]`` with ``ip`` and ``host``: a host of the cluster;
 * ``[endpoint NAME]`` with ``id``, ``ip``, ``mac``, ``host``, ``group`` and
   optionally ``state``: one container endpoint;
-* ``[global]`` with ``pool``, ``as`` and ``plugin_host``;
+* ``[global]`` with ``pool``, ``pool6``, ``as`` and ``plugin_host``;
 * ``[group NAME]`` with ``inbound`` and ``outbound`` rule lists.
 
 This module checks each file on its own and returns plain immutable values.
@@ -26,6 +26,7 @@ from calico.common import messages
 from calico.common.rules import Rule, parse_rule_list
 from calico.common.validation import (
     DEFAULT_POOL,
+    DEFAULT_POOL6,
     ValidationError,
     check_endpoint_id,
     check_group_name,
@@ -98,6 +99,7 @@ class GlobalSettings:
     pool: str = DEFAULT_POOL
     as_number: int = DEFAULT_AS
     plugin_host: str | None = None
+    pool6: str = DEFAULT_POOL6
 
 
 @dataclass
@@ -165,13 +167,18 @@ def _parse_group(name: str, section: configparser.SectionProxy) -> GroupRules:
 
 def _parse_global(section: configparser.SectionProxy) -> GlobalSettings:
     pool = str(parse_cidr(section.get("pool", DEFAULT_POOL).strip()))
+    if ":" in pool:
+        raise ValidationError(f"pool {pool} is not IPv4 (IPv6 goes in pool6)")
+    pool6 = str(parse_cidr(section.get("pool6", DEFAULT_POOL6).strip()))
+    if ":" not in pool6:
+        raise ValidationError(f"pool6 {pool6} is not IPv6")
     as_text = section.get("as", str(DEFAULT_AS)).strip()
     if not as_text.isdigit() or not 0 < int(as_text) < 2**32:
         raise ValidationError(f"as {as_text!r} is not an AS number")
     plugin_host = section.get("plugin_host", "").strip() or None
     if plugin_host is not None:
         plugin_host = check_hostname(short_hostname(plugin_host))
-    return GlobalSettings(pool, int(as_text), plugin_host)
+    return GlobalSettings(pool, int(as_text), plugin_host, pool6)
 
 
 def parse_data_text(text: str, source: str) -> FileContents:

@@ -22,6 +22,8 @@ IFACE_PREFIX = "tap"
 IFACE_ID_CHARS = 11
 
 DEFAULT_POOL = "192.168.0.0/16"
+# IPv6 endpoint addresses come from here unless [global] pool6 says otherwise.
+DEFAULT_POOL6 = "fd80:24e2:f998:72d6::/64"
 
 
 class ValidationError(ValueError):
