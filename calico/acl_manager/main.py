@@ -1,0 +1,293 @@
+"""calico-acl-manager: groups in from the plugin, per-endpoint ACLs out to Felix.
+
+One thread, one ``EventLoop`` over four sockets:
+
+* SUB to the plugin's PUB (PluginAddress:9904), topics ``groups`` and
+  ``networkheartbeat``;
+* ``ReqChannel`` (REQ) to the plugin's REP (PluginAddress:9903) for GETGROUPS
+  and keepalive HEARTBEATs;
+* ROUTER and PUB on LocalAddress:9905/9906 for Felix (``publisher``);
+* a monitor of the SUB socket, which tells when the subscription (re)connects.
+
+When we ask for every group (GETGROUPS):
+* whenever the SUB socket completes a handshake with the plugin's PUB: at
+  start, and after the plugin restarted (however quickly).  Asking only
+  once subscribed means the burst that follows the reply is not lost to
+  ZeroMQ's slow-joiner effect;
+* when the REQ channel resets (the plugin stopped answering);
+* when nothing (not even ``networkheartbeat``) has come on the SUB socket
+  for ConnectionTimeoutMillis.
+A GETGROUPS already queued and not yet sent is not duplicated.  How the
+following burst replaces the whole state is described in ``network_store``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from calico.common import messages
+from calico.common.config import Config, ConfigError, load_config, resolve_peers
+from calico.common.logs import setup_logging
+from calico.common.validation import ValidationError, parse_ip
+from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.acl_manager.network_store import NetworkStore, SnapshotTracker
+from calico.acl_manager.publisher import AclPublisher
+from calico.acl_manager.rule_processor import RuleProcessor
+
+log = logging.getLogger("calico.acl_manager")
+
+DEFAULT_CONFIG_FILE = "/etc/calico/acl_manager.cfg"
+DEFAULT_LOG_FILE = "/var/log/calico/acl_manager.log"
+SUB_HWM = 100_000
+SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's requests still get turns
+
+
+class AclManager:
+    def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0):
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.loop = EventLoop()
+        self.store = NetworkStore()
+        self.processor = RuleProcessor()
+        self.snapshot = SnapshotTracker(snapshot_quiet)
+        self.timeout = config.connection_timeout_millis / 1000.0
+        self.publisher = AclPublisher(self.loop, self.context, config.local_address, self.processor.acls_for,
+                                      config.connection_keepalive_interval_millis)
+
+        self.sub = make_socket(self.context, zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
+        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
+        self.sub.connect(self.sub_address)
+        self.subscribed = False
+        self.last_published_heard = self.loop.clock()
+        self.loop.add_socket(self.monitor, self._on_monitor)
+        self.loop.add_socket(self.sub, self._on_publication)
+
+        self.channel = ReqChannel(self.loop, self.context, tcp_address(config.plugin_address, messages.PORT_NET_REQ),
+                                  "network API", config.connection_timeout_millis,
+                                  config.connection_keepalive_interval_millis,
+                                  on_reply=self._on_reply, on_reset=self._on_reset)
+        self.retry_getgroups_at: float | None = None
+        self.loop.add_timer(self._tick)
+        log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
+
+    # --- asking for groups ---------------------------------------------------
+
+    def request_groups(self, reason: str) -> None:
+        if any(msg["type"] == messages.GETGROUPS for msg in self.channel.queue):
+            log.debug("GETGROUPS already queued (%s)", reason)
+            return
+        log.info("asking the plugin for every group: %s", reason)
+        self.channel.send(messages.make(messages.GETGROUPS))
+        self.snapshot.request_sent(self.loop.clock())
+
+    def _on_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        if request["type"] != messages.GETGROUPS:
+            return
+        if reply.get("rc", messages.RC_SUCCESS) == messages.RC_SUCCESS:
+            log.info("plugin accepted GETGROUPS; its groups follow")
+            self.snapshot.reply_received(self.loop.clock())
+            return
+        log.warning("plugin refused GETGROUPS (%s: %s); asking again in %.1fs",
+                    reply.get("rc"), reply.get("message", ""), self.timeout)
+        self.snapshot.abandon()
+        self.retry_getgroups_at = self.loop.clock() + self.timeout
+
+    def _on_reset(self) -> None:
+        # Keep every group: the plugin may merely be restarting.
+        self.request_groups("the plugin's network API stopped answering")
+
+    def _on_monitor(self) -> None:
+        try:
+            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.subscribed = True
+            self.last_published_heard = self.loop.clock()
+            self.request_groups(f"subscribed to {self.sub_address}")
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            self.subscribed = False
+            log.warning("lost the subscription to %s; keeping the groups we have", self.sub_address)
+
+    def _tick(self, now: float) -> float | None:
+        waits = []
+        if now - self.last_published_heard >= self.timeout:
+            self.last_published_heard = now
+            self.request_groups(f"nothing from {self.sub_address} for {self.timeout:.1f}s")
+        waits.append(self.last_published_heard + self.timeout - now)
+        if self.retry_getgroups_at is not None:
+            if now >= self.retry_getgroups_at:
+                self.retry_getgroups_at = None
+                self.request_groups("retrying a refused GETGROUPS")
+            else:
+                waits.append(self.retry_getgroups_at - now)
+        seen = self.snapshot.complete(now, self.subscribed)
+        if seen is not None:
+            self._drop_unannounced(seen)
+        due = self.snapshot.next_due(now)
+        if due is not None:
+            waits.append(due)
+        return min(waits)
+
+    def _drop_unannounced(self, seen: set[str]) -> None:
+        stale = sorted(set(self.store.groups) - seen)
+        log.info("plugin's snapshot complete: %d groups announced, %d dropped as gone%s",
+                 len(seen), len(stale), f" ({', '.join(stale)})" if stale else "")
+        for name in stale:
+            self.store.remove(name)
+            self._apply(name, None)
+
+    # --- groups in, ACLs out -------------------------------------------------
+
+    def _on_publication(self) -> None:
+        for _ in range(SUB_BATCH):
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.last_published_heard = self.loop.clock()
+            if len(frames) != 2:
+                log.warning("publication of %d frames from %s ignored (want topic and body)",
+                            len(frames), self.sub_address)
+                continue
+            topic, body = frames
+            if topic == messages.TOPIC_GROUPS:
+                self._on_group_update(body)
+            elif topic == messages.TOPIC_NETWORK_HEARTBEAT:
+                log.debug("network heartbeat")
+
+    def _on_group_update(self, body: bytes) -> None:
+        try:
+            msg = messages.decode_request(body, {messages.GROUPUPDATE})
+        except messages.MessageError as exc:
+            log.warning("bad GROUPUPDATE from %s skipped: %s", self.sub_address, exc)
+            return
+        spec = self.store.parse(msg)
+        self.snapshot.group_received(spec.name, self.loop.clock())
+        if not self.store.apply(spec):
+            log.debug("group %s unchanged", spec.name)
+            return
+        if spec.members:
+            log.info("group %s: %d members, %d inbound and %d outbound rules",
+                     spec.name, len(spec.members), len(spec.inbound), len(spec.outbound))
+        else:
+            log.info("group %s deleted (no members)", spec.name)
+        self._apply(spec.name, spec if spec.members else None)
+
+    def _apply(self, name: str, spec: Any) -> None:
+        started = time.monotonic()
+        changes = self.processor.set_group(name, spec)
+        self.publisher.publish_all(changes)
+        gone = sorted(ep for ep, acls in changes.items() if ep not in self.processor.acls)
+        if gone:
+            log.info("endpoints %s are in no group now: published empty ACLs and forgot them", ", ".join(gone))
+        log.info("group %s: reconsidered %d endpoints, published %d ACLUPDATEs in %.1f ms",
+                 name, self.processor.recomputed, len(changes), (time.monotonic() - started) * 1000)
+
+    # --- life cycle ----------------------------------------------------------
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def close(self) -> None:
+        self.channel.close()
+        self.loop.remove_socket(self.sub)
+        self.loop.remove_socket(self.monitor)
+        self.sub.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sub.close(linger=0)
+        self.publisher.close()
+
+
+# --- command line -------------------------------------------------------------
+
+def _override_address(value: str, flag: str) -> str:
+    value = value.strip()
+    if value == "*":
+        return value
+    try:
+        return str(parse_ip(value, allow_loopback=True))
+    except ValidationError as exc:
+        raise ConfigError(f"{flag} {value!r}: {exc}") from None
+
+
+def _override_ms(value: str, flag: str) -> int:
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise ConfigError(f"{flag} {value!r}: not a positive integer")
+    return int(value)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config_file)
+    if args.plugin_address is not None:
+        config.plugin_address = _override_address(args.plugin_address, "--plugin-address")
+    if args.bind is not None:
+        config.local_address = _override_address(args.bind, "--bind")
+    if args.connection_timeout_ms is not None:
+        config.connection_timeout_millis = _override_ms(args.connection_timeout_ms, "--connection-timeout-ms")
+    if args.keepalive_ms is not None:
+        config.connection_keepalive_interval_millis = _override_ms(args.keepalive_ms, "--keepalive-ms")
+    if args.log_file is not None:
+        config.log_file_path = args.log_file
+    config.log_file_path = config.log_file_path or DEFAULT_LOG_FILE
+    return resolve_peers(config, need=["plugin_address"])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="calico-acl-manager", description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG_FILE, help=f"default {DEFAULT_CONFIG_FILE}")
+    parser.add_argument("--plugin-address", help="overrides [global] PluginAddress")
+    parser.add_argument("--bind", help="overrides [global] LocalAddress (where Felix connects)")
+    parser.add_argument("--log-file", help=f"overrides [log] LogFilePath (default {DEFAULT_LOG_FILE})")
+    parser.add_argument("--connection-timeout-ms", help="overrides [connection] ConnectionTimeoutMillis")
+    parser.add_argument("--keepalive-ms", help="overrides [connection] ConnectionKeepaliveIntervalMillis")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"calico-acl-manager: {exc}", file=sys.stderr)
+        return 2
+    try:
+        setup_logging("acl_manager", config.log_file_path, config.log_severity_file,
+                      config.log_severity_screen, config.log_severity_sys)
+    except OSError as exc:
+        print(f"calico-acl-manager: [log] LogFilePath {config.log_file_path!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        manager = AclManager(config)
+    except zmq.ZMQError as exc:
+        log.error("cannot start: %s (LocalAddress %r, PluginAddress %r)", exc, config.local_address,
+                  config.plugin_address)
+        return 1
+    try:
+        manager.run()
+    except (KeyboardInterrupt, SystemExit):
+        log.info("ACL manager stopping")
+    finally:
+        manager.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
