@@ -68,6 +68,10 @@ class EventLoop:
         needs calling (None: no deadline of its own)."""
         self._timers.append(timer)
 
+    def remove_timer(self, timer: Timer) -> None:
+        if timer in self._timers:
+            self._timers.remove(timer)
+
     def run_once(self, max_wait: float = 1.0) -> None:
         wait = max_wait
         now = self.clock()
@@ -174,8 +178,11 @@ class ReqChannel:
 
     def _reset(self, now: float) -> None:
         lost, self.in_flight = self.in_flight, None
-        log.warning("%s: no answer from %s within %.1fs to %s; reconnecting",
-                    self.name, self.address, self.timeout, lost and lost.get("type"))
+        # Warn when a live peer goes quiet; a peer that stays down would
+        # otherwise log the same line every timeout, forever.
+        level = logging.WARNING if self.connected or self.resets == 0 else logging.DEBUG
+        log.log(level, "%s: no answer from %s within %.1fs to %s; reconnecting",
+                self.name, self.address, self.timeout, lost and lost.get("type"))
         self.loop.remove_socket(self.socket)
         self.socket.close(linger=0)
         self.socket = self._open()
@@ -189,5 +196,7 @@ class ReqChannel:
         self._pump()
 
     def close(self) -> None:
+        # The timer goes too: a closed channel must never send again.
+        self.loop.remove_timer(self._tick)
         self.loop.remove_socket(self.socket)
         self.socket.close(linger=0)

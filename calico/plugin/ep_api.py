@@ -1,0 +1,206 @@
+"""The endpoint API: tell each Felix which endpoints its host owns.
+
+Two directions (DESIGN section 4).  Felix asks on our REP socket (port
+9901): RESYNCSTATE is answered with the host's endpoint count, and the
+endpoints themselves follow as ENDPOINTCREATED messages carrying the resync
+id; HEARTBEAT is answered.  We push on one REQ channel per ``[felix]`` host
+(the host's ip, port 9902): ENDPOINTCREATED / UPDATED / DESTROYED as soon as
+the data directory says so.
+
+Each host's channel has its own outbox, so a dead or slow Felix delays only
+itself.  The outbox holds at most one message per endpoint: a newer change
+replaces a queued one (a queued CREATED that is then updated stays a
+CREATED, now with the new fields), so a Felix that is down for hours costs
+one entry per endpoint, not one per change.  Resync messages sit in their
+own outbox, sent first and never merged with live changes, because Felix
+counts them; a new RESYNCSTATE replaces both outboxes, since the resync
+describes everything.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import Any, Callable
+
+import zmq
+
+from calico.common import messages
+from calico.common.datafiles import Host
+from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.common.validation import short_hostname
+from calico.plugin import store
+from calico.plugin.store import DataState
+
+log = logging.getLogger(__name__)
+
+REQUEST_TYPES = frozenset({messages.RESYNCSTATE, messages.HEARTBEAT})
+
+
+class FelixLink:
+    """The REQ channel to one Felix and its coalescing outboxes."""
+
+    def __init__(self, loop: EventLoop, context: zmq.Context, host: Host, timeout_ms: int, keepalive_ms: int,
+                 on_missing: Callable[[str, str], None]):
+        self.host = host
+        self.on_missing = on_missing
+        self.resync_outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.channel = ReqChannel(loop, context, tcp_address(host.ip, messages.PORT_EP_FELIX),
+                                  f"felix {host.name}", timeout_ms, keepalive_ms, on_reply=self._on_reply)
+
+    @property
+    def pending(self) -> int:
+        return len(self.resync_outbox) + len(self.outbox)
+
+    def push(self, msg: dict[str, Any]) -> None:
+        """Queue a live change, replacing any queued change of the same endpoint."""
+        endpoint_id = msg["endpoint_id"]
+        queued = self.outbox.get(endpoint_id)
+        if queued is not None and queued["type"] == messages.ENDPOINTCREATED and msg["type"] == messages.ENDPOINTUPDATED:
+            # Felix never heard of it: it still needs a CREATED.
+            msg = dict(msg, type=messages.ENDPOINTCREATED)
+        self.outbox[endpoint_id] = msg
+        self.pump()
+
+    def resync(self, created: list[dict[str, Any]]) -> None:
+        self.resync_outbox = collections.OrderedDict((m["endpoint_id"], m) for m in created)
+        self.outbox.clear()
+        self.pump()
+
+    def pump(self) -> None:
+        """Hand the channel the next message once it has nothing to do."""
+        if not self.channel.idle:
+            return
+        outbox = self.resync_outbox or self.outbox
+        if outbox:
+            _, msg = outbox.popitem(last=False)
+            self.channel.send(msg)
+
+    def _on_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        rc = reply.get("rc", messages.RC_SUCCESS)
+        msg_type, endpoint_id = request["type"], request.get("endpoint_id")
+        if rc == messages.RC_SUCCESS:
+            log.debug("felix %s: %s %s done", self.host.name, msg_type, endpoint_id)
+        elif rc == messages.RC_NOTEXIST and msg_type == messages.ENDPOINTDESTROYED:
+            log.debug("felix %s: %s %s: it did not have it", self.host.name, msg_type, endpoint_id)
+        elif rc == messages.RC_NOTEXIST and msg_type == messages.ENDPOINTUPDATED:
+            log.info("felix %s: does not know endpoint %s it was sent an update for; sending it as created",
+                     self.host.name, endpoint_id)
+            self.on_missing(self.host.name, endpoint_id)
+        else:
+            log.warning("felix %s: %s %s answered %s: %s", self.host.name, msg_type, endpoint_id, rc,
+                        reply.get("message", ""))
+        self.pump()
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class EndpointApi:
+    """The REP socket Felixes ask, and one FelixLink per host."""
+
+    def __init__(self, loop: EventLoop, context: zmq.Context, bind: str, timeout_ms: int, keepalive_ms: int):
+        self.loop = loop
+        self.context = context
+        self.timeout_ms = timeout_ms
+        self.keepalive_ms = keepalive_ms
+        self.state: DataState = store.EMPTY_STATE
+        self.links: dict[str, FelixLink] = {}
+        self.address = tcp_address(bind, messages.PORT_EP_RESYNC)
+        self.socket = make_socket(context, zmq.REP)
+        self.socket.bind(self.address)
+        loop.add_socket(self.socket, self._on_request)
+        # Links refill their channel when it falls idle (after a heartbeat,
+        # say); checking every loop pass is cheap and needs no bookkeeping.
+        loop.add_timer(self._pump_links)
+
+    # --- data directory changes --------------------------------------------
+
+    def apply(self, old: DataState, new: DataState) -> None:
+        self.state = new
+        fresh_links = self._update_links(new)
+        initial = old is store.EMPTY_STATE
+        for change in store.endpoint_changes(old, new):
+            ep = change.endpoint
+            level = logging.DEBUG if initial else logging.INFO
+            log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, ep.source,
+                    change.msg_type.removeprefix("ENDPOINT").lower(), change.host)
+            link = self.links.get(change.host)
+            if link is not None and change.host not in fresh_links:
+                link.push(store.endpoint_message(change.msg_type, ep))
+        for host in fresh_links:
+            # A Felix we have just started talking to hears everything (its
+            # own resync will replace this if it asks for one).
+            for ep in new.endpoints_on(host):
+                self.links[host].push(ep.message(messages.ENDPOINTCREATED))
+        if initial:
+            log.info("data directory: %d hosts, %d endpoints, %d groups, %d problems",
+                     len(new.hosts), len(new.endpoints), len(new.groups), len(new.errors) + len(new.notes))
+
+    def _update_links(self, new: DataState) -> list[str]:
+        fresh = []
+        for name in list(self.links):
+            link = self.links[name]
+            if new.hosts.get(name) != link.host:
+                log.info("host %s: %s; closing its channel", name,
+                         "removed" if name not in new.hosts else f"address now {new.hosts[name].ip}")
+                link.close()
+                del self.links[name]
+        for name, host in sorted(new.hosts.items()):
+            if name not in self.links:
+                log.info("host %s: talking to its Felix at %s", name,
+                         tcp_address(host.ip, messages.PORT_EP_FELIX))
+                self.links[name] = FelixLink(self.loop, self.context, host, self.timeout_ms,
+                                             self.keepalive_ms, self._resend_created)
+                fresh.append(name)
+        return fresh
+
+    def _resend_created(self, host: str, endpoint_id: str) -> None:
+        ep = self.state.endpoints.get(endpoint_id)
+        if ep is not None and ep.host == host and host in self.links:
+            self.links[host].push(ep.message(messages.ENDPOINTCREATED))
+
+    def _pump_links(self, now: float) -> None:
+        for link in self.links.values():
+            link.pump()
+
+    # --- requests from Felix -----------------------------------------------
+
+    def _on_request(self) -> None:
+        try:
+            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            if len(frames) != 1:
+                raise messages.MessageError(f"want one frame, got {len(frames)}")
+            request = messages.decode_request(frames[0], REQUEST_TYPES)
+        except messages.MessageError as exc:
+            log.warning("endpoint API: bad request (%s); answered INVALID", exc)
+            self.socket.send(messages.encode(messages.invalid_reply(exc)))
+            return
+        if request["type"] == messages.HEARTBEAT:
+            self.socket.send(messages.encode(messages.reply(messages.HEARTBEAT)))
+        else:
+            self._resync(request)
+
+    def _resync(self, request: dict[str, Any]) -> None:
+        host = short_hostname(request["hostname"])
+        link = self.links.get(host)
+        if link is None:
+            reason = f"host {host!r} is not a [felix] host of the cluster file"
+            log.warning("endpoint API: RESYNCSTATE %s refused: %s", request["resync_id"], reason)
+            self.socket.send(messages.encode(messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason)))
+            return
+        endpoints = self.state.endpoints_on(host)
+        self.socket.send(messages.encode(messages.reply(messages.RESYNCSTATE, endpoint_count=len(endpoints))))
+        log.info("felix %s: resync %s: sending %d endpoints", host, request["resync_id"], len(endpoints))
+        link.resync([ep.message(messages.ENDPOINTCREATED, request["resync_id"]) for ep in endpoints])
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+        self.loop.remove_timer(self._pump_links)
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)

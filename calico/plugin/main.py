@@ -1,0 +1,126 @@
+"""``calico-plugin ep|network``: the plugin's two APIs as processes.
+
+One process per API, as the seed ran them (``plugin.py ep`` and
+``plugin.py network``), each a single event loop: a timer polls the data
+directory (every 100 ms by default, so a change reaches Felix or the ACL
+manager well within half a second) and hands each change to the API, and
+the API's sockets are served in between.  The directory is read once before
+the sockets are served, so the first RESYNCSTATE or GETGROUPS already sees
+every file.
+
+The timing flags exist for tests and unusual networks; the defaults are the
+config defaults of the other components (timeout 6000 ms, keepalive 2000 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+import zmq
+
+from calico.common.logs import setup_logging
+from calico.common.zmqloop import EventLoop
+from calico.plugin.ep_api import EndpointApi
+from calico.plugin.network_api import NetworkApi
+from calico.plugin.watcher import DataDirectory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = "/opt/plugin/data"
+DEFAULT_LOG_FILES = {"ep": "/var/log/calico/plugin_ep.log", "network": "/var/log/calico/plugin_net.log"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _positive_ms(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of milliseconds")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="calico-plugin", description=__doc__.splitlines()[0])
+    parser.add_argument("api", choices=("ep", "network"), help="which API to serve")
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="directory of *.txt files (%(default)s)")
+    parser.add_argument("--bind", default="*", help="address to bind the API sockets to (%(default)s: all)")
+    parser.add_argument("--log-file", default=None,
+                        help="log file (default /var/log/calico/plugin_ep.log or plugin_net.log; '' for none)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="level for the log file and the screen (%(default)s)")
+    parser.add_argument("--connection-timeout-ms", type=_positive_ms, default=6000,
+                        help="a Felix silent this long gets a fresh socket (%(default)s)")
+    parser.add_argument("--keepalive-ms", type=_positive_ms, default=2000,
+                        help="heartbeat after this much quiet (%(default)s)")
+    parser.add_argument("--poll-interval-ms", type=_positive_ms, default=100,
+                        help="how often to look at the data directory (%(default)s)")
+    args = parser.parse_args(argv)
+    if args.log_file is None:
+        args.log_file = DEFAULT_LOG_FILES[args.api]
+    return args
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    component = f"plugin-{args.api}"
+    try:
+        setup_logging(component, args.log_file, file_level=args.log_level, screen_level=args.log_level)
+    except OSError as exc:
+        setup_logging(component, "", screen_level=args.log_level)
+        log.warning("cannot write log file %s (%s); logging to the screen only", args.log_file, exc.strerror)
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _setup_logging(args)
+    loop = EventLoop()
+    context = zmq.Context()
+    data = DataDirectory(args.data_dir)
+    try:
+        if args.api == "ep":
+            api = EndpointApi(loop, context, args.bind, args.connection_timeout_ms, args.keepalive_ms)
+            where = api.address
+        else:
+            api = NetworkApi(loop, context, args.bind, args.keepalive_ms)
+            where = f"{api.rep_address} and {api.pub_address}"
+    except zmq.ZMQError as exc:
+        log.error("cannot bind the %s API on %s: %s", args.api, args.bind, exc)
+        context.term()
+        return 1
+    log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
+
+    interval = args.poll_interval_ms / 1000.0
+    next_poll = loop.clock()
+
+    def poll(now: float) -> float:
+        nonlocal next_poll
+        if now >= next_poll:
+            change = data.refresh()
+            if change is not None:
+                api.apply(*change)
+            next_poll = loop.clock() + interval
+        return next_poll - now
+
+    poll(loop.clock())  # the directory before the first request
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("plugin %s API: %s received; stopping", args.api, signal.Signals(signum).name)
+        loop.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    loop.add_timer(poll)
+    try:
+        loop.run()
+    finally:
+        api.close()
+        context.term()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The network API: publish every security group to the ACL manager.
+
+A REP socket (port 9903) answers GETGROUPS, after which every current group
+is published at once, and HEARTBEAT.  A PUB socket (port 9904) carries
+GROUPUPDATE on topic ``groups`` whenever a group's members or rules change
+(a group whose last member left goes out once with no members: deleted),
+and HEARTBEAT on topic ``networkheartbeat`` every keepalive interval so a
+subscriber can tell a quiet plugin from a dead one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+
+from calico.common import messages
+from calico.common.zmqloop import EventLoop, make_socket, tcp_address
+from calico.plugin import store
+from calico.plugin.store import DataState, Group
+
+log = logging.getLogger(__name__)
+
+REQUEST_TYPES = frozenset({messages.GETGROUPS, messages.HEARTBEAT})
+
+
+class NetworkApi:
+    def __init__(self, loop: EventLoop, context: zmq.Context, bind: str, keepalive_ms: int):
+        self.loop = loop
+        self.state: DataState = store.EMPTY_STATE
+        self.keepalive = keepalive_ms / 1000.0
+        self.rep_address = tcp_address(bind, messages.PORT_NET_REQ)
+        self.pub_address = tcp_address(bind, messages.PORT_NET_PUB)
+        self.rep = make_socket(context, zmq.REP)
+        self.pub = make_socket(context, zmq.PUB)
+        # GETGROUPS publishes every group in one burst; the default high-water
+        # mark (1000) would silently drop the tail of a large cluster's.
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.rep.bind(self.rep_address)
+        self.pub.bind(self.pub_address)
+        loop.add_socket(self.rep, self._on_request)
+        self._next_heartbeat = loop.clock()
+        loop.add_timer(self._heartbeat)
+
+    def apply(self, old: DataState, new: DataState) -> None:
+        self.state = new
+        initial = old is store.EMPTY_STATE
+        changed = store.group_changes(old, new)
+        for group in changed:
+            level = logging.DEBUG if initial else logging.INFO
+            log.log(level, "group %s: %s", group.name,
+                    f"{len(group.members)} members" if group.members else "no members left: deleted")
+            self._publish(group)
+        if initial:
+            log.info("data directory: %d groups, %d endpoints, %d problems",
+                     len(new.groups), len(new.endpoints), len(new.errors) + len(new.notes))
+
+    def _publish(self, group: Group) -> None:
+        self.pub.send_multipart([messages.TOPIC_GROUPS, messages.encode(group.message())])
+
+    def _heartbeat(self, now: float) -> float:
+        if now >= self._next_heartbeat:
+            self.pub.send_multipart([messages.TOPIC_NETWORK_HEARTBEAT,
+                                     messages.encode(messages.make(messages.HEARTBEAT))])
+            self._next_heartbeat = now + self.keepalive
+        return self._next_heartbeat - now
+
+    def _on_request(self) -> None:
+        try:
+            frames = self.rep.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        try:
+            if len(frames) != 1:
+                raise messages.MessageError(f"want one frame, got {len(frames)}")
+            request = messages.decode_request(frames[0], REQUEST_TYPES)
+        except messages.MessageError as exc:
+            log.warning("network API: bad request (%s); answered INVALID", exc)
+            self.rep.send(messages.encode(messages.invalid_reply(exc)))
+            return
+        self.rep.send(messages.encode(messages.reply(request["type"])))
+        if request["type"] == messages.GETGROUPS:
+            log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
+            for group in self.state.groups.values():
+                self._publish(group)
+
+    def close(self) -> None:
+        self.loop.remove_timer(self._heartbeat)
+        self.loop.remove_socket(self.rep)
+        self.rep.close(linger=0)
+        self.pub.close(linger=0)

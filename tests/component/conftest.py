@@ -1,0 +1,342 @@
+"""Shared helpers for component tests: real processes, fake ZeroMQ peers.
+
+Component tests start a real component (``calico-plugin``,
+``calico-acl-manager``...) as a subprocess and talk to it over ZeroMQ on
+loopback, as its real peers would.  Each test file owns a 127.0.x.0/24
+range so concurrent runs do not collide on the fixed ports (plugin tests:
+127.0.1.x; ACL manager tests: another range).
+
+Fixtures (everything they make is closed or killed at teardown, pass or fail):
+
+``wait_until(predicate, timeout=15.0, interval=0.02, what="")``
+    Call ``predicate`` until it returns something truthy; return that value.
+    On timeout fail the test naming ``what``.  Use generous timeouts: this
+    is a wait for a condition, never a timing assertion.
+
+``spawn(args, name, log_file=None)`` -> ``Component``
+    Run ``[sys.executable, *args]`` (e.g. ``["-m", "calico.plugin.main",
+    "ep", ...]``) with stdout+stderr going to ``<tmp>/<name>.out``.
+    ``Component``: ``.pid``, ``.alive``, ``.output()`` (screen text),
+    ``.log()`` (the ``log_file`` text if given, else the screen text),
+    ``.count(text)`` (occurrences in ``.log()``), ``.stop()`` (SIGTERM, then
+    SIGKILL after 5 s; returns the exit code), ``.kill()`` (SIGKILL).  The
+    process is killed by pid at teardown.
+
+``peers`` -> ``Peers``, a factory of fake peers, each with its own context:
+    ``peers.rep(address, responder=None)`` -> ``RepPeer``: binds a REP
+        socket served by a thread.  ``.received`` is the list of decoded
+        requests (raw bytes if not JSON); ``responder(msg)`` returns the
+        reply dict (default: same type, rc SUCCESS).  ``.of_type(t)``
+        filters ``.received``; ``.close()`` unbinds (a dead peer).
+    ``peers.req(address, timeout=5.0)`` -> ``ReqPeer``: ``.request(msg)``
+        sends a dict (or raw bytes, or a list of frames) and returns the
+        decoded reply, or None on timeout (the socket is then made afresh,
+        as a real REQ client must).
+    ``peers.sub(address, topics)`` -> ``SubPeer``: thread-collected
+        ``(topic, decoded body)`` pairs in ``.received``;
+        ``.of_topic(topic)`` filters them.
+    ``peers.pub(address)`` -> ``PubPeer``: ``.publish(topic, msg)``.
+
+``start_plugin(api, data_dir, bind, *extra_args, name=None)`` -> ``Component``
+    Run the real ``calico-plugin ep|network`` (via ``python -m
+    calico.plugin.main``) on ``bind`` with its log file in the test's tmp
+    dir, and return once it says it is serving.
+
+``zmq_request(msg_type, **fields)`` builds a request dict stamped with
+``issued`` (it is ``calico.common.messages.make``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+import zmq
+
+from calico.common import messages
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _decode(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def wait_until():
+    return _wait_until
+
+
+# --- real components --------------------------------------------------------
+
+class Component:
+    def __init__(self, args: list[str], name: str, out_path: str, log_file: str | None):
+        self.name = name
+        self.out_path = out_path
+        self.log_file = log_file
+        with open(out_path, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
+                                            cwd=REPO, start_new_session=True)
+        self.pid = self.process.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    @staticmethod
+    def _read(path: str) -> str:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return ""
+
+    def output(self) -> str:
+        return self._read(self.out_path)
+
+    def log(self) -> str:
+        return self._read(self.log_file) if self.log_file else self.output()
+
+    def count(self, text: str) -> int:
+        return self.log().count(text)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.alive:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.kill()
+
+    def kill(self) -> int:
+        if self.alive:
+            os.kill(self.pid, signal.SIGKILL)
+        return self.process.wait()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    started: list[Component] = []
+
+    def start(args: list[str], name: str, log_file: str | None = None) -> Component:
+        component = Component(args, name, str(tmp_path / f"{name}.out"), log_file)
+        started.append(component)
+        return component
+
+    yield start
+    for component in started:
+        component.kill()
+
+
+@pytest.fixture
+def start_plugin(spawn, tmp_path):
+    def start(api: str, data_dir, bind: str, *extra_args: str, name: str | None = None) -> Component:
+        name = name or f"plugin-{api}"
+        log_file = str(tmp_path / f"{name}.log")
+        component = spawn(["-m", "calico.plugin.main", api, "--data-dir", str(data_dir), "--bind", bind,
+                           "--log-file", log_file, *extra_args], name, log_file)
+        _wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
+        assert component.alive, f"{name} exited: {component.output()}"
+        return component
+
+    return start
+
+
+# --- fake peers -------------------------------------------------------------
+
+class _Threaded:
+    """A socket owned by one background thread (ZeroMQ sockets are not
+    thread-safe); the thread polls so that close() is prompt."""
+
+    def __init__(self, context: zmq.Context):
+        self.context = context
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.received: list[Any] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        sock = self._make_socket()
+        self._ready.set()
+        try:
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            while not self._stopping.is_set():
+                if poller.poll(20):
+                    self._serve(sock)
+        finally:
+            sock.close(linger=0)
+
+    def _start(self) -> None:
+        self._ready = threading.Event()
+        self._thread.start()
+        self._ready.wait(5)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+
+    def _record(self, item: Any) -> None:
+        with self._lock:
+            self.received.append(item)
+
+    def snapshot(self) -> list[Any]:
+        with self._lock:
+            return list(self.received)
+
+
+def success_reply(msg: Any) -> dict[str, Any]:
+    if not isinstance(msg, dict):
+        return messages.reply("UNKNOWN", messages.RC_INVALID, "not JSON")
+    return messages.reply(msg.get("type", "UNKNOWN"))
+
+
+class RepPeer(_Threaded):
+    def __init__(self, context: zmq.Context, address: str, responder: Callable[[Any], dict] | None = None):
+        super().__init__(context)
+        self.address = address
+        self.responder = responder or success_reply
+        self._start()
+
+    def _make_socket(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.address)
+        return sock
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        msg = _decode(sock.recv())
+        self._record(msg)
+        sock.send(json.dumps(self.responder(msg)).encode())
+
+    def of_type(self, msg_type: str) -> list[dict[str, Any]]:
+        return [m for m in self.snapshot() if isinstance(m, dict) and m.get("type") == msg_type]
+
+
+class SubPeer(_Threaded):
+    def __init__(self, context: zmq.Context, address: str, topics: list[bytes]):
+        super().__init__(context)
+        self.address = address
+        self.topics = topics
+        self._start()
+
+    def _make_socket(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        for topic in self.topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(self.address)
+        return sock
+
+    def _serve(self, sock: zmq.Socket) -> None:
+        frames = sock.recv_multipart()
+        self._record((frames[0], _decode(frames[1]) if len(frames) > 1 else None))
+
+    def of_topic(self, topic: bytes) -> list[Any]:
+        return [body for t, body in self.snapshot() if t == topic]
+
+
+class ReqPeer:
+    """Used from the test's own thread only."""
+
+    def __init__(self, context: zmq.Context, address: str, timeout: float = 5.0):
+        self.context = context
+        self.address = address
+        self.timeout = timeout
+        self.socket = self._open()
+
+    def _open(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        return sock
+
+    def request(self, msg: dict | bytes | list[bytes], timeout: float | None = None) -> Any:
+        if isinstance(msg, dict):
+            self.socket.send(json.dumps(msg).encode())
+        elif isinstance(msg, list):
+            self.socket.send_multipart(msg)
+        else:
+            self.socket.send(msg)
+        if self.socket.poll(int((timeout or self.timeout) * 1000)):
+            return _decode(self.socket.recv())
+        self.socket.close(linger=0)
+        self.socket = self._open()
+        return None
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class PubPeer:
+    def __init__(self, context: zmq.Context, address: str):
+        self.socket = context.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(address)
+
+    def publish(self, topic: bytes, msg: dict) -> None:
+        self.socket.send_multipart([topic, json.dumps(msg).encode()])
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class Peers:
+    def __init__(self):
+        self.context = zmq.Context()
+        self._made: list[Any] = []
+
+    def _keep(self, peer):
+        self._made.append(peer)
+        return peer
+
+    def rep(self, address: str, responder: Callable[[Any], dict] | None = None) -> RepPeer:
+        return self._keep(RepPeer(self.context, address, responder))
+
+    def req(self, address: str, timeout: float = 5.0) -> ReqPeer:
+        return self._keep(ReqPeer(self.context, address, timeout))
+
+    def sub(self, address: str, topics: list[bytes]) -> SubPeer:
+        return self._keep(SubPeer(self.context, address, topics))
+
+    def pub(self, address: str) -> PubPeer:
+        return self._keep(PubPeer(self.context, address))
+
+    def close(self) -> None:
+        for peer in reversed(self._made):
+            peer.close()
+        self.context.term()
+
+
+@pytest.fixture
+def peers():
+    made = Peers()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def zmq_request():
+    return messages.make
