@@ -1,0 +1,502 @@
+"""Felix's agent: one event loop between the control plane and the dataplane.
+
+Four sockets (DESIGN section 4): a REQ to the plugin (RESYNCSTATE), a REP on
+which the plugin pushes endpoints, a REQ to the ACL manager (GETACLSTATE) and
+a SUB on which the ACLs arrive.  Handlers only record intent in the
+``EndpointTable`` and mark the desired state dirty; a timer registered last
+then hands the whole desired state to ``dataplane.apply`` once, so every
+message that was ready in one poll costs one kernel pass.
+
+Start-up and restarts.  Until the first resync with the plugin completes the
+agent programs nothing: applying the empty table of a freshly started Felix
+would tear down every endpoint a previous run left working.  After it, the
+first pass also waits (at most ConnectionTimeoutMillis) for the ACLs of the
+endpoints it learnt, so a restart does not fail every endpoint closed for
+the moment between learning an endpoint and hearing its ACLs.
+
+Lost peers are rebuilt, never waited for: the plugin's REQ channel resets
+into a new resync; the ACL manager, on a reset or when its heartbeat topic
+goes quiet, is asked again for every endpoint's ACLs, while the ACLs already
+programmed stay in force.  A SUB socket silently drops what was published
+before it (re)connected, so when publications start arriving again the
+agent asks once more.
+
+The dataplane reports endpoints whose interface does not exist yet; a timer
+retries them every EndpointRetryTimeMillis.  If a pass raises, the dataplane
+forgets what it believed about the kernel and the pass is retried after a
+growing back-off, so a persistent fault is neither a busy loop nor a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import zlib
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import zmq
+
+from calico.common import messages
+from calico.common.config import Config
+from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.felix.endpoints import Change, EndpointTable, Resync, acls_from_wire, describe_acls, spec_from_message
+from calico.felix.state import EndpointSpec
+
+log = logging.getLogger(__name__)
+
+ENDPOINT_REQUESTS = frozenset({messages.ENDPOINTCREATED, messages.ENDPOINTUPDATED,
+                               messages.ENDPOINTDESTROYED, messages.HEARTBEAT})
+BACKOFF_MIN_SECS = 0.5
+BACKOFF_MAX_SECS = 30.0
+
+
+class Dataplane(Protocol):
+    def start(self) -> None: ...
+    def apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]: ...
+    def forget_kernel_cache(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """Where the four sockets connect or bind (ZeroMQ endpoint strings)."""
+
+    plugin: str      # REQ  -> plugin's RESYNCSTATE REP
+    endpoints: str   # REP  <- plugin's endpoint pushes (bound)
+    acl_req: str     # REQ  -> ACL manager's ROUTER
+    acl_pub: str     # SUB  -> ACL manager's PUB
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Addresses":
+        return cls(
+            plugin=tcp_address(config.plugin_address, messages.PORT_EP_RESYNC),
+            endpoints=tcp_address(config.local_address, messages.PORT_EP_FELIX),
+            acl_req=tcp_address(config.acl_address, messages.PORT_ACL_REQ),
+            acl_pub=tcp_address(config.acl_address, messages.PORT_ACL_PUB),
+        )
+
+
+class Agent:
+    def __init__(self, config: Config, dataplane: Dataplane, *, addresses: Addresses | None = None,
+                 context: zmq.Context | None = None, loop: EventLoop | None = None):
+        self.config = config
+        self.dataplane = dataplane
+        self.addresses = addresses or Addresses.from_config(config)
+        self.context = context or zmq.Context.instance()
+        self.loop = loop or EventLoop()
+        self.table = EndpointTable()
+        self.timeout = config.connection_timeout_millis / 1000.0
+        self.retry_interval = config.endpoint_retry_time_millis / 1000.0
+        self.resync_interval = float(config.resync_interval_secs)
+        now = self.loop.clock()
+
+        # Resync state.
+        self.resync: Resync | None = None
+        self.synced_at: float | None = None     # first resync completed
+        self._resync_progress_at = now
+        self._resync_retry_at: float | None = None
+        self._next_periodic_resync = now + self.resync_interval
+
+        # ACL manager state.
+        self._subscribed: set[str] = set()
+        self._acl_queued: set[str] = set()
+        self._acl_requested_at: dict[str, float] = {}
+        self._acl_problems: dict[str, frozenset[str]] = {}
+        self._acl_heard_at = now
+        self._acl_live = False
+        self._acl_ever_live = False
+
+        # Dataplane state.
+        self.dirty = False
+        self.applied_once = False
+        self.missing: set[str] = set()
+        self._retry_at: float | None = None
+        self._failures = 0
+        self._last_apply_end = now
+
+        self.plugin = ReqChannel(self.loop, self.context, self.addresses.plugin, "plugin",
+                                 config.connection_timeout_millis, config.connection_keepalive_interval_millis,
+                                 on_reply=self._on_plugin_reply, on_reset=self._on_plugin_reset,
+                                 retry_lost_request=False)
+        self.endpoint_socket = make_socket(self.context, zmq.REP)
+        self.endpoint_socket.bind(self.addresses.endpoints)
+        self.loop.add_socket(self.endpoint_socket, self._on_endpoint_requests)
+        self.acl_manager = ReqChannel(self.loop, self.context, self.addresses.acl_req, "acl-manager",
+                                      config.connection_timeout_millis,
+                                      config.connection_keepalive_interval_millis,
+                                      on_reply=self._on_acl_reply, on_reset=self._on_acl_reset,
+                                      retry_lost_request=False)
+        self.acl_socket = make_socket(self.context, zmq.SUB)
+        self.acl_socket.connect(self.addresses.acl_pub)
+        self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
+        self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+        self.loop.add_timer(self._resync_timer)
+        self.loop.add_timer(self._acl_timer)
+        self.loop.add_timer(self._apply_timer)  # last: runs after the others marked work
+        log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
+                 config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
+                 self.addresses.acl_req, self.addresses.acl_pub)
+
+    # --- life cycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.dataplane.start()
+        self.begin_resync("start-up")
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def close(self) -> None:
+        self.plugin.close()
+        self.acl_manager.close()
+        for sock in (self.endpoint_socket, self.acl_socket):
+            self.loop.remove_socket(sock)
+            sock.close(linger=0)
+
+    # --- resync with the plugin -----------------------------------------------
+
+    def begin_resync(self, reason: str) -> None:
+        """Ask the plugin for every endpoint of this host; any resync still
+        running is abandoned (its count no longer means anything)."""
+        self.resync = Resync(str(uuid.uuid4()), reason)
+        self._resync_retry_at = None
+        self._resync_progress_at = self.loop.clock()
+        self.plugin.clear()
+        self.plugin.send(messages.make(messages.RESYNCSTATE, resync_id=self.resync.resync_id,
+                                       hostname=self.config.felix_hostname))
+        log.info("Resync %s started (%s) for host %s", self.resync.resync_id, reason, self.config.felix_hostname)
+
+    def _on_plugin_reset(self) -> None:
+        self.begin_resync("plugin connection lost")
+
+    def _on_plugin_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        if request["type"] != messages.RESYNCSTATE:
+            return
+        resync = self.resync
+        if resync is None or request.get("resync_id") != resync.resync_id:
+            log.debug("Reply to abandoned resync %s ignored", request.get("resync_id"))
+            return
+        count = reply.get("endpoint_count")
+        if reply.get("rc", messages.RC_SUCCESS) != messages.RC_SUCCESS or count is None:
+            log.warning("Resync %s refused by the plugin (rc %s: %s); retrying in %.1fs", resync.resync_id,
+                        reply.get("rc"), reply.get("message") or "no endpoint_count", self.timeout)
+            self.resync = None
+            self._resync_retry_at = self.loop.clock() + self.timeout
+            return
+        resync.expected = count
+        self._resync_progress_at = self.loop.clock()
+        log.info("Resync %s: plugin will send %d endpoint(s)", resync.resync_id, count)
+        self._check_resync_complete()
+
+    def _check_resync_complete(self) -> None:
+        resync = self.resync
+        if resync is None or not resync.complete:
+            return
+        self.resync = None
+        stale = resync.stale(self.table.ids())
+        for endpoint_id in stale:
+            log.info("Endpoint %s removed: not in resync %s", endpoint_id, resync.resync_id)
+            self._forget_endpoint(endpoint_id)
+        log.info("Resync %s complete: %d endpoint(s), %d removed", resync.resync_id, len(self.table), len(stale))
+        if self.synced_at is None:
+            self.synced_at = self.loop.clock()
+        self.dirty = True
+
+    def _resync_timer(self, now: float) -> float:
+        if now >= self._next_periodic_resync:
+            self._next_periodic_resync = now + self.resync_interval
+            self.dataplane.forget_kernel_cache()
+            self.dirty = True  # re-read the kernel and repair any drift
+            self.begin_resync("periodic")
+        elif self._resync_retry_at is not None and now >= self._resync_retry_at:
+            self.begin_resync("retry")
+        elif self.resync is not None and self.resync.expected is not None:
+            # The plugin promised endpoints that stopped coming: start again
+            # rather than wait for ever (the quiet time is counted from our
+            # own last pass too, since a long pass delays our reading).
+            quiet_since = max(self._resync_progress_at, self._last_apply_end)
+            if now - quiet_since >= 2 * self.timeout:
+                log.warning("Resync %s stalled at %d of %d endpoint(s); starting again",
+                            self.resync.resync_id, len(self.resync.counted), self.resync.expected)
+                self.begin_resync("stalled")
+        deadlines = [self._next_periodic_resync - now, self.timeout]
+        if self._resync_retry_at is not None:
+            deadlines.append(self._resync_retry_at - now)
+        return min(deadlines)
+
+    # --- endpoint API (REP) -----------------------------------------------------
+
+    def _on_endpoint_requests(self) -> None:
+        while True:
+            try:
+                raw = self.endpoint_socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                answer = self.handle_endpoint_request(raw)
+            except Exception as exc:  # a bug must not wedge the REP socket
+                log.exception("Endpoint request failed unexpectedly: %s", exc)
+                answer = messages.reply("UNKNOWN", messages.RC_INVALID, f"internal error: {exc}")
+            self.endpoint_socket.send(messages.encode(answer))
+
+    def handle_endpoint_request(self, raw: bytes) -> dict[str, Any]:
+        """One request from the plugin to its reply (never raises on bad input)."""
+        try:
+            msg = messages.decode_request(raw, ENDPOINT_REQUESTS)
+        except messages.MessageError as exc:
+            log.warning("Endpoint API: rejected request (%s)", exc)
+            self._count_rejected_announcement(raw)
+            return messages.invalid_reply(exc)
+        msg_type = msg["type"]
+        if msg_type == messages.HEARTBEAT:
+            return messages.reply(messages.HEARTBEAT)
+        if msg_type == messages.ENDPOINTDESTROYED:
+            return self._destroy(msg["endpoint_id"])
+        return self._create_or_update(msg)
+
+    def _create_or_update(self, msg: dict[str, Any]) -> dict[str, Any]:
+        msg_type = msg["type"]
+        spec = spec_from_message(msg)
+        endpoint_id = spec.endpoint_id
+        if msg_type == messages.ENDPOINTUPDATED and endpoint_id not in self.table:
+            log.warning("ENDPOINTUPDATED for unknown endpoint %s: NOTEXIST", endpoint_id)
+            return messages.reply(msg_type, messages.RC_NOTEXIST, f"endpoint {endpoint_id} does not exist")
+        change = self.table.upsert(spec)
+        state = "enabled" if spec.enabled else "disabled"
+        if change is Change.CREATED:
+            log.info("Endpoint %s created: %s, mac %s, %s", endpoint_id, " ".join(spec.addrs) or "no addresses",
+                     spec.mac, state)
+            self._subscribe(endpoint_id)
+            self._request_acls(endpoint_id)
+            self.dirty = True
+        elif change is Change.UPDATED:
+            log.info("Endpoint %s updated: %s, mac %s, %s", endpoint_id, " ".join(spec.addrs) or "no addresses",
+                     spec.mac, state)
+            self.dirty = True
+        else:
+            log.debug("Endpoint %s unchanged", endpoint_id)
+        self._note_for_resync(msg_type, msg.get("resync_id"), endpoint_id, endpoint_id)
+        return messages.reply(msg_type)
+
+    def _destroy(self, endpoint_id: str) -> dict[str, Any]:
+        if self.resync is not None:
+            self.resync.destroyed(endpoint_id)
+        if endpoint_id not in self.table:
+            log.warning("ENDPOINTDESTROYED for unknown endpoint %s: NOTEXIST", endpoint_id)
+            return messages.reply(messages.ENDPOINTDESTROYED, messages.RC_NOTEXIST,
+                                  f"endpoint {endpoint_id} does not exist")
+        log.info("Endpoint %s destroyed", endpoint_id)
+        self._forget_endpoint(endpoint_id)
+        self.dirty = True
+        return messages.reply(messages.ENDPOINTDESTROYED)
+
+    def _note_for_resync(self, msg_type: str, resync_id: Any, key: str, endpoint_id: str | None) -> None:
+        resync = self.resync
+        if resync is None:
+            return
+        if msg_type == messages.ENDPOINTCREATED and resync_id == resync.resync_id:
+            resync.announced(key, endpoint_id)
+            self._resync_progress_at = self.loop.clock()
+            self._check_resync_complete()
+        elif endpoint_id is not None:
+            resync.live(endpoint_id)
+
+    def _count_rejected_announcement(self, raw: bytes) -> None:
+        """A resync announcement we had to reject still counts towards the
+        resync, or the resync would never complete.  Its endpoint, if it has
+        a usable id, keeps what it had: rejecting new values of an endpoint
+        is no reason to tear down its old ones."""
+        if self.resync is None:
+            return
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(msg, dict) or msg.get("type") != messages.ENDPOINTCREATED:
+            return
+        endpoint_id = msg.get("endpoint_id")
+        known = endpoint_id if isinstance(endpoint_id, str) and endpoint_id in self.table else None
+        key = known or f"rejected:{zlib.crc32(raw):08x}"
+        self._note_for_resync(messages.ENDPOINTCREATED, msg.get("resync_id"), key, known)
+
+    def _forget_endpoint(self, endpoint_id: str) -> None:
+        self.table.remove(endpoint_id)
+        if endpoint_id in self._subscribed:
+            self._subscribed.discard(endpoint_id)
+            self.acl_socket.setsockopt(zmq.UNSUBSCRIBE, endpoint_id.encode())
+        self._acl_requested_at.pop(endpoint_id, None)
+        self._acl_problems.pop(endpoint_id, None)
+        self.missing.discard(endpoint_id)
+
+    # --- ACL manager ------------------------------------------------------------
+
+    def _subscribe(self, endpoint_id: str) -> None:
+        if endpoint_id not in self._subscribed:
+            self._subscribed.add(endpoint_id)
+            self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
+
+    def _request_acls(self, endpoint_id: str) -> None:
+        """Queue a GETACLSTATE unless one for this endpoint is queued or in flight."""
+        self._acl_requested_at[endpoint_id] = self.loop.clock()
+        if endpoint_id in self._acl_queued:
+            return
+        self._acl_queued.add(endpoint_id)
+        self.acl_manager.send(messages.make(messages.GETACLSTATE, endpoint_id=endpoint_id))
+
+    def _request_all_acls(self, endpoint_ids: list[str], reason: str) -> None:
+        if not endpoint_ids:
+            return
+        log.info("Asking the ACL manager for the ACLs of %d endpoint(s): %s", len(endpoint_ids), reason)
+        for endpoint_id in endpoint_ids:
+            self._request_acls(endpoint_id)
+
+    def _on_acl_reset(self) -> None:
+        # Nothing is in flight after a reset; start the queue afresh.
+        self.acl_manager.clear()
+        self._acl_queued.clear()
+        self._request_all_acls(self.table.ids(), "ACL manager connection lost")
+
+    def _on_acl_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
+        if request["type"] != messages.GETACLSTATE:
+            return
+        endpoint_id = request["endpoint_id"]
+        self._acl_queued.discard(endpoint_id)
+        rc = reply.get("rc", messages.RC_SUCCESS)
+        if rc != messages.RC_SUCCESS:
+            log.info("ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc, reply.get("message"))
+
+    def _on_acl_publications(self) -> None:
+        while True:
+            try:
+                frames = self.acl_socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._heard_from_acl_manager()
+            if len(frames) != 2:
+                log.warning("ACL publication with %d frame(s) ignored (want topic and body)", len(frames))
+                continue
+            topic, body = frames
+            if topic != messages.TOPIC_ACL_HEARTBEAT:
+                self.handle_acl_update(topic, body)
+
+    def handle_acl_update(self, topic: bytes, body: bytes) -> None:
+        endpoint_id = topic.decode("utf-8", errors="replace")
+        if endpoint_id not in self.table:
+            # Subscriptions match by prefix, and a destroyed endpoint's ACLs
+            # may still be in flight: neither is ours to program.
+            log.debug("ACLUPDATE on topic %r ignored: not an endpoint of this host", endpoint_id)
+            return
+        try:
+            msg = messages.decode_request(body, {messages.ACLUPDATE})
+        except messages.MessageError as exc:
+            log.warning("ACLUPDATE for endpoint %s rejected (%s); keeping its previous ACLs", endpoint_id, exc)
+            return
+        acls, problems = acls_from_wire(msg["acls"])
+        reported = self._acl_problems.get(endpoint_id, frozenset())
+        for problem in problems:
+            if problem not in reported:
+                log.warning("ACLUPDATE for endpoint %s: skipped %s", endpoint_id, problem)
+        self._acl_problems[endpoint_id] = frozenset(problems)
+        if self.table.set_acls(endpoint_id, acls):
+            log.info("ACLs for endpoint %s: %s", endpoint_id, describe_acls(acls))
+            self.dirty = True
+        else:
+            log.debug("ACLs for endpoint %s unchanged", endpoint_id)
+
+    def _heard_from_acl_manager(self) -> None:
+        self._acl_heard_at = self.loop.clock()
+        if self._acl_live:
+            return
+        self._acl_live = True
+        log.info("ACL manager: publications arriving from %s", self.addresses.acl_pub)
+        if self._acl_ever_live:
+            # Whatever was published while we were not listening is lost.
+            self._request_all_acls(self.table.ids(), "ACL manager back")
+        else:
+            # First contact: requests sent before the subscription was up may
+            # have had their answers published to no one.
+            self._request_all_acls(self.table.without_acls(), "first contact with the ACL manager")
+        self._acl_ever_live = True
+
+    def _acl_timer(self, now: float) -> float:
+        if self._acl_live and now - self._acl_heard_at >= self.timeout:
+            self._acl_live = False
+            log.warning("ACL manager: nothing heard on %s for %.1fs; asking again for every endpoint's ACLs",
+                        self.addresses.acl_pub, now - self._acl_heard_at)
+            self._request_all_acls(self.table.ids(), "ACL manager silent")
+        # An answer published before our subscription reached the publisher
+        # is lost; ask again for endpoints still waiting.
+        overdue = [i for i in self.table.without_acls()
+                   if i not in self._acl_queued and now - self._acl_requested_at.get(i, now) >= self.timeout]
+        for endpoint_id in overdue:
+            log.debug("Endpoint %s still has no ACLs; asking again", endpoint_id)
+            self._request_acls(endpoint_id)
+        if self._acl_live:
+            return max(self._acl_heard_at + self.timeout - now, 0.0)
+        return self.timeout
+
+    # --- dataplane ---------------------------------------------------------------
+
+    def _apply_timer(self, now: float) -> float | None:
+        if self.synced_at is None:
+            return None
+        if not self.applied_once and self.table.without_acls():
+            first_pass_at = self.synced_at + self.timeout
+            if now < first_pass_at:
+                return first_pass_at - now
+        retry_due = self._retry_at is not None and now >= self._retry_at
+        in_backoff = self._failures > 0 and not retry_due
+        if (self.dirty and not in_backoff) or retry_due:
+            self.apply()
+        if self._retry_at is None:
+            return None
+        return max(self._retry_at - self.loop.clock(), 0.0)
+
+    def apply(self) -> None:
+        """One dataplane pass over the whole desired state."""
+        desired = self.table.desired()
+        self.dirty = False
+        self._retry_at = None
+        try:
+            missing = self.dataplane.apply(desired)
+        except Exception as exc:
+            self._failures += 1
+            backoff = min(BACKOFF_MIN_SECS * 2 ** (self._failures - 1), BACKOFF_MAX_SECS)
+            log.error("Dataplane pass failed (%s: %s); re-reading the kernel, retrying in %.1fs",
+                      type(exc).__name__, exc, backoff)
+            log.debug("Dataplane failure detail", exc_info=True)
+            try:
+                self.dataplane.forget_kernel_cache()
+            except Exception as forget_exc:
+                log.error("Dataplane could not forget its kernel cache: %s", forget_exc)
+            self._last_apply_end = self.loop.clock()
+            self._retry_at = self._last_apply_end + backoff
+            return
+        if self._failures:
+            log.info("Dataplane pass succeeded again after %d failure(s)", self._failures)
+        self._failures = 0
+        self.applied_once = True
+        self._last_apply_end = self.loop.clock()
+        self._note_missing(set(missing) & set(desired), desired)
+        if self.missing:
+            self._retry_at = self._last_apply_end + self.retry_interval
+        log.debug("Dataplane pass done: %d endpoint(s), %d waiting for their interface",
+                  len(desired), len(self.missing))
+
+    def _note_missing(self, missing: set[str], desired: Mapping[str, EndpointSpec]) -> None:
+        for endpoint_id in sorted(missing - self.missing):
+            log.info("Endpoint %s: interface %s does not exist yet; retrying every %d ms", endpoint_id,
+                     desired[endpoint_id].interface, self.config.endpoint_retry_time_millis)
+        for endpoint_id in sorted(self.missing - missing):
+            if endpoint_id in desired:
+                log.info("Endpoint %s: interface %s now present and programmed", endpoint_id,
+                         desired[endpoint_id].interface)
+        self.missing = missing

@@ -1,0 +1,186 @@
+"""Felix's bookkeeping: which endpoints this host owns and what they may do.
+
+Pure state, no sockets and no kernel.  The agent feeds it the plugin's
+endpoint messages and the ACL manager's ACLUPDATEs; ``EndpointTable.desired``
+hands the dataplane the whole picture as ``EndpointSpec`` values
+(calico.felix.state).  Everything returns whether it changed something, so
+the agent knows when a dataplane pass is due and when it would be a no-op.
+
+ACLUPDATE parsing is forgiving by rule and strict by message: a malformed
+rule is reported and skipped while the message's good rules are kept.
+Skipping can only narrow what an endpoint may do, since every rule is an
+allow.  Rules that do not belong in an ACL (a group rule, which the ACL
+manager should have expanded, or a rule whose address family differs from
+the list it sits in) are skipped the same way.
+
+A resync (DESIGN section 4) is tracked by ``Resync``: the plugin announces
+how many endpoints it will send and then sends them, in any order relative
+to its reply.  Endpoints created or updated live while a resync is running
+are current too, so they are kept even though the resync does not count
+them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
+
+from calico.common.rules import Rule, rule_from_wire
+from calico.common.validation import ValidationError
+from calico.felix.state import AclRules, Acls, EndpointSpec
+
+ALLOW_ALL = {4: "0.0.0.0/0", 6: "::/0"}
+
+
+class Change(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+def spec_from_message(msg: Mapping[str, Any]) -> EndpointSpec:
+    """An endpoint (without ACLs) from a decoded ENDPOINTCREATED/UPDATED.
+
+    The message has already been checked by calico.common.messages, so the
+    MAC and addresses are canonical; addresses are de-duplicated and sorted
+    so that a re-ordered list is not mistaken for a change."""
+    addrs = sorted({entry["addr"] for entry in msg["addrs"]}, key=lambda a: (":" in a, a))
+    return EndpointSpec(
+        endpoint_id=msg["endpoint_id"],
+        mac=msg["mac"],
+        addrs=tuple(addrs),
+        enabled=msg["state"] == "enabled",
+    )
+
+
+class EndpointTable:
+    """The endpoints this host owns, each with its ACLs once they arrive."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, EndpointSpec] = {}
+
+    def __contains__(self, endpoint_id: object) -> bool:
+        return endpoint_id in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def ids(self) -> list[str]:
+        return sorted(self._specs)
+
+    def get(self, endpoint_id: str) -> EndpointSpec | None:
+        return self._specs.get(endpoint_id)
+
+    def upsert(self, spec: EndpointSpec) -> Change:
+        """Create or update an endpoint; ACLs already known are kept."""
+        old = self._specs.get(spec.endpoint_id)
+        if old is None:
+            self._specs[spec.endpoint_id] = replace(spec, acls=None)
+            return Change.CREATED
+        new = replace(spec, acls=old.acls)
+        if new == old:
+            return Change.UNCHANGED
+        self._specs[spec.endpoint_id] = new
+        return Change.UPDATED
+
+    def remove(self, endpoint_id: str) -> bool:
+        return self._specs.pop(endpoint_id, None) is not None
+
+    def set_acls(self, endpoint_id: str, acls: Acls) -> bool:
+        """Record an endpoint's ACLs; False if unknown or unchanged."""
+        old = self._specs.get(endpoint_id)
+        if old is None or old.acls == acls:
+            return False
+        self._specs[endpoint_id] = replace(old, acls=acls)
+        return True
+
+    def without_acls(self) -> list[str]:
+        return sorted(i for i, spec in self._specs.items() if spec.acls is None)
+
+    def desired(self) -> Mapping[str, EndpointSpec]:
+        """A snapshot for the dataplane (specs are immutable; the dict is a copy)."""
+        return dict(self._specs)
+
+
+# --- ACLUPDATE ----------------------------------------------------------------
+
+def _rules_of(family: str, version: int, direction: str, rule_set: Mapping[str, Any],
+              problems: list[str]) -> tuple[Rule, ...]:
+    rules: dict[Rule, None] = {}  # ordered set: duplicates say nothing new
+    for index, wire in enumerate(rule_set.get(direction) or ()):
+        where = f"{family} {direction} rule {index}"
+        try:
+            rule = rule_from_wire(wire)
+        except ValidationError as exc:
+            problems.append(f"{where} {wire!r}: {exc}")
+            continue
+        if rule.cidr is None:
+            problems.append(f"{where} ({rule}): group rules are not allowed in ACLs (want cidr)")
+            continue
+        if rule.ip_version != version:
+            problems.append(f"{where} ({rule}): IPv{rule.ip_version} CIDR in the {family} list")
+            continue
+        rules[rule] = None
+    if rule_set.get(f"{direction}_default") == "allow":
+        rules[Rule(cidr=ALLOW_ALL[version])] = None
+    return tuple(rules)
+
+
+def acls_from_wire(acls: Mapping[str, Any]) -> tuple[Acls, list[str]]:
+    """ACLs from an ACLUPDATE's (shape-checked) ``acls`` field.
+
+    Returns the ACLs built from the valid rules and one line per rule that
+    was skipped.  A family absent from the message allows nothing."""
+    problems: list[str] = []
+    families = {}
+    for family, version in (("v4", 4), ("v6", 6)):
+        rule_set = acls.get(family) or {}
+        families[family] = AclRules(
+            inbound=_rules_of(family, version, "inbound", rule_set, problems),
+            outbound=_rules_of(family, version, "outbound", rule_set, problems),
+        )
+    return Acls(**families), problems
+
+
+def describe_acls(acls: Acls) -> str:
+    """A short summary for the log: rule counts per family and direction."""
+    return ", ".join(f"v{v} in {len(acls.family(v).inbound)} out {len(acls.family(v).outbound)}"
+                     for v in (4, 6))
+
+
+# --- resync -------------------------------------------------------------------
+
+@dataclass
+class Resync:
+    """One RESYNCSTATE exchange with the plugin, until it completes."""
+
+    resync_id: str
+    reason: str
+    expected: int | None = None          # from the plugin's reply
+    counted: set[str] = field(default_factory=set)   # announcements carrying our resync_id
+    kept: set[str] = field(default_factory=set)      # endpoints current as of this resync
+
+    def announced(self, key: str, endpoint_id: str | None) -> None:
+        """An ENDPOINTCREATED carrying our resync_id arrived.
+
+        ``key`` identifies the announcement (the endpoint id, or a stand-in
+        for one so malformed that it has none): a retried message must not
+        count twice, or the resync would end before it had them all."""
+        self.counted.add(key)
+        if endpoint_id is not None:
+            self.kept.add(endpoint_id)
+
+    def live(self, endpoint_id: str) -> None:
+        self.kept.add(endpoint_id)
+
+    def destroyed(self, endpoint_id: str) -> None:
+        self.kept.discard(endpoint_id)
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and len(self.counted) >= self.expected
+
+    def stale(self, known: Iterable[str]) -> list[str]:
+        """Endpoints held before that this resync did not mention."""
+        return sorted(set(known) - self.kept)

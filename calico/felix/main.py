@@ -1,0 +1,115 @@
+"""``calico-felix``: read the config, set up logging, run the agent.
+
+The config file holds the operator's settings (DESIGN section 3).  The
+command-line flags after ``--config-file`` override single keys; they exist
+for tests and one-off runs (several Felixes on one machine, each in its own
+namespace with its own log), and go through the same checks as the file, so
+a bad value is one line on stderr naming the key, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Sequence
+
+from calico.common import config as config_module
+from calico.common.config import Config, ConfigError, load_config, resolve_peers
+from calico.common.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_FILE = "/etc/calico/felix.cfg"
+
+# flag -> Config attribute; each is checked by the config file's own parser.
+OVERRIDES = {
+    "plugin_address": "--plugin-address",
+    "acl_address": "--acl-address",
+    "felix_hostname": "--hostname",
+    "local_address": "--local-address",
+    "log_file_path": "--log-file",
+    "log_severity_file": "--log-severity-file",
+    "log_severity_screen": "--log-severity-screen",
+    "connection_timeout_millis": "--connection-timeout-ms",
+    "connection_keepalive_interval_millis": "--keepalive-ms",
+    "resync_interval_secs": "--resync-interval-secs",
+    "endpoint_retry_time_millis": "--endpoint-retry-ms",
+}
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="calico-felix", description="Calico Felix: the per-host agent.")
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG_FILE,
+                        help=f"felix.cfg (default {DEFAULT_CONFIG_FILE})")
+    for attr, flag in OVERRIDES.items():
+        key = next(k for s, k, a, _ in config_module._KEYS if a == attr)
+        parser.add_argument(flag, dest=attr, metavar="VALUE", help=f"override {key}")
+    return parser.parse_args(argv)
+
+
+def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
+    """Set the keys given as flags, checked as the config file's values are."""
+    for section, key, attr, parse in config_module._KEYS:
+        raw = getattr(args, attr, None)
+        if raw is None:
+            continue
+        try:
+            setattr(config, attr, parse(raw))
+        except ValueError as exc:  # ValidationError is a ValueError too
+            raise ConfigError(f"{OVERRIDES[attr]} ([{section}] {key}) = {raw!r}: {exc}") from None
+    return config
+
+
+def local_addresses() -> set[str]:
+    """This host's addresses, to pick our own entry from the cluster file."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
+
+
+def load(argv: Sequence[str] | None = None) -> Config:
+    args = _arguments(argv)
+    config = apply_overrides(load_config(args.config_file), args)
+    return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
+                         local_addresses=local_addresses)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load(argv)
+    except ConfigError as exc:
+        print(f"calico-felix: {exc}", file=sys.stderr)
+        return 2
+    setup_logging("felix", config.log_file_path, config.log_severity_file,
+                  config.log_severity_screen, config.log_severity_sys)
+
+    from calico.felix.agent import Agent
+    from calico.felix.dataplane import Dataplane
+
+    try:
+        agent = Agent(config, Dataplane())
+    except Exception as exc:
+        log.error("Felix cannot start: %s", exc)
+        return 1
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("Signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        agent.run()
+    except Exception as exc:
+        log.error("Felix stopped: %s", exc)
+        log.debug("Felix failure detail", exc_info=True)
+        return 1
+    log.info("Felix stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,545 @@
+"""Felix's agent loop with a fake dataplane, peers on inproc ZeroMQ, a fake clock.
+
+The peers are real ZeroMQ sockets (REP, REQ, ROUTER, PUB) speaking the wire
+protocol; only the dataplane is a recording fake and time is a counter, so
+every timer (resync, retry, back-off, connection loss) is exercised without
+sleeping and without root.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+
+import pytest
+import zmq
+
+from calico.common import messages
+from calico.common.config import Config
+from calico.common.rules import Rule
+from calico.common.zmqloop import EventLoop
+from calico.felix.agent import Addresses, Agent
+
+_names = itertools.count()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeDataplane:
+    """Records every call; can pretend interfaces are missing or fail."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.applied: list[dict] = []
+        self.forgets = 0
+        self.missing: set[str] = set()
+        self.failures_left = 0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def apply(self, desired):
+        if self.failures_left:
+            self.failures_left -= 1
+            raise OSError("netlink said no")
+        self.applied.append(dict(desired))
+        return self.missing & set(desired)
+
+    def forget_kernel_cache(self) -> None:
+        self.forgets += 1
+
+
+def endpoint(msg_type=messages.ENDPOINTCREATED, endpoint_id="ep1", addr="192.168.1.1",
+             mac="aa:bb:cc:dd:ee:01", state="enabled", **extra):
+    return messages.make(msg_type, endpoint_id=endpoint_id, mac=mac, state=state, addrs=[{"addr": addr}], **extra)
+
+
+ALLOW_10 = {"v4": {"inbound": [{"cidr": "10.0.0.0/8", "protocol": "tcp", "port": 80}], "outbound": [],
+                   "inbound_default": "deny", "outbound_default": "allow"}}
+
+
+class Harness:
+    """The agent plus a fake plugin and ACL manager, all in this thread."""
+
+    def __init__(self, **config_values):
+        tag = next(_names)
+        self.ctx = zmq.Context()
+        self.clock = FakeClock()
+        addresses = Addresses(plugin=f"inproc://plugin-{tag}", endpoints=f"inproc://felix-{tag}",
+                              acl_req=f"inproc://acl-req-{tag}", acl_pub=f"inproc://acl-pub-{tag}")
+        # ROUTERs stand in for the peers' REP sockets: a REP that took a
+        # request and never answered it (the agent gave up) would refuse to
+        # take the next one, which is not how a restarted peer behaves.
+        self.plugin_rep = self._socket(zmq.ROUTER, bind=addresses.plugin)
+        self._plugin_peer: list[bytes] = []
+        self.acl_router = self._socket(zmq.ROUTER, bind=addresses.acl_req)
+        self.acl_pub = self._socket(zmq.PUB, bind=addresses.acl_pub)
+        values = dict(felix_hostname="host-1", connection_timeout_millis=6000,
+                      connection_keepalive_interval_millis=2000, resync_interval_secs=1800,
+                      endpoint_retry_time_millis=500)
+        values.update(config_values)
+        self.config = Config(**values)
+        self.dataplane = FakeDataplane()
+        self.agent = Agent(self.config, self.dataplane, addresses=addresses, context=self.ctx,
+                           loop=EventLoop(clock=self.clock))
+        self.plugin_req = self._socket(zmq.REQ, connect=addresses.endpoints)
+
+    def _socket(self, kind, bind=None, connect=None):
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if bind:
+            sock.bind(bind)
+        if connect:
+            sock.connect(connect)
+        return sock
+
+    def close(self) -> None:
+        self.agent.close()
+        self.ctx.destroy(linger=0)
+
+    # --- driving the loop ---------------------------------------------------
+
+    def step(self, rounds: int = 3) -> None:
+        for _ in range(rounds):
+            self.agent.loop.run_once(max_wait=0.0)
+
+    def pump_until(self, condition, what: str, timeout: float = 5.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            result = condition()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            self.agent.loop.run_once(max_wait=0.01)
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.step()
+
+    # --- fake plugin ----------------------------------------------------------
+
+    def _plugin_recv(self):
+        if not self.plugin_rep.poll(0):
+            return None
+        identity, empty, body = self.plugin_rep.recv_multipart()
+        self._plugin_peer = [identity, empty]
+        return body
+
+    def expect_resync(self) -> dict:
+        while True:  # keepalives may come first after a clock jump
+            raw = self.pump_until(self._plugin_recv, "RESYNCSTATE")
+            msg = messages.decode_request(raw, {messages.RESYNCSTATE, messages.HEARTBEAT})
+            if msg["type"] == messages.RESYNCSTATE:
+                return msg
+            self.plugin_rep.send_multipart(self._plugin_peer + [messages.encode(messages.reply(messages.HEARTBEAT))])
+
+    def answer_resync(self, count: int, rc: str = messages.RC_SUCCESS) -> None:
+        reply = messages.reply(messages.RESYNCSTATE, rc, endpoint_count=count)
+        self.plugin_rep.send_multipart(self._plugin_peer + [messages.encode(reply)])
+        self.step()
+
+    def request_raw(self, raw: bytes) -> dict:
+        self.plugin_req.send(raw)
+        reply = self.pump_until(lambda: self.plugin_req.poll(0) and self.plugin_req.recv(), "endpoint reply")
+        return messages.json.loads(reply)
+
+    def request(self, msg: dict) -> dict:
+        return self.request_raw(messages.encode(msg))
+
+    def resync(self, *endpoint_msgs) -> str:
+        """Run a whole resync announcing these endpoints; returns its id."""
+        resync_id = self.expect_resync()["resync_id"]
+        self.answer_resync(len(endpoint_msgs))
+        for msg in endpoint_msgs:
+            assert self.request(dict(msg, resync_id=resync_id))["rc"] == messages.RC_SUCCESS
+        return resync_id
+
+    # --- fake ACL manager ----------------------------------------------------------
+
+    def acl_requests(self, answer: bool = True) -> list[str]:
+        """GETACLSTATE requests waiting now (answered one by one, as a ROUTER does)."""
+        ids = []
+        while True:
+            self.step()
+            if not self.acl_router.poll(0):
+                return ids
+            identity, empty, body = self.acl_router.recv_multipart()
+            msg = messages.decode_request(body, {messages.GETACLSTATE, messages.HEARTBEAT})
+            if msg["type"] == messages.GETACLSTATE:
+                ids.append(msg["endpoint_id"])
+            if not answer:
+                return ids
+            self.acl_router.send_multipart([identity, empty, messages.encode(messages.reply(msg["type"]))])
+
+    def publish(self, topic: str | bytes, body: bytes) -> None:
+        topic = topic.encode() if isinstance(topic, str) else topic
+        self.acl_pub.send_multipart([topic, body])
+        self.step()
+
+    def publish_acls(self, endpoint_id: str, acls: dict) -> None:
+        self.publish(endpoint_id, messages.encode(messages.make(messages.ACLUPDATE, acls=acls)))
+
+    def heartbeat(self) -> None:
+        self.publish(messages.TOPIC_ACL_HEARTBEAT, messages.encode(messages.make(messages.HEARTBEAT)))
+
+    @property
+    def last_desired(self) -> dict:
+        return self.dataplane.applied[-1]
+
+
+@pytest.fixture
+def h():
+    harness = Harness()
+    harness.agent.start()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def synced(h: Harness, *endpoint_msgs, acls: dict | None = ALLOW_10) -> None:
+    """Complete the start-up resync and give every endpoint ACLs."""
+    h.resync(*endpoint_msgs)
+    h.heartbeat()
+    for msg in endpoint_msgs:
+        if acls is not None:
+            h.publish_acls(msg["endpoint_id"], acls)
+    h.acl_requests()
+    h.step()
+
+
+# --- start-up resync -------------------------------------------------------------------
+
+def test_start_up_resync_programs_nothing_until_complete(h):
+    msg = h.expect_resync()
+    assert msg["hostname"] == "host-1" and len(msg["resync_id"]) == 36
+    assert h.dataplane.started == 1
+    h.answer_resync(2)
+    assert h.request(endpoint(endpoint_id="a", resync_id=msg["resync_id"]))["rc"] == "SUCCESS"
+    h.step()
+    assert h.dataplane.applied == []  # one of two: still resyncing
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.2", resync_id=msg["resync_id"]))
+    h.publish_acls("a", ALLOW_10)
+    h.publish_acls("b", ALLOW_10)
+    h.step()
+    assert sorted(h.last_desired) == ["a", "b"]
+    assert h.last_desired["a"].acls.v4.inbound == (Rule(cidr="10.0.0.0/8", protocol="tcp", port=80),)
+
+
+def test_empty_resync_applies_empty_state(h):
+    h.resync()
+    h.step()
+    assert h.dataplane.applied == [{}]
+
+
+def test_announcements_before_the_reply_still_count(h):
+    resync_id = h.expect_resync()["resync_id"]
+    # The plugin may push its announcements before our REQ sees its reply.
+    h.plugin_rep.send_multipart(h._plugin_peer + [messages.encode(messages.reply(messages.RESYNCSTATE,
+                                                                                 endpoint_count=1))])
+    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
+    h.publish_acls("a", ALLOW_10)
+    h.step()
+    assert list(h.last_desired) == ["a"]
+
+
+def test_first_pass_waits_for_acls_at_most_the_connection_timeout(h):
+    h.resync(endpoint(endpoint_id="a"))
+    h.step()
+    assert h.dataplane.applied == []  # would fail "a" closed for no reason
+    h.advance(6.0)
+    assert list(h.last_desired) == ["a"] and h.last_desired["a"].acls is None
+
+
+def test_resync_removes_stale_endpoints_and_forgets_kernel_cache(h):
+    synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
+    assert sorted(h.last_desired) == ["a", "b"]
+    forgets = h.dataplane.forgets
+    h.advance(1800)  # periodic resync
+    assert h.dataplane.forgets == forgets + 1
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
+    h.step()
+    assert sorted(h.last_desired) == ["a"]
+    assert h.last_desired["a"].acls is not None  # kept through the resync
+
+
+def test_live_create_during_resync_is_kept(h):
+    synced(h, endpoint(endpoint_id="a"))
+    h.advance(1800)
+    resync_id = h.expect_resync()["resync_id"]
+    h.request(endpoint(endpoint_id="live", addr="192.168.1.9"))  # pushed live, no resync_id
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
+    h.step()
+    assert sorted(h.last_desired) == ["a", "live"]
+
+
+def test_announcement_of_an_abandoned_resync_does_not_count(h):
+    old = h.expect_resync()["resync_id"]
+    h.advance(6.0)  # no answer: the REQ socket is rebuilt and a new resync starts
+    new = h.expect_resync()["resync_id"]
+    assert new != old
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", resync_id=old))
+    h.step()
+    assert h.agent.synced_at is None
+    h.request(endpoint(endpoint_id="a", resync_id=new))
+    assert h.agent.synced_at is not None
+
+
+def test_rejected_announcement_counts_towards_the_resync(h):
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(2)
+    reply = h.request(endpoint(endpoint_id="a", mac="zz", resync_id=resync_id))
+    assert reply["rc"] == "INVALID"
+    h.request(endpoint(endpoint_id="b", resync_id=resync_id))
+    assert h.agent.synced_at is not None
+
+
+def test_refused_resync_is_retried(h):
+    h.expect_resync()
+    h.answer_resync(0, rc=messages.RC_INVALID)
+    h.advance(6.0)
+    h.expect_resync()
+
+
+def test_stalled_resync_starts_again(h):
+    first = h.expect_resync()["resync_id"]
+    h.answer_resync(3)
+    h.request(endpoint(endpoint_id="a", resync_id=first))
+    h.clock.now += 12.0
+    assert h.expect_resync()["resync_id"] != first
+
+
+# --- live endpoint messages ------------------------------------------------------------
+
+def test_live_create_update_destroy_replies(h):
+    synced(h)
+    create = h.request(endpoint(endpoint_id="x"))
+    assert create == {"type": "ENDPOINTCREATED", "rc": "SUCCESS", "message": ""}
+    assert h.acl_requests() == ["x"]  # subscribed first, then asked
+    again = h.request(endpoint(endpoint_id="x", addr="192.168.1.7"))  # CREATED of a known one: an update
+    assert again["rc"] == "SUCCESS"
+    assert h.agent.table.get("x").addrs == ("192.168.1.7",)
+    update = h.request(endpoint(messages.ENDPOINTUPDATED, endpoint_id="x", state="disabled"))
+    assert update == {"type": "ENDPOINTUPDATED", "rc": "SUCCESS", "message": ""}
+    h.step()
+    assert not h.last_desired["x"].enabled
+    destroy = h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="x"))
+    assert destroy == {"type": "ENDPOINTDESTROYED", "rc": "SUCCESS", "message": ""}
+    h.step()
+    assert h.last_desired == {}
+
+
+def test_update_or_destroy_of_unknown_endpoint_is_notexist(h):
+    synced(h)
+    update = h.request(endpoint(messages.ENDPOINTUPDATED, endpoint_id="ghost"))
+    assert (update["type"], update["rc"]) == ("ENDPOINTUPDATED", "NOTEXIST")
+    destroy = h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="ghost"))
+    assert (destroy["type"], destroy["rc"]) == ("ENDPOINTDESTROYED", "NOTEXIST")
+    assert "ghost" not in h.agent.table
+
+
+def test_heartbeat_is_answered(h):
+    assert h.request(messages.make(messages.HEARTBEAT)) == {"type": "HEARTBEAT", "rc": "SUCCESS", "message": ""}
+
+
+@pytest.mark.parametrize("raw, reply_type, field", [
+    (b"not json", "UNKNOWN", "not JSON"),
+    (b"[1, 2]", "UNKNOWN", "not a JSON object"),
+    (messages.encode(endpoint(mac="zz:bb:cc:dd:ee:01")), "ENDPOINTCREATED", "'mac'"),
+    (messages.encode(endpoint(addr="192.168.1.300")), "ENDPOINTCREATED", "'addrs'"),
+    (messages.encode(endpoint(state="sleeping")), "ENDPOINTCREATED", "'state'"),
+    (messages.encode(endpoint(endpoint_id="-rf")), "ENDPOINTCREATED", "'endpoint_id'"),
+    (messages.encode(endpoint(endpoint_id="a b")), "ENDPOINTCREATED", "'endpoint_id'"),
+    (messages.encode(endpoint(messages.ENDPOINTUPDATED, mac=7)), "ENDPOINTUPDATED", "'mac'"),
+    (messages.encode({"type": "ENDPOINTDESTROYED"}), "ENDPOINTDESTROYED", "'endpoint_id'"),
+    (messages.encode({"type": "EXPLODE"}), "UNKNOWN", "'EXPLODE'"),
+    (messages.encode(messages.make(messages.GETGROUPS)), "GETGROUPS", "GETGROUPS"),
+])
+def test_malformed_requests_get_invalid_and_the_loop_carries_on(h, caplog, raw, reply_type, field):
+    synced(h, endpoint(endpoint_id="good"))
+    applied = len(h.dataplane.applied)
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        reply = h.request_raw(raw)
+    assert reply["type"] == reply_type and reply["rc"] == "INVALID"
+    assert field in reply["message"]
+    assert len([r for r in caplog.records if "rejected request" in r.getMessage()]) == 1
+    h.step()
+    assert len(h.dataplane.applied) == applied  # nothing else touched
+    assert h.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
+    assert h.request(endpoint(endpoint_id="next"))["rc"] == "SUCCESS"
+
+
+def test_one_info_line_per_endpoint_event(h, caplog):
+    synced(h)
+    with caplog.at_level(logging.INFO, logger="calico.felix.agent"):
+        h.request(endpoint(endpoint_id="x"))
+        h.request(endpoint(endpoint_id="x"))  # unchanged: no INFO line
+        h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="x"))
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO and "Endpoint x" in r.getMessage()]
+    assert len(lines) == 2 and "created" in lines[0] and "destroyed" in lines[1]
+
+
+# --- ACLs ------------------------------------------------------------------------------
+
+def test_aclupdate_with_malformed_rules_keeps_the_valid_ones_and_logs_once(h, caplog):
+    synced(h, endpoint(endpoint_id="a"), acls=None)
+    acls = {"v4": {"inbound": [{"cidr": "10.0.0.999"}, {"cidr": "10.0.0.1", "protocol": "tcp", "port": 22},
+                               {"group": "web"}],
+                   "outbound": [{"cidr": "fd00::1"}]}}
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        h.publish_acls("a", acls)
+        h.publish_acls("a", acls)  # the same again: nothing new to say
+    h.step()
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 3
+    got = h.last_desired["a"].acls
+    assert got.v4.inbound == (Rule(cidr="10.0.0.1/32", protocol="tcp", port=22),)
+    assert got.v4.outbound == () and got.v6.inbound == () and got.v6.outbound == ()
+
+
+def test_malformed_aclupdate_keeps_previous_acls(h, caplog):
+    synced(h, endpoint(endpoint_id="a"))
+    before = h.last_desired["a"].acls
+    applied = len(h.dataplane.applied)
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        h.publish("a", b"{not json")
+        h.publish("a", messages.encode({"type": "ACLUPDATE", "acls": {"v4": {"inbound": 5}}}))
+        h.acl_pub.send_multipart([b"a"])  # one frame
+        h.step()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 3
+    assert len(h.dataplane.applied) == applied
+    assert h.agent.table.get("a").acls == before
+
+
+def test_acls_for_a_prefix_topic_or_unknown_endpoint_are_ignored(h):
+    synced(h, endpoint(endpoint_id="ab"), acls=None)
+    h.publish_acls("abc", ALLOW_10)  # delivered (subscriptions match prefixes) but not ours
+    h.advance(6.0)
+    assert h.last_desired["ab"].acls is None
+    assert "abc" not in h.agent.table
+
+
+def test_destroyed_endpoint_is_unsubscribed(h):
+    synced(h, endpoint(endpoint_id="a"))
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    h.step()
+    h.acl_pub.send_multipart([b"a", messages.encode(messages.make(messages.ACLUPDATE, acls=ALLOW_10))])
+    assert h.agent.acl_socket.poll(200) == 0  # the publisher filters it out now
+    assert h.last_desired == {}
+
+
+def test_messages_ready_together_cost_one_pass(h):
+    synced(h, *(endpoint(endpoint_id=f"e{i}", addr=f"192.168.1.{i + 1}") for i in range(5)), acls=None)
+    h.advance(6.0)
+    applied = len(h.dataplane.applied)
+    for i in range(5):
+        h.acl_pub.send_multipart([f"e{i}".encode(), messages.encode(messages.make(messages.ACLUPDATE, acls=ALLOW_10))])
+    h.step()
+    assert len(h.dataplane.applied) == applied + 1
+    assert all(spec.acls is not None for spec in h.last_desired.values())
+
+
+def test_nothing_changed_means_no_pass(h):
+    synced(h, endpoint(endpoint_id="a"))
+    applied = len(h.dataplane.applied)
+    h.request(endpoint(endpoint_id="a"))
+    h.publish_acls("a", ALLOW_10)
+    h.heartbeat()
+    assert h.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
+    h.step()
+    assert len(h.dataplane.applied) == applied
+
+
+# --- lost peers -------------------------------------------------------------------------
+
+def test_plugin_lost_means_a_new_resync(h):
+    synced(h, endpoint(endpoint_id="a"))
+    h.advance(2.0)  # quiet: keepalive HEARTBEAT goes out, and nobody answers it
+    h.advance(6.0)
+    msg = h.expect_resync()
+    assert msg["type"] == "RESYNCSTATE"
+
+
+def test_acl_manager_reset_asks_again_for_every_endpoint(h):
+    synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
+    h.request(endpoint(endpoint_id="c", addr="192.168.1.3"))
+    assert h.acl_requests(answer=False) == ["c"]  # left unanswered
+    h.advance(6.0)
+    assert sorted(h.acl_requests()) == ["a", "b", "c"]
+    assert h.last_desired["a"].acls is not None  # carries on with what it knew
+
+
+def test_acl_heartbeat_silence_asks_again_and_keeps_programmed_acls(h, caplog):
+    synced(h, endpoint(endpoint_id="a"))
+    applied = len(h.dataplane.applied)
+    h.acl_requests()
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        h.clock.now += 6.0
+        h.step()
+        # The REQ keepalive is answered, only the PUB went quiet.
+        assert "a" in h.acl_requests()
+    assert any("nothing heard" in r.getMessage() for r in caplog.records)
+    assert len(h.dataplane.applied) == applied  # programmed ACLs stay
+    h.heartbeat()  # back: whatever it published meanwhile was lost, so ask again
+    assert h.acl_requests() == ["a"]
+
+
+def test_endpoint_without_acls_is_asked_again(h):
+    synced(h, endpoint(endpoint_id="a"), acls=None)
+    h.acl_requests()
+    h.heartbeat()
+    h.acl_requests()
+    h.clock.now += 5.0
+    h.heartbeat()
+    h.clock.now += 1.5
+    h.heartbeat()
+    assert h.acl_requests() == ["a"]
+
+
+# --- dataplane results ------------------------------------------------------------------
+
+def test_missing_interface_is_retried_by_timer(h):
+    h.dataplane.missing = {"a"}
+    synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
+    applied = len(h.dataplane.applied)
+    assert h.agent.missing == {"a"}
+    h.step(10)
+    assert len(h.dataplane.applied) == applied  # no busy loop
+    h.advance(0.5)
+    assert len(h.dataplane.applied) == applied + 1
+    h.dataplane.missing = set()
+    h.advance(0.5)
+    assert len(h.dataplane.applied) == applied + 2 and h.agent.missing == set()
+    h.advance(0.5)
+    assert len(h.dataplane.applied) == applied + 2
+
+
+def test_failed_pass_forgets_cache_and_backs_off(h, caplog):
+    h.dataplane.failures_left = 2
+    with caplog.at_level(logging.ERROR, logger="calico.felix.agent"):
+        h.resync(endpoint(endpoint_id="a"))
+        h.publish_acls("a", ALLOW_10)
+        h.step(10)
+    assert h.dataplane.forgets == 1 and h.dataplane.applied == []
+    assert len([r for r in caplog.records if "Dataplane pass failed" in r.getMessage()]) == 1
+    h.request(endpoint(endpoint_id="a", addr="192.168.1.5"))  # news does not jump the back-off
+    h.step()
+    assert h.dataplane.forgets == 1
+    h.advance(0.5)
+    assert h.dataplane.forgets == 2  # second failure, back-off doubles
+    h.advance(0.5)
+    assert h.dataplane.applied == []
+    h.advance(0.5)
+    assert h.last_desired["a"].addrs == ("192.168.1.5",)

@@ -1,0 +1,79 @@
+"""calico-felix's start-up: config file plus flag overrides, and its errors."""
+
+import pytest
+
+from calico.felix import main as felix_main
+
+GOOD = """[global]
+PluginAddress = 127.0.0.1
+ACLAddress = 127.0.0.2
+FelixHostname = host-1.example.com
+[connection]
+ConnectionTimeoutMillis = 3000
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch, tmp_path):
+    for var in ("CALICO_PLUGIN_ADDRESS", "CALICO_ACL_ADDRESS", "CALICO_FELIX_HOSTNAME", "CALICO_HOSTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CALICO_CLUSTER_FILE", str(tmp_path / "no-such-cluster-file"))
+
+
+def write(tmp_path, text):
+    path = tmp_path / "felix.cfg"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_and_overrides(tmp_path):
+    config = felix_main.load(["--config-file", write(tmp_path, GOOD), "--acl-address", "127.0.0.9",
+                              "--keepalive-ms", "250", "--endpoint-retry-ms", "100", "--resync-interval-secs", "5",
+                              "--local-address", "127.0.0.1", "--log-file", "/tmp/x.log"])
+    assert (config.plugin_address, config.acl_address) == ("127.0.0.1", "127.0.0.9")
+    assert config.felix_hostname == "host-1"  # compared up to the first dot
+    assert config.connection_timeout_millis == 3000
+    assert config.connection_keepalive_interval_millis == 250
+    assert config.endpoint_retry_time_millis == 100
+    assert config.resync_interval_secs == 5
+    assert config.local_address == "127.0.0.1" and config.log_file_path == "/tmp/x.log"
+
+
+def test_hostname_flag_is_shortened(tmp_path):
+    config = felix_main.load(["--config-file", write(tmp_path, GOOD), "--hostname", "node7.lab"])
+    assert config.felix_hostname == "node7"
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--connection-timeout-ms", "soon"], "ConnectionTimeoutMillis"),
+    (["--keepalive-ms", "0"], "ConnectionKeepaliveIntervalMillis"),
+    (["--plugin-address", "10.0.0.300"], "PluginAddress"),
+    (["--hostname", "bad host"], "FelixHostname"),
+    (["--log-severity-file", "LOUD"], "LogSeverityFile"),
+])
+def test_bad_flag_is_one_line_naming_the_key(tmp_path, capsys, args, key):
+    assert felix_main.main(["--config-file", write(tmp_path, GOOD), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key in err and err.startswith("calico-felix: ")
+
+
+def test_bad_file_value_is_one_line_naming_the_key(tmp_path, capsys):
+    path = write(tmp_path, GOOD + "[log]\nLogSeverityScreen = shouty\n")
+    assert felix_main.main(["--config-file", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LogSeverityScreen" in err and path in err
+
+
+def test_missing_peer_address_is_named(tmp_path, capsys):
+    assert felix_main.main(["--config-file", write(tmp_path, "[global]\nFelixHostname = h\n")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PluginAddress" in err
+
+
+def test_missing_config_file(tmp_path, capsys):
+    assert felix_main.main(["--config-file", str(tmp_path / "nope.cfg")]) == 2
+    assert "nope.cfg" in capsys.readouterr().err
+
+
+def test_local_addresses_lists_this_hosts_addresses():
+    assert "127.0.0.1" in felix_main.local_addresses()
