@@ -87,7 +87,6 @@ def run(argv: list[str] | None = None) -> int:
         log.error("cannot bind the %s API on %s: %s", args.api, args.bind, exc)
         context.term()
         return 1
-    log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
 
     interval = args.poll_interval_ms / 1000.0
     next_poll = loop.clock()
@@ -102,6 +101,7 @@ def run(argv: list[str] | None = None) -> int:
         return next_poll - now
 
     poll(loop.clock())  # the directory before the first request
+    log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("plugin %s API: %s received; stopping", args.api, signal.Signals(signum).name)

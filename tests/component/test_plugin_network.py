@@ -1,0 +1,168 @@
+"""The real network API process against a fake ACL manager on loopback.
+
+The plugin binds 127.0.1.1:9903 (REP) and :9904 (PUB); the test plays the
+ACL manager: a REQ for GETGROUPS and HEARTBEAT, a SUB for the frames.
+"""
+
+import json
+
+import pytest
+
+from calico.common import messages
+from calico.common.datafiles import Endpoint, endpoint_file_text, write_file_atomically
+
+PLUGIN = "127.0.1.1"
+NET_REQ = f"tcp://{PLUGIN}:9903"
+NET_PUB = f"tcp://{PLUGIN}:9904"
+FAST = ["--keepalive-ms", "200", "--poll-interval-ms", "50"]
+CLUSTER = "[felix h1]\nip=127.0.1.2\nhost=h1\n\n[felix h2]\nip=127.0.1.3\nhost=h2\n"
+
+SEED_RULES = {
+    "inbound": [{"group": "web", "cidr": None, "protocol": None, "port": None}],
+    "outbound": [{"group": "web", "cidr": None, "protocol": None, "port": None},
+                 {"group": None, "cidr": "0.0.0.0/0", "protocol": None, "port": None},
+                 {"group": None, "cidr": "::/0", "protocol": None, "port": None}],
+    "inbound_default": "deny",
+    "outbound_default": "deny",
+}
+
+
+def write_endpoint(data_dir, eid, ip, host="h1", groups=("web",), mac="aa:bb:cc:00:00:01"):
+    ep = Endpoint(eid, tuple(ip.split(",")), mac, host, tuple(groups))
+    write_file_atomically(str(data_dir / f"{eid}.txt"), endpoint_file_text(ep))
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir()
+    (path / "felix.txt").write_text(CLUSTER)
+    return path
+
+
+@pytest.fixture
+def acl_manager(peers, wait_until):
+    """A SUB that is provably subscribed (it has heard a heartbeat)."""
+    def connect():
+        sub = peers.sub(NET_PUB, [messages.TOPIC_GROUPS, messages.TOPIC_NETWORK_HEARTBEAT])
+        wait_until(lambda: sub.of_topic(messages.TOPIC_NETWORK_HEARTBEAT), what="network heartbeat")
+        return sub, peers.req(NET_REQ)
+    return connect
+
+
+def updates(sub, group):
+    return [body for body in sub.of_topic(messages.TOPIC_GROUPS) if body["group"] == group]
+
+
+def without_issued(msg):
+    assert isinstance(msg["issued"], int)
+    return {k: v for k, v in msg.items() if k != "issued"}
+
+
+def test_getgroups_then_every_group_published_with_exact_frames(data_dir, start_plugin, acl_manager, wait_until):
+    write_endpoint(data_dir, "a", "192.168.1.1,fd00::1", groups=("web", "db"))
+    write_endpoint(data_dir, "b", "192.168.1.2", host="h2", groups=("web",))
+    with open(data_dir / "felix.txt", "a") as handle:
+        handle.write("\n[group db]\ninbound = group:web tcp 5432\noutbound = 10.0.0.0/8 udp 53\n")
+    start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, req = acl_manager()
+
+    assert req.request(messages.make(messages.GETGROUPS)) == {"type": "GETGROUPS", "rc": "SUCCESS", "message": ""}
+    wait_until(lambda: updates(sub, "web") and updates(sub, "db"), what="both groups")
+    assert without_issued(updates(sub, "web")[-1]) == {
+        "type": "GROUPUPDATE", "group": "web",
+        "members": {"a": ["192.168.1.1", "fd00::1"], "b": ["192.168.1.2"]},
+        "rules": SEED_RULES,
+    }
+    assert without_issued(updates(sub, "db")[-1]) == {
+        "type": "GROUPUPDATE", "group": "db",
+        "members": {"a": ["192.168.1.1", "fd00::1"]},
+        "rules": {"inbound": [{"group": "web", "cidr": None, "protocol": "tcp", "port": 5432}],
+                  "outbound": [{"group": None, "cidr": "10.0.0.0/8", "protocol": "udp", "port": 53}],
+                  "inbound_default": "deny", "outbound_default": "deny"},
+    }
+
+
+def test_raw_frames_are_topic_then_json(data_dir, start_plugin, peers, wait_until):
+    """The two frames exactly: a plain ZeroMQ SUB, no helper decoding."""
+    import zmq
+    write_endpoint(data_dir, "a", "192.168.1.1")
+    start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub = peers.context.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(NET_PUB)
+        req = peers.req(NET_REQ)
+        frames = None
+        while frames is None:
+            assert sub.poll(10000), "nothing published"
+            got = sub.recv_multipart()
+            if got[0] == b"networkheartbeat":
+                assert len(got) == 2 and json.loads(got[1])["type"] == "HEARTBEAT"
+                req.request(messages.make(messages.GETGROUPS))
+            elif got[0] == b"groups":
+                frames = got
+        assert len(frames) == 2 and json.loads(frames[1])["group"] == "web"
+    finally:
+        sub.close(linger=0)
+
+
+def test_group_changes_publish_only_changed_groups(data_dir, start_plugin, acl_manager, wait_until):
+    write_endpoint(data_dir, "a", "192.168.1.1", groups=("web",))
+    write_endpoint(data_dir, "b", "192.168.1.2", groups=("web", "ops"))
+    start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, _ = acl_manager()
+
+    # A new member: only web changes.
+    write_endpoint(data_dir, "c", "192.168.1.3", groups=("web",))
+    wait_until(lambda: updates(sub, "web"), what="web update")
+    assert updates(sub, "web")[-1]["members"] == {"a": ["192.168.1.1"], "b": ["192.168.1.2"],
+                                                  "c": ["192.168.1.3"]}
+    assert not updates(sub, "ops")
+
+    # b leaves ops, its only member: ops is published once with no members.
+    write_endpoint(data_dir, "b", "192.168.1.2", groups=("web",))
+    wait_until(lambda: updates(sub, "ops"), what="ops deleted")
+    assert updates(sub, "ops")[-1]["members"] == {}
+    # An unchanged rewrite of a file says nothing; a rule change says only that.
+    write_endpoint(data_dir, "a", "192.168.1.1", groups=("web",))
+    with open(data_dir / "felix.txt", "a") as handle:
+        handle.write("\n[group web]\ninbound = 0.0.0.0/0 tcp 80\n")
+    wait_until(lambda: updates(sub, "web")[-1]["rules"]["inbound"] != SEED_RULES["inbound"], what="rules change")
+    web = updates(sub, "web")
+    assert len(web) == 2
+    assert web[-1]["rules"]["inbound"] == [{"group": None, "cidr": "0.0.0.0/0", "protocol": "tcp", "port": 80}]
+    assert web[-1]["rules"]["outbound"] == SEED_RULES["outbound"]  # outbound not given: the seed's
+    assert len(updates(sub, "ops")) == 1
+
+
+def test_bad_rule_logged_once_and_group_keeps_default(data_dir, start_plugin, acl_manager, wait_until):
+    with open(data_dir / "felix.txt", "a") as handle:
+        handle.write("\n[group web]\ninbound = 0.0.0.0/0 tcp 99999\n")
+    write_endpoint(data_dir, "a", "192.168.1.1")
+    plugin = start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, req = acl_manager()
+    req.request(messages.make(messages.GETGROUPS))
+    wait_until(lambda: updates(sub, "web"), what="web")
+    assert updates(sub, "web")[-1]["rules"] == SEED_RULES
+    # Another change rebuilds the state; the fault is not logged again.
+    write_endpoint(data_dir, "b", "192.168.1.2")
+    wait_until(lambda: "b" in updates(sub, "web")[-1]["members"], what="b joins web")
+    assert plugin.count("felix.txt: [group web]") == 1
+
+
+def test_heartbeats_and_malformed_requests(data_dir, start_plugin, acl_manager):
+    plugin = start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, req = acl_manager()
+    assert req.request(messages.make(messages.HEARTBEAT)) == {"type": "HEARTBEAT", "rc": "SUCCESS", "message": ""}
+    for raw, want_type, reason in [
+        (b"\xff\xfe", "UNKNOWN", "not JSON"),
+        (json.dumps({"no": "type"}).encode(), "UNKNOWN", "type"),
+        (json.dumps({"type": "RESYNCSTATE", "resync_id": "x", "hostname": "h"}).encode(), "RESYNCSTATE",
+         "unexpected"),
+        (json.dumps({"type": "GETGROUPS", "issued": "yesterday"}).encode(), "GETGROUPS", "issued"),
+    ]:
+        reply = req.request(raw)
+        assert reply["type"] == want_type and reply["rc"] == "INVALID" and reason in reply["message"], reply
+        assert req.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
+    assert plugin.alive and plugin.count("bad request") == 4
