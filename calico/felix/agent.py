@@ -97,6 +97,7 @@ class Agent:
         self._resync_progress_at = now
         self._resync_retry_at: float | None = None
         self._next_periodic_resync = now + self.resync_interval
+        self._plugin_resets_unanswered = 0
 
         # ACL manager state.
         self._subscribed: set[str] = set()
@@ -106,6 +107,7 @@ class Agent:
         self._acl_heard_at = now
         self._acl_live = False
         self._acl_ever_live = False
+        self._acl_resets_unanswered = 0
 
         # Dataplane state.
         self.dirty = False
@@ -163,7 +165,7 @@ class Agent:
 
     # --- resync with the plugin -----------------------------------------------
 
-    def begin_resync(self, reason: str) -> None:
+    def begin_resync(self, reason: str, level: int = logging.INFO) -> None:
         """Ask the plugin for every endpoint of this host; any resync still
         running is abandoned (its count no longer means anything)."""
         self.resync = Resync(str(uuid.uuid4()), reason)
@@ -172,14 +174,20 @@ class Agent:
         self.plugin.clear()
         self.plugin.send(messages.make(messages.RESYNCSTATE, resync_id=self.resync.resync_id,
                                        hostname=self.config.felix_hostname))
-        log.info("Resync %s started (%s) for host %s", self.resync.resync_id, reason, self.config.felix_hostname)
+        log.log(level, "Resync %s started (%s) for host %s", self.resync.resync_id, reason,
+                self.config.felix_hostname)
 
     def _on_plugin_reset(self) -> None:
-        self.begin_resync("plugin connection lost")
+        # A plugin that stays down resets the channel every timeout: say so
+        # once, then quietly keep trying.
+        self._plugin_resets_unanswered += 1
+        self.begin_resync("plugin connection lost",
+                          logging.INFO if self._plugin_resets_unanswered == 1 else logging.DEBUG)
 
     def _on_plugin_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
         if request["type"] != messages.RESYNCSTATE:
             return
+        self._plugin_resets_unanswered = 0
         resync = self.resync
         if resync is None or request.get("resync_id") != resync.resync_id:
             log.debug("Reply to abandoned resync %s ignored", request.get("resync_id"))
@@ -351,10 +359,10 @@ class Agent:
         self._acl_queued.add(endpoint_id)
         self.acl_manager.send(messages.make(messages.GETACLSTATE, endpoint_id=endpoint_id))
 
-    def _request_all_acls(self, endpoint_ids: list[str], reason: str) -> None:
+    def _request_all_acls(self, endpoint_ids: list[str], reason: str, level: int = logging.INFO) -> None:
         if not endpoint_ids:
             return
-        log.info("Asking the ACL manager for the ACLs of %d endpoint(s): %s", len(endpoint_ids), reason)
+        log.log(level, "Asking the ACL manager for the ACLs of %d endpoint(s): %s", len(endpoint_ids), reason)
         for endpoint_id in endpoint_ids:
             self._request_acls(endpoint_id)
 
@@ -362,13 +370,16 @@ class Agent:
         # Nothing is in flight after a reset; start the queue afresh.
         self.acl_manager.clear()
         self._acl_queued.clear()
-        self._request_all_acls(self.table.ids(), "ACL manager connection lost")
+        self._acl_resets_unanswered += 1
+        self._request_all_acls(self.table.ids(), "ACL manager connection lost",
+                               logging.INFO if self._acl_resets_unanswered == 1 else logging.DEBUG)
 
     def _on_acl_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
         if request["type"] != messages.GETACLSTATE:
             return
         endpoint_id = request["endpoint_id"]
         self._acl_queued.discard(endpoint_id)
+        self._acl_resets_unanswered = 0
         rc = reply.get("rc", messages.RC_SUCCESS)
         if rc != messages.RC_SUCCESS:
             log.info("ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc, reply.get("message"))

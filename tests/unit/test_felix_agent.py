@@ -543,3 +543,12 @@ def test_failed_pass_forgets_cache_and_backs_off(h, caplog):
     assert h.dataplane.applied == []
     h.advance(0.5)
     assert h.last_desired["a"].addrs == ("192.168.1.5",)
+
+
+def test_plugin_that_stays_down_is_reported_once(h, caplog):
+    h.expect_resync()  # taken, never answered
+    with caplog.at_level(logging.DEBUG, logger="calico.felix.agent"):
+        for _ in range(4):
+            h.advance(6.0)
+    lost = [r for r in caplog.records if "plugin connection lost" in r.getMessage()]
+    assert len(lost) == 4 and [r.levelno for r in lost] == [logging.INFO] + [logging.DEBUG] * 3
