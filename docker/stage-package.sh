@@ -1,5 +1,5 @@
 #!/bin/bash
-# stage-package.sh [DIR...]
+# stage-package.sh [--rev REV] [DIR...]
 #
 # Write the Python package's source (setup.py and calico/) as
 # calico-src.tar.gz into each image folder that installs it (bird/, plugin/,
@@ -15,7 +15,9 @@
 # no __pycache__ or *.pyc.  Same source, same bytes.
 #
 # Inside a git work tree the files are those git tracks (so other people's
-# untracked scratch files stay out), read from the work tree.
+# untracked scratch files stay out), read from the work tree; with --rev REV
+# they are read from that commit instead (e.g. --rev HEAD in a work tree that
+# holds someone else's uncommitted edits).
 set -euo pipefail
 
 PROG="stage-package"
@@ -25,20 +27,40 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 [ -f setup.py ] && [ -d calico ] || die "no setup.py and calico/ in $repo"
 
+rev=""
+if [ "${1:-}" = "--rev" ]; then
+    [ -n "${2:-}" ] || die "--rev needs a commit"
+    rev="$2"
+    shift 2
+fi
 if [ "$#" -eq 0 ]; then
     set -- bird plugin felix
 fi
+# Output directories are taken relative to the repository.
+outdirs=()
+for dir in "$@"; do
+    case "$dir" in /*) outdirs+=("$dir") ;; *) outdirs+=("$repo/$dir") ;; esac
+done
+
+srcdir=""
+filelist="$(mktemp)"
+trap 'rm -f "$filelist" "${tmp:-}"; [ -z "$srcdir" ] || rm -rf "$srcdir"' EXIT
+if [ -n "$rev" ]; then
+    git rev-parse --verify --quiet "$rev^{commit}" >/dev/null || die "no such commit: $rev"
+    srcdir="$(mktemp -d)"
+    git archive --format=tar "$rev" -- setup.py calico | tar -x -C "$srcdir" \
+        || die "cannot read setup.py and calico/ from $rev"
+    cd "$srcdir"
+fi
 
 list_sources() {
-    if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    if [ -z "$rev" ] && git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         git ls-files -z -- setup.py calico
     else
         find setup.py calico -type f -print0
     fi
 }
 
-filelist="$(mktemp)"
-trap 'rm -f "$filelist" "${tmp:-}"' EXIT
 list_sources \
     | LC_ALL=C sort -z -u \
     | while IFS= read -r -d '' path; do
@@ -49,7 +71,7 @@ list_sources \
       done >"$filelist"
 [ -s "$filelist" ] || die "found no source files"
 
-for dir in "$@"; do
+for dir in "${outdirs[@]}"; do
     [ -d "$dir" ] || mkdir -p "$dir"
     out="$dir/calico-src.tar.gz"
     tmp="$out.tmp.$$"
@@ -59,9 +81,9 @@ for dir in "$@"; do
         | gzip -n -9 >"$tmp" || die "cannot write $out"
     if [ -f "$out" ] && cmp -s "$tmp" "$out"; then
         rm -f "$tmp"
-        echo "$PROG: $out unchanged"
+        echo "$PROG: ${out#"$repo"/} unchanged"
     else
         mv -f "$tmp" "$out"
-        echo "$PROG: wrote $out ($(tr -cd '\0' <"$filelist" | wc -c) files)"
+        echo "$PROG: wrote ${out#"$repo"/} ($(tr -cd '\0' <"$filelist" | wc -c) files${rev:+ from $rev})"
     fi
 done
