@@ -1,0 +1,156 @@
+"""The lab as a whole: ``up``, ``down`` and ``status``.
+
+``up`` is idempotent step by step (namespaces, links and routes that exist
+are kept, processes that run are left alone), so it completes a
+half-finished ``up``.  ``down`` needs no memory of what ``up`` did: it
+stops the processes named by pid files (checking each is still the lab's),
+then every process left in a namespace with the lab's prefix, deletes those
+namespaces and the files it knows the lab writes.  Running it twice, or
+with nothing there, is fine.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import time
+
+from calico import netns
+from calico.lab import fabric, hosts, processes, state
+from calico.lab.layout import MAX_HOSTS, LabError, Layout, host_ip, host_name
+
+
+def up(layout: Layout, count: int, components: tuple[str, ...] | None = None,
+       cluster_extra: str = "") -> list[str]:
+    """Build the lab; returns problems found after start (empty when all is well)."""
+    if not 1 <= count <= MAX_HOSTS:
+        raise LabError(f"--hosts {count}: want 1 to {MAX_HOSTS}")
+    current = state.load(layout)
+    if current.hosts and current.hosts != count:
+        raise LabError(f"a lab with {current.hosts} hosts is already up in {layout.lab_dir} (run 'calico-lab down')")
+    os.makedirs(layout.lab_dir, exist_ok=True)
+    current.hosts = count
+    state.save(layout, current)
+    for directory in (layout.data_dir, layout.log_dir, layout.pid_dir):
+        os.makedirs(directory, exist_ok=True)
+    if not os.path.exists(layout.cluster_file):
+        hosts.write_cluster_file(layout, count, cluster_extra)
+    cluster = hosts.load_lab_cluster(layout)
+    fabric.create_fabric(layout)
+    for index in range(1, count + 1):
+        fabric.plug_host(layout, index)
+    # Host 1 first: its plugin and ACL manager are what every Felix connects to.
+    for index in range(1, count + 1):
+        hosts.setup_host(layout, index, cluster, components)
+    problems = []
+    if components is None or "bird" in components:
+        if count > 1 and not hosts.wait_for_bgp(layout, count):
+            problems.append("BGP sessions not all Established after 30 s (see 'calico-lab status')")
+    time.sleep(0.3)  # let a component that fails at start-up exit, so we can tell
+    for index in range(1, count + 1):
+        for component in hosts.components_of(index):
+            if (components is None or component in components) and \
+                    processes.alive(layout, hosts.label(index, component)) is None:
+                problems.append(f"{hosts.label(index, component)} is not running "
+                                f"(see {layout.out_file(hosts.label(index, component))})")
+    return problems
+
+
+def lab_namespaces(layout: Layout) -> list[str]:
+    return [name for name in netns.names() if layout.owns_ns(name)]
+
+
+def down(layout: Layout) -> list[str]:
+    """Remove everything the lab made; returns a line per kind of thing removed."""
+    done = []
+    labels = processes.labels(layout)
+    stopped = [label for label in labels if processes.stop(layout, label)]
+    if stopped:
+        done.append(f"stopped {len(stopped)} process(es): {', '.join(stopped)}")
+    namespaces = lab_namespaces(layout)
+    swept = processes.kill_in_namespaces(namespaces)
+    if swept:
+        done.append(f"killed {swept} leftover process(es) in lab namespaces")
+    for name in namespaces:
+        netns.remove(name)
+    if namespaces:
+        done.append(f"deleted {len(namespaces)} namespace(s) with prefix {layout.prefix}")
+    removed_files = False
+    for path in [layout.data_dir, layout.log_dir, layout.pid_dir, *glob.glob(os.path.join(layout.lab_dir, "host-*"))]:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed_files = True
+    if os.path.exists(layout.state_file):
+        os.unlink(layout.state_file)
+        removed_files = True
+    try:
+        os.rmdir(layout.lab_dir)
+    except OSError:
+        pass
+    if removed_files:
+        done.append(f"removed lab files in {layout.lab_dir}")
+    return done
+
+
+def _routes(ns: str, family: str) -> str:
+    if not netns.exists(ns):
+        return ""
+    return netns.run(ns, ["ip", family, "route", "show"], check=False).stdout
+
+
+def _iptables(ns: str) -> str:
+    if not netns.exists(ns):
+        return ""
+    return netns.run(ns, ["iptables-legacy-save", "-t", "filter"], check=False).stdout
+
+
+def status(layout: Layout) -> str:
+    lab = state.load(layout)
+    lines = [f"lab dir {layout.lab_dir} (logs in {layout.log_dir}), namespace prefix {layout.prefix}"]
+    if not lab.hosts:
+        leftovers = lab_namespaces(layout)
+        lines.append("no lab is up" + (f"; leftover namespaces: {', '.join(leftovers)} (run 'calico-lab down')"
+                                       if leftovers else ""))
+        return "\n".join(lines)
+    for index in range(1, lab.hosts + 1):
+        ns = layout.host_ns(index)
+        lines.append(f"{host_name(index)} ({host_ip(index)}) namespace {ns}"
+                     f"{'' if netns.exists(ns) else ' MISSING'}")
+        for component in hosts.components_of(index):
+            label = hosts.label(index, component)
+            pid = processes.alive(layout, label)
+            lines.append(f"  {component:15} {'running, pid ' + str(pid) if pid else 'NOT RUNNING'}"
+                         f"  log {layout.log_file(label)}")
+        sessions = hosts.bgp_sessions(layout, index)
+        for name, info in sorted(sessions.items()):
+            lines.append(f"  bgp {name:18} {info}")
+        if lab.hosts > 1 and not sessions:
+            lines.append("  bgp: no answer from birdc")
+        routes = _routes(ns, "-4") + _routes(ns, "-6")
+        rules = _iptables(ns)
+        for container in sorted(lab.containers.values(), key=lambda c: c.name):
+            from calico.common.validation import interface_name
+            tap = interface_name(container.endpoint_id)
+            ours = container.host == index
+            route_state = []
+            for addr in container.addrs:
+                line = next((r for r in routes.splitlines() if r.split()[:1] == [addr]), "")
+                route_state.append(f"{addr}: {'route ' + ' '.join(line.split()[1:5]) if line else 'NO ROUTE'}")
+            if ours:
+                chains = "felix chains present" if tap in rules else "NO felix rules for " + tap
+                lines.append(f"  endpoint {container.name} [{','.join(container.groups)}] {tap}: "
+                             f"{'; '.join(route_state)}; {chains}")
+            else:
+                lines.append(f"  remote   {container.name} on {host_name(container.host)}: {'; '.join(route_state)}")
+    return "\n".join(lines)
+
+
+def kernel_state(layout: Layout, index: int) -> dict[str, str]:
+    """A host's routes, iptables and ipsets, for comparing before and after a restart."""
+    ns = layout.host_ns(index)
+    ipset = subprocess.run(netns.argv(ns, ["ipset", "list"]), capture_output=True, text=True).stdout
+    return {"routes4": _routes(ns, "-4"), "routes6": _routes(ns, "-6"), "iptables": _iptables(ns),
+            "ip6tables": netns.run(ns, ["ip6tables-legacy-save", "-t", "filter"], check=False).stdout,
+            "ipset": ipset}
