@@ -79,6 +79,7 @@ class AclManager:
                                   config.connection_keepalive_interval_millis,
                                   on_reply=self._on_reply, on_reset=self._on_reset)
         self.retry_getgroups_at: float | None = None
+        self.last_request_reason = ""
         self.loop.add_timer(self._tick)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
 
@@ -88,7 +89,10 @@ class AclManager:
         if any(msg["type"] == messages.GETGROUPS for msg in self.channel.queue):
             log.debug("GETGROUPS already queued (%s)", reason)
             return
-        log.info("asking the plugin for every group: %s", reason)
+        # While the plugin stays down this repeats every timeout: say it once.
+        level = logging.INFO if self.channel.connected or reason != self.last_request_reason else logging.DEBUG
+        self.last_request_reason = reason
+        log.log(level, "asking the plugin for every group: %s", reason)
         self.channel.send(messages.make(messages.GETGROUPS))
         self.snapshot.request_sent(self.loop.clock())
 
@@ -116,6 +120,7 @@ class AclManager:
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.subscribed = True
             self.last_published_heard = self.loop.clock()
+            self.snapshot.resubscribed()
             self.request_groups(f"subscribed to {self.sub_address}")
         elif event["event"] == zmq.EVENT_DISCONNECTED:
             self.subscribed = False

@@ -15,9 +15,11 @@ listening and must go.  The burst carries no end marker, so
 the reply has arrived and then no GROUPUPDATE has come for a short quiet
 period (``quiet`` seconds, 1 s by default) *while our subscription to the
 plugin's PUB socket was connected*.  Groups announced at any time since the
-first outstanding GETGROUPS was sent count as present: whatever the plugin
+first outstanding GETGROUPS was sent count as present (whatever the plugin
 said then was its state then, and a later deletion would come as its own
-empty-members update.  Only then are the unseen groups dropped.
+empty-members update), except that a new connection of the subscription
+starts the tally afresh: the plugin at the other end may have restarted with
+other groups.  Only then are the unseen groups dropped.
 
 Nothing is dropped merely because the plugin went away: a lost connection,
 a REQ timeout or a silent heartbeat only cause a new GETGROUPS, and the old
@@ -168,6 +170,12 @@ class SnapshotTracker:
         """The plugin refused GETGROUPS: no burst is coming, so drop nothing."""
         self.seen = None
         self.pending = 0
+
+    def resubscribed(self) -> None:
+        """A new connection to the plugin's PUB: it may be a new plugin with
+        other groups, so what the old connection announced proves nothing."""
+        if self.seen is not None:
+            self.seen = set()
 
     def group_received(self, name: str, now: float) -> None:
         if self.seen is not None:

@@ -66,3 +66,15 @@ def test_refused_getgroups_drops_nothing():
     snap.request_sent(0.0)
     snap.abandon()
     assert snap.complete(10.0, subscribed=True) is None
+
+
+def test_resubscription_forgets_what_the_old_connection_announced():
+    snap = SnapshotTracker(quiet=1.0)
+    snap.request_sent(0.0)
+    snap.reply_received(0.1)
+    snap.group_received("old", 0.2)
+    snap.resubscribed()      # the plugin restarted before the quiet period ended
+    snap.request_sent(0.5)
+    snap.reply_received(0.6)
+    snap.group_received("web", 0.7)
+    assert snap.complete(2.0, subscribed=True) == {"web"}
