@@ -46,4 +46,7 @@ def plug_host(layout: Layout, index: int) -> None:
     netns.run(host_ns, ["ip", "addr", "replace", f"{host_ip(index)}/{FABRIC_PREFIXLEN}", "dev", HOST_IFACE])
     netns.run(host_ns, ["ip", "-6", "addr", "replace", f"{host_ip6(index)}/{FABRIC6_PREFIXLEN}", "dev",
                         HOST_IFACE, "nodad"])
+    # No duplicate-address detection on the fabric: BIRD wants the link-local
+    # address at once (else "Missing link-local address" until DAD ends).
+    netns.sysctl(host_ns, f"net.ipv6.conf.{HOST_IFACE}.accept_dad", "0")
     netns.run(host_ns, ["ip", "link", "set", HOST_IFACE, "up"])
