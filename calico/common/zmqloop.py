@@ -195,6 +195,23 @@ class ReqChannel:
             self.on_reset()
         self._pump()
 
+    def abandon_in_flight(self, reason: str) -> None:
+        """Give up the request in flight now, without waiting for the timeout,
+        and open a fresh socket.  For when the peer has told us another way
+        that it restarted: its answer will never come.  Queued requests stay;
+        ``on_reset`` is not called (the caller already knows)."""
+        if self.in_flight is None:
+            return
+        log.info("%s: %s; dropping the %s in flight to %s and reconnecting",
+                 self.name, reason, self.in_flight.get("type"), self.address)
+        self.in_flight = None
+        self.loop.remove_socket(self.socket)
+        self.socket.close(linger=0)
+        self.socket = self._open()
+        self.connected = False
+        self.last_heard = self.loop.clock()
+        self._pump()
+
     def close(self) -> None:
         # The timer goes too: a closed channel must never send again.
         self.loop.remove_timer(self._tick)

@@ -66,6 +66,11 @@ class FelixLink:
     def resync(self, created: list[dict[str, Any]]) -> None:
         self.resync_outbox = collections.OrderedDict((m["endpoint_id"], m) for m in created)
         self.outbox.clear()
+        # A Felix asking for a resync has (re)started or lost us: a request
+        # still in flight most likely went to its previous incarnation and
+        # would hold the resync back until the connection timeout.  The
+        # resync covers whatever it carried.
+        self.channel.abandon_in_flight("Felix asked for a resync")
         self.pump()
 
     def pump(self) -> None:

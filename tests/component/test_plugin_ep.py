@@ -260,3 +260,26 @@ def test_shipped_felix_txt_placeholders_are_not_configured(tmp_path, start_plugi
     (data / "later.txt").write_text("not ini")
     wait_until(lambda: "later.txt: not a valid INI file" in plugin.log(), what="later file seen")
     assert plugin.count("not configured") == 2 and plugin.alive
+
+
+def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_dir, start_plugin, peers, wait_until):
+    import zmq
+    write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
+    # A Felix that takes a request and dies without answering it.
+    dying = peers.context.socket(zmq.REP)
+    dying.bind(felix_address("h1"))
+    try:
+        # The timeout is far beyond the wait below: only abandoning the lost
+        # request lets the resync through in time.
+        start_plugin("ep", data_dir, PLUGIN, "--connection-timeout-ms", "120000", "--keepalive-ms", "200",
+                     "--poll-interval-ms", "50")
+        assert dying.poll(10000), "the plugin sent nothing"
+        dying.recv()
+    finally:
+        dying.close(linger=0)
+    felix1 = peers.rep(felix_address("h1"))
+    req = peers.req(EP_REQ)
+    assert resync(req, "h1", "again")["endpoint_count"] == 1
+    got = wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "again"],
+                     timeout=20, what="resync after Felix restart")
+    assert got[0]["endpoint_id"] == "ep1"
