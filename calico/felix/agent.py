@@ -108,6 +108,7 @@ class Agent:
         self._acl_live = False
         self._acl_ever_live = False
         self._acl_resets_unanswered = 0
+        self._acl_refused: set[str] = set()
 
         # Dataplane state.
         self.dirty = False
@@ -216,7 +217,9 @@ class Agent:
         log.info("Resync %s complete: %d endpoint(s), %d removed", resync.resync_id, len(self.table), len(stale))
         if self.synced_at is None:
             self.synced_at = self.loop.clock()
-        self.dirty = True
+            self.dirty = True  # the first pass, even for an empty table: it removes leftovers
+        elif stale:
+            self.dirty = True
 
     def _resync_timer(self, now: float) -> float:
         if now >= self._next_periodic_resync:
@@ -342,6 +345,7 @@ class Agent:
             self.acl_socket.setsockopt(zmq.UNSUBSCRIBE, endpoint_id.encode())
         self._acl_requested_at.pop(endpoint_id, None)
         self._acl_problems.pop(endpoint_id, None)
+        self._acl_refused.discard(endpoint_id)
         self.missing.discard(endpoint_id)
 
     # --- ACL manager ------------------------------------------------------------
@@ -382,7 +386,11 @@ class Agent:
         self._acl_resets_unanswered = 0
         rc = reply.get("rc", messages.RC_SUCCESS)
         if rc != messages.RC_SUCCESS:
-            log.info("ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc, reply.get("message"))
+            # Asked again every timeout while it has none: say it once.
+            level = logging.DEBUG if endpoint_id in self._acl_refused else logging.INFO
+            self._acl_refused.add(endpoint_id)
+            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc,
+                    reply.get("message"))
 
     def _on_acl_publications(self) -> None:
         while True:
@@ -416,6 +424,7 @@ class Agent:
             if problem not in reported:
                 log.warning("ACLUPDATE for endpoint %s: skipped %s", endpoint_id, problem)
         self._acl_problems[endpoint_id] = frozenset(problems)
+        self._acl_refused.discard(endpoint_id)
         if self.table.set_acls(endpoint_id, acls):
             log.info("ACLs for endpoint %s: %s", endpoint_id, describe_acls(acls))
             self.dirty = True

@@ -552,3 +552,15 @@ def test_plugin_that_stays_down_is_reported_once(h, caplog):
             h.advance(6.0)
     lost = [r for r in caplog.records if "plugin connection lost" in r.getMessage()]
     assert len(lost) == 4 and [r.levelno for r in lost] == [logging.INFO] + [logging.DEBUG] * 3
+
+
+def test_resync_with_nothing_changed_needs_no_pass(h):
+    synced(h, endpoint(endpoint_id="a"))
+    applied = len(h.dataplane.applied)
+    h.advance(2.0)
+    h.advance(6.0)  # plugin lost: a resync, announcing the same endpoint
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
+    h.step()
+    assert h.agent.resync is None and len(h.dataplane.applied) == applied
