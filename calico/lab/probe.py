@@ -1,7 +1,7 @@
 """Traffic probes from inside a container namespace.
 
 ``ping`` runs the real ``ping -c1 -W1`` (what a user would type);
-``tcp_connect`` and ``icmp_echo`` run in this process: a socket made while
+``tcp_connect`` and the ICMP ``Echoer`` run in this process: a socket made while
 the calling thread is inside a namespace stays in that namespace, so a
 thread can probe from any container without starting a process.  The
 in-process echo sends one request and waits a short, chosen time, which
@@ -65,7 +65,7 @@ class Echoer:
     def close(self) -> None:
         self.sock.close()
 
-    def echo(self, dst: str, timeout_s: float) -> bool:
+    def _send(self, dst: str) -> int:
         self.seq = (self.seq + 1) & 0xFFFF
         header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, self.ident, self.seq)
         payload = b"calico-lab-probe"
@@ -74,38 +74,60 @@ class Echoer:
         try:
             self.sock.sendto(packet, (dst, 0))
         except OSError:
-            return False  # e.g. no route: counts as a failed probe
-        deadline = time.monotonic() + timeout_s
+            pass  # e.g. no route yet: a probe that goes unanswered
+        return self.seq
+
+    def _replies(self, dst: str, wait_s: float) -> list[int]:
+        """Sequence numbers of our echo replies from ``dst`` arriving within ``wait_s``."""
+        seqs = []
+        deadline = time.monotonic() + wait_s
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            ready, _, _ = select.select([self.sock], [], [], left)
+            ready, _, _ = select.select([self.sock], [], [], max(left, 0))
             if not ready:
-                return False
+                return seqs
             data, (source, _) = self.sock.recvfrom(2048)
             ihl = (data[0] & 0x0F) * 4
             if len(data) < ihl + 8 or source != dst:
                 continue
             icmp_type, _, _, ident, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if icmp_type == ICMP_ECHO_REPLY and ident == self.ident and seq == self.seq:
-                return True
+            if icmp_type == ICMP_ECHO_REPLY and ident == self.ident:
+                seqs.append(seq)
+
+    def first_answer(self, dst: str, timeout_s: float, interval_s: float = 0.01) -> float | None:
+        """Probe every ``interval_s``; time.time() of the first reply (to any probe), or None."""
+        deadline = time.monotonic() + timeout_s
+        sent: set[int] = set()
+        while time.monotonic() < deadline:
+            sent.add(self._send(dst))
+            if set(self._replies(dst, interval_s)) & sent:
+                return time.time()
+        return None
+
+    def first_loss(self, dst: str, timeout_s: float, interval_s: float = 0.01,
+                   loss_after_s: float = 0.3) -> float | None:
+        """Probe every ``interval_s`` until one goes unanswered for ``loss_after_s``;
+        the time.time() that probe was sent, or None if all were answered."""
+        deadline = time.monotonic() + timeout_s
+        pending: dict[int, tuple[float, float]] = {}  # seq -> (monotonic, wall) sent
+        while time.monotonic() < deadline:
+            pending[self._send(dst)] = (time.monotonic(), time.time())
+            for seq in self._replies(dst, interval_s):
+                pending.pop(seq, None)
+            now = time.monotonic()
+            lost = [wall for mono, wall in pending.values() if now - mono > loss_after_s]
+            if lost:
+                return min(lost)
+        return None
 
 
-def wait_for_echo(ns: str, dst: str, want: bool, timeout_s: float, interval_s: float = 0.02) -> float | None:
-    """Probe until the echo result is ``want``; the time.time() it was, or None on timeout."""
+def wait_for_echo(ns: str, dst: str, want: bool, timeout_s: float, interval_s: float = 0.01) -> float | None:
+    """When pings from ``ns`` to ``dst`` start (``want`` True) or stop working:
+    time.time() of the first answer, or of the first unanswered probe; None on timeout."""
     echoer = Echoer(ns)
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            # A reply within the interval means working; waiting longer for a
-            # blocked path only slows detection of a change.
-            wait = max(interval_s, 0.05) if want else 0.2
-            if echoer.echo(dst, wait) == want:
-                return time.time()
-            if not want:
-                continue
-            time.sleep(interval_s)
-        return None
+        if want:
+            return echoer.first_answer(dst, timeout_s, interval_s)
+        return echoer.first_loss(dst, timeout_s, interval_s)
     finally:
         echoer.close()
