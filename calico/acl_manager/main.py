@@ -38,7 +38,7 @@ from calico.common.config import Config, ConfigError, load_config, resolve_peers
 from calico.common.logs import setup_logging
 from calico.common.validation import ValidationError, parse_ip
 from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
-from calico.acl_manager.network_store import NetworkStore, SnapshotTracker
+from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
 from calico.acl_manager.publisher import AclPublisher
 from calico.acl_manager.rule_processor import RuleProcessor
 
@@ -152,16 +152,21 @@ class AclManager:
                  len(seen), len(stale), f" ({', '.join(stale)})" if stale else "")
         for name in stale:
             self.store.remove(name)
-            self._apply(name, None)
+        if stale:
+            self._apply({name: None for name in stale})
 
     # --- groups in, ACLs out -------------------------------------------------
 
     def _on_publication(self) -> None:
+        # Groups read in one wake-up are applied as one batch, so a burst
+        # publishes each endpoint's ACLs once rather than once per group
+        # that touches it.
+        batch: dict[str, GroupSpec | None] = {}
         for _ in range(SUB_BATCH):
             try:
                 frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self.last_published_heard = self.loop.clock()
             if len(frames) != 2:
                 log.warning("publication of %d frames from %s ignored (want topic and body)",
@@ -169,37 +174,43 @@ class AclManager:
                 continue
             topic, body = frames
             if topic == messages.TOPIC_GROUPS:
-                self._on_group_update(body)
+                spec = self._on_group_update(body)
+                if spec is not None:
+                    batch[spec.name] = spec if spec.members else None
             elif topic == messages.TOPIC_NETWORK_HEARTBEAT:
                 log.debug("network heartbeat")
+        if batch:
+            self._apply(batch)
 
-    def _on_group_update(self, body: bytes) -> None:
+    def _on_group_update(self, body: bytes) -> GroupSpec | None:
+        """Record one GROUPUPDATE; the spec if it changed anything, else None."""
         try:
             msg = messages.decode_request(body, {messages.GROUPUPDATE})
         except messages.MessageError as exc:
             log.warning("bad GROUPUPDATE from %s skipped: %s", self.sub_address, exc)
-            return
+            return None
         spec = self.store.parse(msg)
         self.snapshot.group_received(spec.name, self.loop.clock())
         if not self.store.apply(spec):
             log.debug("group %s unchanged", spec.name)
-            return
+            return None
         if spec.members:
             log.info("group %s: %d members, %d inbound and %d outbound rules",
                      spec.name, len(spec.members), len(spec.inbound), len(spec.outbound))
         else:
             log.info("group %s deleted (no members)", spec.name)
-        self._apply(spec.name, spec if spec.members else None)
+        return spec
 
-    def _apply(self, name: str, spec: Any) -> None:
+    def _apply(self, batch: dict[str, GroupSpec | None]) -> None:
         started = time.monotonic()
-        changes = self.processor.set_group(name, spec)
+        changes = self.processor.update(batch)
         self.publisher.publish_all(changes)
-        gone = sorted(ep for ep, acls in changes.items() if ep not in self.processor.acls)
+        gone = sorted(ep for ep in changes if ep not in self.processor.acls)
         if gone:
             log.info("endpoints %s are in no group now: published empty ACLs and forgot them", ", ".join(gone))
-        log.info("group %s: reconsidered %d endpoints, published %d ACLUPDATEs in %.1f ms",
-                 name, self.processor.recomputed, len(changes), (time.monotonic() - started) * 1000)
+        log.info("groups %s: reconsidered %d endpoints, published %d ACLUPDATEs in %.1f ms",
+                 ", ".join(sorted(batch)), self.processor.recomputed, len(changes),
+                 (time.monotonic() - started) * 1000)
 
     # --- life cycle ----------------------------------------------------------
 

@@ -201,27 +201,36 @@ class RuleProcessor:
         return self._recompute(set(self._endpoint_groups))
 
     def set_group(self, name: str, spec: GroupSpec | None) -> dict[str, EndpointAcls]:
-        """Replace (or, with None or no members, delete) one group.
+        """Replace (or, with None or no members, delete) one group; see ``update``."""
+        return self.update({name: spec})
+
+    def update(self, specs: dict[str, GroupSpec | None]) -> dict[str, EndpointAcls]:
+        """Replace several groups at once (None or no members: delete).
 
         Returns the endpoints whose ACLs changed with their new ACLs;
         endpoints that left every group map to EMPTY_ACLS and are forgotten.
+        Applying a batch (a GETGROUPS burst) costs one recomputation per
+        affected endpoint, not one per group that touches it.
         """
-        if spec is not None and not spec.members:
-            spec = None
-        old = self.groups.get(name)
-        if old == spec:
-            self.recomputed = 0
-            return {}
-        old_members = old.members if old is not None else {}
-        new_members = spec.members if spec is not None else {}
-        self._index(old, spec)
-
-        dirty: set[str] = set()
-        if spec is None or not spec.same_rules(old):
-            dirty.add(name)
-        if old_members != new_members:
+        dirty: set[str] = set()          # groups whose fragment may have changed
+        moved: set[str] = set()          # groups whose member addresses changed
+        affected: set[str] = set()       # endpoints to reconsider
+        for name, spec in specs.items():
+            if spec is not None and not spec.members:
+                spec = None
+            old = self.groups.get(name)
+            if old == spec:
+                continue
+            old_members = old.members if old is not None else {}
+            new_members = spec.members if spec is not None else {}
+            self._index(old, spec)
+            if spec is None or not spec.same_rules(old):
+                dirty.add(name)
+            if old_members != new_members:
+                moved.add(name)
+            affected.update(old_members.keys() ^ new_members.keys())
+        for name in moved:
             dirty |= self._referrers.get(name, set())
-        affected = set(old_members.keys() ^ new_members.keys())
         for group in dirty:
             group_spec = self.groups.get(group)
             if group_spec is None:
@@ -256,6 +265,7 @@ class RuleProcessor:
         self.recomputed = len(endpoints)
         changes: dict[str, EndpointAcls] = {}
         unions: dict[frozenset[str], EndpointAcls] = {}
+        verdicts: dict[tuple[int, int], tuple] = {}
         for endpoint in endpoints:
             groups = self._endpoint_groups.get(endpoint)
             if not groups:
@@ -270,9 +280,18 @@ class RuleProcessor:
                 acls = unions.get(key)
                 if acls is None:
                     acls = unions[key] = union([self._fragments[g] for g in sorted(groups)])
-            if self.acls.get(endpoint) != acls:
-                self.acls[endpoint] = acls
-                changes[endpoint] = acls
+            previous = self.acls.get(endpoint)
+            if previous is not acls:
+                # Endpoints share ACL objects, so many ask the same question:
+                # compare each (old, new) pair once (a compare walks every rule).
+                # The verdict holds both objects so their ids stay unique.
+                pair = (id(previous), id(acls))
+                verdict = verdicts.get(pair)
+                if verdict is None:
+                    verdict = verdicts[pair] = (previous, acls, previous != acls)
+                if verdict[2]:
+                    self.acls[endpoint] = acls
+                    changes[endpoint] = acls
         return changes
 
     def endpoints_of(self, group: str) -> list[str]:

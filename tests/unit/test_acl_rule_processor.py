@@ -224,3 +224,21 @@ def test_allow_default_from_any_group_wins_in_the_union():
     assert changes == {}
     assert proc.acls["e"].to_wire()["v4"]["inbound_default"] == "allow"
     assert proc.acls["e"].to_wire()["v6"]["outbound_default"] == "deny"
+
+
+def test_batch_update_equals_one_by_one_and_reports_each_endpoint_once():
+    specs = {
+        "web": spec("web", {"w1": ["10.0.1.1"], "both": ["10.0.9.9"]}, inbound="group:web; group:db tcp 80"),
+        "db": spec("db", {"d1": ["10.0.2.1"], "both": ["10.0.9.9"]}, inbound="group:web tcp 5432"),
+    }
+    one_by_one = RuleProcessor()
+    for name, group in specs.items():
+        one_by_one.set_group(name, group)
+    batched = RuleProcessor()
+    changes = batched.update(specs)
+    assert batched.acls == one_by_one.acls
+    assert set(changes) == {"w1", "d1", "both"} and batched.recomputed == 3
+    # A batch deleting one group and changing another.
+    changes = batched.update({"db": None, "web": spec("web", {"w1": ["10.0.1.1"]})})
+    assert changes["d1"] == EMPTY_ACLS and changes["both"] == EMPTY_ACLS
+    assert [str(r) for r in changes["w1"].v4_inbound] == ["10.0.1.1/32"]
