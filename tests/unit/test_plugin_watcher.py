@@ -48,9 +48,11 @@ def test_change_add_remove(tmp_path):
 def test_same_size_in_place_edit_is_seen(tmp_path):
     path = tmp_path / "e.txt"
     path.write_text(EP)
-    watcher = DirectoryWatcher(str(tmp_path))
+    clock = FakeClock()
+    watcher = DirectoryWatcher(str(tmp_path), clock)
     watcher.poll()
     path.write_text(EP.replace("web", "dbs"))
+    clock.now += 1.0  # past the next full scan
     assert watcher.poll() is True
 
 
@@ -98,3 +100,30 @@ def test_data_directory_reports_each_fault_once_and_returns_old_new(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         data.refresh()
     assert [r.getMessage() for r in caplog.records].count("bad.txt: [endpoint e]: missing 'mac'") == 2
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        self.now += 0.01  # every reading: each full scan "costs" 10 ms
+        return self.now
+
+
+def test_large_directory_scans_are_spaced_but_renames_are_seen_at_once(tmp_path):
+    path = tmp_path / "e.txt"
+    path.write_text(EP)
+    clock = FakeClock()
+    watcher = DirectoryWatcher(str(tmp_path), clock)
+    watcher.poll()
+    # An in-place edit does not touch the directory: it waits for the next
+    # full scan, which the scan's own cost pushes out...
+    path.write_text(EP.replace("web", "dbs"))
+    assert watcher.poll() is False
+    clock.now += 1.0
+    assert watcher.poll() is True
+    # ...while publishing by rename changes the directory: seen on the next poll.
+    write_file_atomically(str(tmp_path / "f.txt"), EP.replace("=e\n", "=f\n"))
+    assert watcher.poll() is True
+    assert [f.source for f in watcher.files] == ["e.txt", "f.txt"]
