@@ -177,31 +177,42 @@ class EndpointApi:
             frames = self.socket.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        follow_up = None
+        try:
+            reply, follow_up = self._answer(frames)
+        except Exception:  # a bug must not leave the REP socket owing a reply
+            log.exception("endpoint API: internal error on a request; answered INVALID")
+            reply = messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")
+        self.socket.send(messages.encode(reply))
+        if follow_up is not None:
+            follow_up()
+
+    def _answer(self, frames: list[bytes]) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """The reply to one request, and what to do once it is sent."""
         try:
             if len(frames) != 1:
                 raise messages.MessageError(f"want one frame, got {len(frames)}")
             request = messages.decode_request(frames[0], REQUEST_TYPES)
         except messages.MessageError as exc:
             log.warning("endpoint API: bad request (%s); answered INVALID", exc)
-            self.socket.send(messages.encode(messages.invalid_reply(exc)))
-            return
+            return messages.invalid_reply(exc), None
         if request["type"] == messages.HEARTBEAT:
-            self.socket.send(messages.encode(messages.reply(messages.HEARTBEAT)))
-        else:
-            self._resync(request)
+            return messages.reply(messages.HEARTBEAT), None
+        return self._resync(request)
 
-    def _resync(self, request: dict[str, Any]) -> None:
+    def _resync(self, request: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         host = short_hostname(request["hostname"])
+        resync_id = request["resync_id"]
         link = self.links.get(host)
         if link is None:
             reason = f"host {host!r} is not a [felix] host of the cluster file"
-            log.warning("endpoint API: RESYNCSTATE %s refused: %s", request["resync_id"], reason)
-            self.socket.send(messages.encode(messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason)))
-            return
+            log.warning("endpoint API: RESYNCSTATE %s refused: %s", resync_id, reason)
+            return messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason), None
         endpoints = self.state.endpoints_on(host)
-        self.socket.send(messages.encode(messages.reply(messages.RESYNCSTATE, endpoint_count=len(endpoints))))
-        log.info("felix %s: resync %s: sending %d endpoints", host, request["resync_id"], len(endpoints))
-        link.resync([ep.message(messages.ENDPOINTCREATED, request["resync_id"]) for ep in endpoints])
+        log.info("felix %s: resync %s: sending %d endpoints", host, resync_id, len(endpoints))
+        created = [ep.message(messages.ENDPOINTCREATED, resync_id) for ep in endpoints]
+        return (messages.reply(messages.RESYNCSTATE, endpoint_count=len(endpoints)),
+                lambda: link.resync(created))
 
     def close(self) -> None:
         for link in self.links.values():

@@ -70,19 +70,28 @@ class NetworkApi:
             frames = self.rep.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        publish_all = False
+        try:
+            reply, publish_all = self._answer(frames)
+        except Exception:  # a bug must not leave the REP socket owing a reply
+            log.exception("network API: internal error on a request; answered INVALID")
+            reply = messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")
+        self.rep.send(messages.encode(reply))
+        if publish_all:
+            log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
+            for group in self.state.groups.values():
+                self._publish(group)
+
+    def _answer(self, frames: list[bytes]) -> tuple[dict, bool]:
+        """The reply to one request, and whether every group follows it."""
         try:
             if len(frames) != 1:
                 raise messages.MessageError(f"want one frame, got {len(frames)}")
             request = messages.decode_request(frames[0], REQUEST_TYPES)
         except messages.MessageError as exc:
             log.warning("network API: bad request (%s); answered INVALID", exc)
-            self.rep.send(messages.encode(messages.invalid_reply(exc)))
-            return
-        self.rep.send(messages.encode(messages.reply(request["type"])))
-        if request["type"] == messages.GETGROUPS:
-            log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
-            for group in self.state.groups.values():
-                self._publish(group)
+            return messages.invalid_reply(exc), False
+        return messages.reply(request["type"]), request["type"] == messages.GETGROUPS
 
     def close(self) -> None:
         self.loop.remove_timer(self._heartbeat)

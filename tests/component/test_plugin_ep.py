@@ -235,7 +235,7 @@ def test_malformed_file_logged_once_and_skipped_then_picked_up(data_dir, start_p
     assert plugin.alive
 
 
-def test_host_added_at_run_time_gets_a_channel(data_dir, start_plugin, peers, wait_until):
+def test_host_added_and_removed_at_run_time(data_dir, start_plugin, peers, wait_until):
     (data_dir / "felix.txt").write_text("[felix h1]\nip=127.0.1.2\nhost=h1\n")
     write_endpoint(data_dir, "early", "192.168.2.5", "h2")
     felix2 = peers.rep(felix_address("h2"))
@@ -245,6 +245,15 @@ def test_host_added_at_run_time_gets_a_channel(data_dir, start_plugin, peers, wa
     write_file.write_text(CLUSTER)
     created = wait_until(lambda: felix2.of_type("ENDPOINTCREATED"), what="h2's endpoint after h2 added")
     assert created[0]["endpoint_id"] == "early"
+
+    # Removed again: its channel goes, its endpoint is reported, h1 carries on.
+    write_file.write_text("[felix h1]\nip=127.0.1.2\nhost=h1\n")
+    wait_until(lambda: "host h2: removed; closing its channel" in plugin.log(), what="h2 removed")
+    assert plugin.count("host h2 is not a [felix] host") == 2
+    felix1 = peers.rep(felix_address("h1"))
+    write_endpoint(data_dir, "onh1", "192.168.1.5", "h1")
+    wait_until(lambda: endpoint_msgs(felix1, "onh1"), what="h1 still served")
+    assert plugin.alive
 
 
 def test_shipped_felix_txt_placeholders_are_not_configured(tmp_path, start_plugin, peers, wait_until):
