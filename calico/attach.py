@@ -12,8 +12,9 @@ the calico:felix image (``--net=host --pid=host --privileged``).  Attaching:
 2. create a veth pair whose host end is the tap and whose other end is born
    inside the container's namespace as ``eth0`` with a generated MAC;
 3. give eth0 each address as a /32 (/128) and a default route out of eth0
-   (no gateway address: the host's tap answers ARP by proxy, which Felix
-   turns on), bring both ends up;
+   (IPv4: no gateway, the host's tap answers ARP by proxy, which Felix turns
+   on; IPv6: via fe80::1, which Felix answers for by proxy NDP), bring both
+   ends up;
 4. write the endpoint file atomically (temporary name, then rename), so the
    plugin never reads half of it.  The file is written last: the plugin
    learns of the endpoint only once its interface exists.
@@ -64,6 +65,10 @@ from calico.common.validation import (
 DEFAULT_DATA_DIR = "/opt/plugin/data"
 CONTAINER_IFACE = "eth0"
 CLUSTER_FILE_NAME = "felix.txt"
+# Linux proxies NDP only for listed addresses, so IPv6 cannot use "default dev
+# eth0" the way IPv4 uses proxy ARP: the route points at fe80::1, which Felix
+# answers for on every tap (calico.felix.routes.V6_GATEWAY).
+IPV6_GATEWAY = "fe80::1"
 
 
 class AttachError(RuntimeError):
@@ -234,10 +239,11 @@ def _configure_container(ipr, request: AttachRequest) -> None:
         prefix = 32 if version == 4 else 128
         extra = {} if version == 4 else {"flags": 0x02}  # IFA_F_NODAD: usable at once
         ipr.addr("add", index=index, address=addr, prefixlen=prefix, **extra)
-    for version in sorted({netaddr.IPAddress(a).version for a in request.addrs}):
-        dst = "0.0.0.0/0" if version == 4 else "::/0"
-        ipr.route("add", dst=dst, oif=index, scope=253 if version == 4 else 0,
-                  family=2 if version == 4 else 10)
+    versions = {netaddr.IPAddress(a).version for a in request.addrs}
+    if 4 in versions:
+        ipr.route("add", dst="0.0.0.0/0", oif=index, scope=253, family=2)
+    if 6 in versions:
+        ipr.route("add", dst="::/0", gateway=IPV6_GATEWAY, oif=index, family=10)
 
 
 def _delete_link(ipr, name: str) -> bool:

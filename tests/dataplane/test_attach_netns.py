@@ -44,7 +44,7 @@ def test_attach_gives_the_container_eth0_address_and_default_route(spaces):
     addrs = netns.run(CTR_NS, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert "inet 192.168.1.7/32" in addrs and "inet6 fd80:24e2:f998:72d6::7/128" in addrs
     assert netns.run(CTR_NS, ["ip", "route", "show", "default"]).stdout.startswith("default dev eth0")
-    assert netns.run(CTR_NS, ["ip", "-6", "route", "show", "default"]).stdout.startswith("default dev eth0")
+    assert netns.run(CTR_NS, ["ip", "-6", "route", "show", "default"]).stdout.startswith("default via fe80::1 dev eth0")
     link = netns.run(CTR_NS, ["ip", "-o", "link", "show", "eth0"]).stdout
     assert attach.generated_mac("cid0123456789abcdef") in link and "state UP" in link
     assert "tapcid01234567" in netns.run(HOST_NS, ["ip", "-o", "link", "show", "up"]).stdout
