@@ -1,0 +1,242 @@
+"""Felix's ipsets: which sets an endpoint's ACLs need, and what each holds.
+
+Pure code: from an ``EndpointSpec`` it computes, per address family and
+direction, the sets to program and the matches the endpoint's iptables chain
+makes against them (rendered by ``iptables_layout``).  Nothing here touches
+the kernel; ``ipset_writer`` makes the kernel match.
+
+Per endpoint, family and direction (``in`` = to the endpoint, matched on the
+packet's source; ``out`` = from it, matched on the destination):
+
+- ``...-net``  (hash:net): CIDRs allowed with any protocol;
+- ``...-port`` (hash:net,port): CIDR + protocol:port for single TCP/UDP/SCTP/
+  UDPLite ports, ICMP type/code pairs (ipset stores them as ``icmp:T/C``),
+  and any other protocol by number (the kernel stores and matches such
+  entries with port 0, so ``CIDR,47:0`` means "GRE from CIDR");
+- ``...-c<N>`` (hash:net, one per distinct class): what hash:net,port cannot
+  hold cheaply, each paired with one iptables match: a protocol with no port
+  (``-p tcp``; for ICMP this is the "any type" ICMP set), a port range
+  (``-p tcp -m multiport --dports L:H``: ipset would store one entry per
+  port), and an ICMP type with no code (``-m icmp --icmp-type T``: ipset
+  has no "any code").
+
+A set exists only while it has members; an empty direction is just the
+chain's final DROP.  ``0.0.0.0/0`` and ``::/0`` are stored as their two /1
+halves (hash:net types refuse a /0).  Rules that cannot be expressed (a
+group rule that was never expanded, an address of the other family, ICMP of
+the other family, anything that is not a Rule) are skipped and reported as
+warnings: skipping can only narrow what is allowed, never widen it.
+
+Names: ``felix-<4|6><in|out>-<id[:11]>-<kind>`` (at most 28 characters, so a
+temporary twin ``<name>-t`` used for fill-and-swap stays within ipset's 31).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import netaddr
+
+from calico.common.rules import (ICMP_PROTOCOLS, PORT_PROTOCOLS, PROTOCOL_NUMBERS, Rule,
+                                 protocol_name)
+from calico.felix.state import EndpointSpec
+
+SET_PREFIX = "felix-"
+TEMP_SUFFIX = "-t"
+HASH_NET = "hash:net"
+HASH_NET_PORT = "hash:net,port"
+DIRECTIONS = ("in", "out")
+ID_CHARS = 11
+_ICMP_FOR_VERSION = {4: "icmp", 6: "icmpv6"}
+_HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
+
+# A hash:net member is a CIDR string; a hash:net,port member is
+# (cidr, protocol number, port) where an ICMP "port" is type << 8 | code.
+Member = str | tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    set_type: str  # HASH_NET or HASH_NET_PORT
+    version: int  # 4 or 6
+    members: frozenset = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class SetMatch:
+    """One iptables test of a packet against a set (see module docstring)."""
+
+    set_name: str
+    set_type: str
+    protocol: str | None = None  # iptables -p name for class sets
+    ports: tuple[int, int] | None = None  # destination port range
+    icmp_type: int | None = None
+
+
+@dataclass
+class DesiredSets:
+    sets: dict[str, SetSpec] = field(default_factory=dict)
+    # (endpoint_id, version, direction) -> matches in chain order
+    matches: dict[tuple[str, int, str], tuple[SetMatch, ...]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def set_base_name(endpoint_id: str, version: int, direction: str) -> str:
+    return f"{SET_PREFIX}{version}{direction}-{endpoint_id[:ID_CHARS]}"
+
+
+def temp_name(name: str) -> str:
+    return name + TEMP_SUFFIX
+
+
+def is_felix_set(name: str) -> bool:
+    return name.startswith(SET_PREFIX)
+
+
+def split_zero(cidr: str, version: int) -> tuple[str, ...]:
+    """hash:net refuses a /0: store the two /1 halves instead."""
+    if cidr.endswith("/0"):
+        return _HALVES[version]
+    return (cidr,)
+
+
+def _class_key(rule: Rule, proto: str) -> tuple:
+    """What a class set's iptables match tests, as a sortable key."""
+    if isinstance(rule.port, tuple):
+        return (PROTOCOL_NUMBERS[proto], "ports", rule.port[0], rule.port[1])
+    if rule.icmp_type is not None:
+        return (PROTOCOL_NUMBERS[proto], "icmp", rule.icmp_type, 0)
+    return (PROTOCOL_NUMBERS[proto], "any", 0, 0)
+
+
+def classify_rule(rule: object, version: int) -> tuple[str, object] | str:
+    """Where one rule goes: ("net", cidr), ("port", (proto, port)), ("class", key)
+    with the CIDR carried alongside, or a warning string if it is skipped."""
+    if not isinstance(rule, Rule):
+        return f"not a rule: {rule!r}"
+    if rule.cidr is None:
+        return f"rule {rule} has no CIDR (group rules must be expanded by the ACL manager)"
+    if rule.ip_version != version:
+        return f"rule {rule} is IPv{rule.ip_version} in the IPv{version} ACLs"
+    name = protocol_name(rule.protocol)
+    if rule.protocol is None:
+        return ("net", None)
+    if name in PORT_PROTOCOLS:
+        if rule.port is None or (isinstance(rule.port, tuple) and rule.port[0] != rule.port[1]):
+            return ("class", _class_key(rule, name))
+        port = rule.port[0] if isinstance(rule.port, tuple) else rule.port
+        return ("port", (PROTOCOL_NUMBERS[name], port))
+    if name in ICMP_PROTOCOLS:
+        if name != _ICMP_FOR_VERSION[version]:
+            return f"rule {rule} uses {name} in the IPv{version} ACLs"
+        if rule.icmp_type is None or rule.icmp_code is None:
+            return ("class", _class_key(rule, name))
+        return ("port", (PROTOCOL_NUMBERS[name], rule.icmp_type << 8 | rule.icmp_code))
+    if not isinstance(rule.protocol, int):
+        return f"rule {rule} has an unknown protocol"
+    # Any other protocol, by number: hash:net,port keeps it with port 0.
+    return ("port", (rule.protocol, 0))
+
+
+def _class_match(name: str, key: tuple) -> SetMatch:
+    number, kind, a, b = key
+    proto = protocol_name(number)
+    if kind == "ports":
+        return SetMatch(name, HASH_NET, proto, ports=(a, b))
+    if kind == "icmp":
+        return SetMatch(name, HASH_NET, proto, icmp_type=a)
+    return SetMatch(name, HASH_NET, proto)
+
+
+def direction_sets(endpoint_id: str, rules: Iterable[object], version: int, direction: str,
+                   warnings: list[str]) -> tuple[list[SetSpec], tuple[SetMatch, ...]]:
+    """The sets and chain matches for one endpoint, family and direction."""
+    nets: set[str] = set()
+    ports: set[tuple[str, int, int]] = set()
+    classes: dict[tuple, set[str]] = {}
+    for rule in rules:
+        where = classify_rule(rule, version)
+        if isinstance(where, str):
+            warnings.append(f"endpoint {endpoint_id} {direction}bound: skipped {where}")
+            continue
+        kind, detail = where
+        cidrs = split_zero(rule.cidr, version)  # type: ignore[union-attr]
+        if kind == "net":
+            nets.update(cidrs)
+        elif kind == "port":
+            proto, port = detail  # type: ignore[misc]
+            ports.update((cidr, proto, port) for cidr in cidrs)
+        else:
+            classes.setdefault(detail, set()).update(cidrs)  # type: ignore[arg-type]
+    base = set_base_name(endpoint_id, version, direction)
+    specs: list[SetSpec] = []
+    matches: list[SetMatch] = []
+    if nets:
+        specs.append(SetSpec(base + "-net", HASH_NET, version, frozenset(nets)))
+        matches.append(SetMatch(base + "-net", HASH_NET))
+    if ports:
+        specs.append(SetSpec(base + "-port", HASH_NET_PORT, version, frozenset(ports)))
+        matches.append(SetMatch(base + "-port", HASH_NET_PORT))
+    for index, key in enumerate(sorted(classes)):
+        name = f"{base}-c{index}"
+        specs.append(SetSpec(name, HASH_NET, version, frozenset(classes[key])))
+        matches.append(_class_match(name, key))
+    return specs, tuple(matches)
+
+
+def endpoint_sets(spec: EndpointSpec, versions: Iterable[int]) -> DesiredSets:
+    """The sets and chain matches of one endpoint.
+
+    Only an endpoint that is open for traffic and has an address of the
+    family gets sets; a fail-closed endpoint's chains match nothing."""
+    result = DesiredSets()
+    if not spec.open_for_traffic:
+        return result
+    for version in versions:
+        if not spec.addrs_of(version):
+            continue
+        acl = spec.acls.family(version)  # type: ignore[union-attr]
+        for direction, rules in (("in", acl.inbound), ("out", acl.outbound)):
+            specs, matches = direction_sets(spec.endpoint_id, rules, version, direction, result.warnings)
+            for set_spec in specs:
+                result.sets[set_spec.name] = set_spec
+            result.matches[(spec.endpoint_id, version, direction)] = matches
+    return result
+
+
+def desired_sets(endpoints: Mapping[str, EndpointSpec], versions: Iterable[int]) -> DesiredSets:
+    """Every set Felix should have, and each endpoint chain's set matches."""
+    desired = DesiredSets()
+    versions = tuple(versions)
+    for endpoint_id in sorted(endpoints):
+        one = endpoint_sets(endpoints[endpoint_id], versions)
+        desired.sets.update(one.sets)
+        desired.matches.update(one.matches)
+        desired.warnings.extend(one.warnings)
+    return desired
+
+
+def member_text(member: Member, set_type: str) -> str:
+    """A member as ``ipset restore`` reads it."""
+    if set_type == HASH_NET:
+        return str(member)
+    cidr, proto, port = member  # type: ignore[misc]
+    name = protocol_name(proto)
+    if name in ICMP_PROTOCOLS:
+        return f"{cidr},{name}:{port >> 8}/{port & 0xFF}"
+    if name in PORT_PROTOCOLS:
+        return f"{cidr},{name}:{port}"
+    return f"{cidr},{proto}:0"
+
+
+def canonical_cidr(addr: str, prefix: int) -> str:
+    """The CIDR text desired sets use, for an address and prefix read from the kernel.
+
+    The kernel hands back the network address already masked; IPv4 text is
+    canonical as it comes, IPv6 goes through netaddr (as Rule CIDRs did) so
+    that both sides spell it the same way."""
+    if ":" in addr:
+        return str(netaddr.IPNetwork(f"{addr}/{prefix}").cidr)
+    return f"{addr}/{prefix}"

@@ -1,0 +1,172 @@
+"""Felix's iptables layout: every chain and rule, as pure data, in one place.
+
+The whole filter-table layout for one address family (DESIGN section 6) is
+computed here from the desired endpoints; ``iptables_writer`` makes the
+kernel match it.  Rules are strings in exactly the form ``iptables-save``
+prints them (without ``-A <chain>``), so the layout can be compared with
+what the kernel holds, fed to ``iptables-restore``, or parsed into
+python-iptables objects, all from the same text.
+
+    INPUT    1st rule:  -j felix-INPUT
+    FORWARD  1st rule:  -j felix-FORWARD
+
+    felix-INPUT      -i tap+ -j felix-FROM-ENDPOINT      endpoint -> host
+                     -i tap+ -j ACCEPT
+    felix-FORWARD    -i tap+ -j felix-FROM-ENDPOINT      endpoint -> anywhere
+                     -o tap+ -j felix-TO-ENDPOINT        anywhere -> endpoint
+                     -i tap+ -j ACCEPT                   both allowed it:
+                     -o tap+ -j ACCEPT                   ACCEPT, not RETURN
+    felix-FROM-ENDPOINT   -i tap<id> -g felix-from-<id>  (one per endpoint)
+                          -j DROP                        unknown tap
+    felix-TO-ENDPOINT     -o tap<id> -g felix-to-<id>
+                          -j DROP
+
+Endpoint chains are entered by goto, so their RETURN ("allowed") goes back
+to felix-INPUT/felix-FORWARD, which then checks the other side or ACCEPTs;
+anything not allowed is dropped inside the endpoint chain.  ACCEPT rather
+than RETURN matters because Docker sets the FORWARD policy to DROP.
+
+    felix-from-<id>  conntrack INVALID -> DROP; RELATED,ESTABLISHED -> RETURN
+                     DHCP (v4: udp 68->67; v6: udp 546->547) and, for v6,
+                       ICMPv6 router/neighbour solicitation and neighbour
+                       advertisement -> RETURN (before the spoofing check:
+                       these come from 0.0.0.0 or link-local addresses)
+                     not the endpoint's MAC -> DROP
+                     source not one of its addresses -> DROP (inline for one
+                       address, via felix-sp-<id> for several)
+                     outbound set matches (destination) -> RETURN
+                     -j DROP
+    felix-to-<id>    conntrack as above, inbound set matches (source), DROP
+
+An endpoint gets chains in a family only if it has an address of that
+family; its other-family traffic meets the catch-all DROP.  A fail-closed
+endpoint (no ACLs yet, or disabled) has chains holding a single DROP.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from calico.felix.ipsets import HASH_NET_PORT, SetMatch
+from calico.felix.state import EndpointSpec
+
+CHAIN_PREFIX = "felix-"
+INPUT_CHAIN = "felix-INPUT"
+FORWARD_CHAIN = "felix-FORWARD"
+FROM_ENDPOINT = "felix-FROM-ENDPOINT"
+TO_ENDPOINT = "felix-TO-ENDPOINT"
+TOP_JUMPS = {"INPUT": INPUT_CHAIN, "FORWARD": FORWARD_CHAIN}
+ID_CHARS = 11
+TAP_WILDCARD = "tap+"
+
+_ICMP_NAME = {4: "icmp", 6: "ipv6-icmp"}
+_HOST_PREFIX = {4: 32, 6: 128}
+# ICMPv6 router solicitation, neighbour solicitation, neighbour advertisement.
+_ND_TYPES = (133, 135, 136)
+
+Chains = dict[str, tuple[str, ...]]
+
+
+def from_chain(endpoint_id: str) -> str:
+    return f"{CHAIN_PREFIX}from-{endpoint_id[:ID_CHARS]}"
+
+
+def to_chain(endpoint_id: str) -> str:
+    return f"{CHAIN_PREFIX}to-{endpoint_id[:ID_CHARS]}"
+
+
+def spoof_chain(endpoint_id: str) -> str:
+    return f"{CHAIN_PREFIX}sp-{endpoint_id[:ID_CHARS]}"
+
+
+def is_felix_chain(name: str) -> bool:
+    return name.startswith(CHAIN_PREFIX)
+
+
+def top_jump_rule(chain: str) -> str:
+    return f"-j {chain}"
+
+
+def static_chains(dispatch_from: Iterable[str] = (), dispatch_to: Iterable[str] = ()) -> Chains:
+    return {
+        INPUT_CHAIN: (f"-i {TAP_WILDCARD} -j {FROM_ENDPOINT}", f"-i {TAP_WILDCARD} -j ACCEPT"),
+        FORWARD_CHAIN: (f"-i {TAP_WILDCARD} -j {FROM_ENDPOINT}", f"-o {TAP_WILDCARD} -j {TO_ENDPOINT}",
+                        f"-i {TAP_WILDCARD} -j ACCEPT", f"-o {TAP_WILDCARD} -j ACCEPT"),
+        FROM_ENDPOINT: (*dispatch_from, "-j DROP"),
+        TO_ENDPOINT: (*dispatch_to, "-j DROP"),
+    }
+
+
+def set_match_rule(match: SetMatch, direction: str, version: int) -> str:
+    """One set test, RETURNing (allowing) what matches.
+
+    Inbound traffic is matched on its source, outbound on its destination;
+    the port is always the packet's destination port."""
+    where = "src" if direction == "in" else "dst"
+    words: list[str] = []
+    if match.protocol is not None:
+        proto = _ICMP_NAME[version] if match.protocol in ("icmp", "icmpv6") else match.protocol
+        words += ["-p", proto]
+        if match.ports is not None:
+            words += ["-m", "multiport", "--dports", f"{match.ports[0]}:{match.ports[1]}"]
+        elif match.icmp_type is not None:
+            words += (["-m", "icmp", "--icmp-type"] if version == 4 else
+                      ["-m", "icmp6", "--icmpv6-type"]) + [str(match.icmp_type)]
+    dims = f"{where},dst" if match.set_type == HASH_NET_PORT else where
+    words += ["-m", "set", "--match-set", match.set_name, dims, "-j", "RETURN"]
+    return " ".join(words)
+
+
+_CONNTRACK = ("-m conntrack --ctstate INVALID -j DROP",
+              "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+
+
+def _early_allows(version: int) -> tuple[str, ...]:
+    if version == 4:
+        return ("-p udp -m udp --sport 68 --dport 67 -j RETURN",)
+    return (*(f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in _ND_TYPES),
+            "-p udp -m udp --sport 546 --dport 547 -j RETURN")
+
+
+def endpoint_chains(spec: EndpointSpec, version: int,
+                    set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]]) -> Chains:
+    """The from-, to- and (for several addresses) spoof chains of one endpoint."""
+    eid = spec.endpoint_id
+    if not spec.open_for_traffic:
+        return {from_chain(eid): ("-j DROP",), to_chain(eid): ("-j DROP",)}
+    chains: Chains = {}
+    addrs = sorted(spec.addrs_of(version))
+    prefix = _HOST_PREFIX[version]
+    if len(addrs) == 1:
+        source_check: tuple[str, ...] = (f"! -s {addrs[0]}/{prefix} -j DROP",)
+    else:
+        chains[spoof_chain(eid)] = (*(f"-s {a}/{prefix} -j RETURN" for a in addrs), "-j DROP")
+        source_check = (f"-j {spoof_chain(eid)}",)
+    outbound = tuple(set_match_rule(m, "out", version) for m in set_matches.get((eid, version, "out"), ()))
+    inbound = tuple(set_match_rule(m, "in", version) for m in set_matches.get((eid, version, "in"), ()))
+    chains[from_chain(eid)] = (*_CONNTRACK, *_early_allows(version),
+                               f"-m mac ! --mac-source {spec.mac.lower()} -j DROP",
+                               *source_check, *outbound, "-j DROP")
+    chains[to_chain(eid)] = (*_CONNTRACK, *inbound, "-j DROP")
+    return chains
+
+
+def dispatch_rules(spec: EndpointSpec) -> tuple[str, str]:
+    """The rules sending an endpoint's traffic to its from- and to-chains."""
+    return (f"-i {spec.interface} -g {from_chain(spec.endpoint_id)}",
+            f"-o {spec.interface} -g {to_chain(spec.endpoint_id)}")
+
+
+def desired_chains(endpoints: Mapping[str, EndpointSpec], version: int,
+                   set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]]) -> Chains:
+    """Every Felix chain of one family's filter table, keyed by name."""
+    chains: Chains = {}
+    dispatch: list[tuple[str, str]] = []
+    for eid in sorted(endpoints, key=lambda e: endpoints[e].interface):
+        spec = endpoints[eid]
+        if not spec.addrs_of(version):
+            continue
+        chains.update(endpoint_chains(spec, version, set_matches))
+        dispatch.append(dispatch_rules(spec))
+    chains.update(static_chains([d[0] for d in dispatch], [d[1] for d in dispatch]))
+    return chains

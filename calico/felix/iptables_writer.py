@@ -1,0 +1,356 @@
+"""Making one filter table (IPv4 or IPv6) hold Felix's layout, in one commit.
+
+Three steps per pass:
+
+1. *Know the kernel.*  The first pass (and any pass after ``forget``) reads
+   the table with ``iptables-legacy-save`` (one C dump: about 0.2 s for 23,000
+   rules, where python-iptables needs seconds to decode as many).  Later
+   passes trust what the last commit wrote.
+2. *Plan* (pure): compare each Felix chain with the layout.  A chain that
+   differs by a few rules is edited in place (deletes and inserts found by a
+   sequence diff, so a 1,000-rule dispatch chain gains one endpoint with one
+   insert); one that differs a lot is rewritten; Felix chains no longer in
+   the layout are flushed and deleted; the INPUT and FORWARD jumps are made
+   to be present exactly once, first.  Nothing that does not start with
+   ``felix-`` is touched apart from those two jump rules.  An empty plan
+   writes nothing.
+3. *Commit* the plan as one atomic table replacement, by one of two means:
+   - python-iptables (libiptc, legacy backend), autocommit off, one commit,
+     building rule objects only for inserted or rewritten rules; used when
+     the plan builds at most ``library_max_rules`` rules;
+   - ``iptables-legacy-restore --noflush`` with input naming only Felix's
+     chains, for bulk changes (a cold start).  python-iptables costs about
+     0.45 ms per rule (0.25 ms to build, 0.2 ms in its append checks): 9.6 s
+     for the 21,000 rules of 1,000 endpoints, where restore takes 0.35 s.
+   Both run the same plan, so they leave the same kernel state.
+
+libiptc commits the whole table, so a concurrent writer could be lost; the
+xtables lock (the one iptables itself takes) is held from read to commit in
+the python-iptables path, and ``iptables-restore --wait`` takes it itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+from calico.common.rules import PROTOCOL_NUMBERS
+from calico.felix.iptables_layout import TOP_JUMPS, is_felix_chain, top_jump_rule
+from calico.felix.kernel_writes import WriteCounter
+from calico.felix.tools import Runner, run_tool
+
+log = logging.getLogger(__name__)
+
+XTABLES_LOCK = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
+LIBRARY, RESTORE, AUTO = "library", "restore", "auto"
+_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
+_RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
+_PROTOCOL_NUMBERS = {**PROTOCOL_NUMBERS, "ipv6-icmp": 58}
+
+
+@dataclass
+class KernelTable:
+    """The part of the filter table Felix cares about."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)  # felix- chains only
+    builtins: dict[str, list[str]] = field(default_factory=dict)  # INPUT, FORWARD
+
+
+@dataclass(frozen=True)
+class Edit:
+    op: str  # "I" insert or "D" delete
+    chain: str
+    index: int  # 0-based position when this edit runs
+    rule: str | None = None
+
+
+@dataclass
+class TablePlan:
+    new_chains: list[str] = field(default_factory=list)
+    rewrites: dict[str, tuple[str, ...]] = field(default_factory=dict)  # new chains included
+    edits: list[Edit] = field(default_factory=list)
+    dead_chains: list[str] = field(default_factory=list)
+    after: KernelTable = field(default_factory=KernelTable)
+
+    def is_empty(self) -> bool:
+        return not (self.rewrites or self.edits or self.dead_chains)
+
+    def rules_to_build(self) -> int:
+        return sum(len(r) for r in self.rewrites.values()) + sum(e.op == "I" for e in self.edits)
+
+    def summary(self) -> str:
+        return (f"{len(self.new_chains)} new, {len(self.rewrites) - len(self.new_chains)} rewritten, "
+                f"{len(self.edits)} rule edits, {len(self.dead_chains)} deleted chains")
+
+
+def parse_save(text: str) -> KernelTable:
+    """Felix's chains and the INPUT/FORWARD rules from iptables-save output."""
+    table = KernelTable()
+    in_filter = False
+    for line in text.splitlines():
+        if line.startswith("*"):
+            in_filter = line == "*filter"
+        elif not in_filter:
+            continue
+        elif line.startswith(":"):
+            name = line[1:].split(" ", 1)[0]
+            if is_felix_chain(name):
+                table.chains[name] = []
+            elif name in TOP_JUMPS:
+                table.builtins[name] = []
+        elif line.startswith("-A "):
+            _, name, rule = line.split(" ", 2)
+            target = table.chains if is_felix_chain(name) else table.builtins if name in TOP_JUMPS else None
+            if target is not None:
+                target[name].append(rule)
+    return table
+
+
+def _chain_edits(name: str, have: list[str], want: tuple[str, ...]) -> list[Edit]:
+    """Deletes and inserts turning ``have`` into ``want``, last position first
+    so that every index is still valid when its edit runs."""
+    edits: list[Edit] = []
+    matcher = difflib.SequenceMatcher(None, have, want, autojunk=False)
+    for tag, i1, i2, j1, j2 in reversed(matcher.get_opcodes()):
+        if tag in ("delete", "replace"):
+            edits.extend(Edit("D", name, i) for i in range(i2 - 1, i1 - 1, -1))
+        if tag in ("insert", "replace"):
+            edits.extend(Edit("I", name, i1 + k, rule) for k, rule in enumerate(want[j1:j2]))
+    return edits
+
+
+def plan_table(kernel: KernelTable, desired: Mapping[str, tuple[str, ...]]) -> TablePlan:
+    """What to change so the table holds ``desired`` (pure)."""
+    plan = TablePlan()
+    for name in sorted(desired):
+        want = tuple(desired[name])
+        have = kernel.chains.get(name)
+        if have is None:
+            plan.new_chains.append(name)
+            plan.rewrites[name] = want
+        elif tuple(have) != want:
+            edits = _chain_edits(name, have, want)
+            if len(edits) >= len(want):
+                plan.rewrites[name] = want
+            else:
+                plan.edits.extend(edits)
+    plan.dead_chains = sorted(name for name in kernel.chains if name not in desired)
+    builtins = {name: list(rules) for name, rules in kernel.builtins.items()}
+    for builtin, target in TOP_JUMPS.items():
+        rules = builtins.setdefault(builtin, [])
+        jump = top_jump_rule(target)
+        positions = [i for i, rule in enumerate(rules) if rule == jump]
+        if positions != [0]:
+            for i in reversed(positions):
+                plan.edits.append(Edit("D", builtin, i))
+                del rules[i]
+            plan.edits.append(Edit("I", builtin, 0, jump))
+            rules.insert(0, jump)
+    plan.after = KernelTable({name: list(rules) for name, rules in desired.items()}, builtins)
+    return plan
+
+
+@contextlib.contextmanager
+def xtables_lock(timeout: float = 10.0, path: str = XTABLES_LOCK) -> Iterator[None]:
+    """Hold the lock every iptables command takes, so no commit is lost."""
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"xtables lock {path} held for over {timeout:.0f}s") from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)
+
+
+class IptablesWriter:
+    """Keeps one family's filter table in line with the layout."""
+
+    def __init__(self, version: int, counter: WriteCounter, mode: str = AUTO,
+                 library_max_rules: int = 64, runner: Runner = subprocess.run) -> None:
+        self.version = version
+        self.counter = counter
+        self.mode = mode
+        self.library_max_rules = library_max_rules
+        self.runner = runner
+        self.kernel: KernelTable | None = None
+
+    def forget(self) -> None:
+        self.kernel = None
+
+    def read(self) -> KernelTable:
+        if self.kernel is None:
+            self.kernel = parse_save(run_tool([_SAVE[self.version], "-t", "filter"], runner=self.runner))
+        return self.kernel
+
+    def sync(self, desired: Mapping[str, tuple[str, ...]]) -> TablePlan:
+        """Make Felix's chains exactly ``desired`` (deleting other felix- chains)."""
+        plan = plan_table(self.read(), desired)
+        self._commit(plan)
+        return plan
+
+    def ensure_present(self, static: Mapping[str, tuple[str, ...]]) -> TablePlan:
+        """Create the chains in ``static`` that are missing and the top jumps,
+        leaving every existing Felix chain as it is (start-up, before the
+        first full pass knows what endpoints exist)."""
+        kernel = self.read()
+        desired = {name: tuple(rules) for name, rules in kernel.chains.items()}
+        for name, rules in static.items():
+            desired.setdefault(name, tuple(rules))
+        plan = plan_table(kernel, desired)
+        self._commit(plan)
+        return plan
+
+    def _commit(self, plan: TablePlan) -> None:
+        if plan.is_empty():
+            return
+        use_library = self.mode == LIBRARY or (
+            self.mode == AUTO and plan.rules_to_build() <= self.library_max_rules)
+        started = time.perf_counter()
+        try:
+            if use_library:
+                LibraryCommit(self.version).run(plan)
+            else:
+                self._restore(plan)
+        except Exception:
+            self.kernel = None  # we no longer know what the kernel holds
+            raise
+        self.counter.iptables_commits += 1
+        self.kernel = plan.after
+        log.info("IPv%d filter table: %s via %s in %.0f ms", self.version, plan.summary(),
+                 "python-iptables" if use_library else "iptables-restore",
+                 (time.perf_counter() - started) * 1000)
+
+    def _restore(self, plan: TablePlan) -> None:
+        run_tool([_RESTORE[self.version], "--noflush", "--wait", "10"],
+                 stdin=restore_input(plan), runner=self.runner)
+
+
+def restore_input(plan: TablePlan) -> str:
+    """The plan as ``iptables-restore --noflush`` input (one commit)."""
+    lines = ["*filter"]
+    lines += [f":{name} - [0:0]" for name in plan.rewrites]  # creates or flushes
+    for name, rules in plan.rewrites.items():
+        lines += [f"-A {name} {rule}" for rule in rules]
+    for edit in plan.edits:
+        lines.append(f"-D {edit.chain} {edit.index + 1}" if edit.op == "D"
+                     else f"-I {edit.chain} {edit.index + 1} {edit.rule}")
+    lines += [f"-F {name}" for name in plan.dead_chains]
+    lines += [f"-X {name}" for name in plan.dead_chains]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+class LibraryCommit:
+    """One plan through python-iptables: edit the table handle, commit once."""
+
+    def __init__(self, version: int) -> None:
+        import iptc  # imported here: loading libiptc is only needed on this path
+
+        self.iptc = iptc
+        self.version = version
+        self.table_class = iptc.Table if version == 4 else iptc.Table6
+        self.rule_class = _filter_rule_class(iptc, version)
+
+    def run(self, plan: TablePlan) -> None:
+        with xtables_lock():
+            table = self.table_class(self.table_class.FILTER, autocommit=False)
+            table.autocommit = False
+            # A fresh handle, read from the kernel now and in this thread's
+            # network namespace (libiptc binds its socket at init).
+            table.refresh()
+            try:
+                self._apply(table, plan)
+                table.commit()
+            finally:
+                table.refresh()  # drop anything uncommitted; leave a current handle
+
+    def _apply(self, table, plan: TablePlan) -> None:
+        iptc = self.iptc
+        for name in plan.new_chains:
+            table.create_chain(name)
+        for name, rules in plan.rewrites.items():
+            if name not in plan.new_chains:
+                table.flush_entries(name)
+            chain = iptc.Chain(table, name)
+            for rule in rules:
+                chain.append_rule(self.build(rule))
+        for edit in plan.edits:
+            if edit.op == "D":
+                if table._iptc.iptc_delete_num_entry(edit.chain.encode(), edit.index, table._handle) != 1:
+                    raise iptc.IPTCError(f"can't delete rule {edit.index + 1} of {edit.chain}: {table.strerror()}")
+            else:
+                iptc.Chain(table, edit.chain).insert_rule(self.build(edit.rule), edit.index)
+        for name in plan.dead_chains:
+            table.flush_entries(name)
+        for name in plan.dead_chains:
+            table.delete_chain(name)
+
+    def build(self, text: str):
+        """A python-iptables rule from its iptables-save text (Felix's vocabulary:
+        addresses, interfaces, protocol, -m matches with options, -j/-g)."""
+        iptc = self.iptc
+        rule = self.rule_class()
+        words = text.split()
+        match = None
+        negate = False
+        i = 0
+        while i < len(words):
+            word = words[i]
+            if word == "!":
+                negate = True
+                i += 1
+                continue
+            if word in ("-s", "-d", "-i", "-o", "-p"):
+                attr = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface",
+                        "-p": "protocol"}[word]
+                value = words[i + 1]
+                if word == "-p":  # python-iptables knows few protocol names
+                    value = str(_PROTOCOL_NUMBERS.get(value, value))
+                setattr(rule, attr, ("!" if negate else "") + value)
+                i += 2
+            elif word == "-m":
+                match = rule.create_match(words[i + 1])
+                i += 2
+            elif word in ("-j", "-g"):
+                rule.target = iptc.Target(rule, words[i + 1], goto=(word == "-g"))
+                i += 2
+            elif word.startswith("--") and match is not None:
+                j = i + 1
+                while j < len(words) and not words[j].startswith("-") and words[j] != "!":
+                    j += 1
+                match.parse(word[2:], (["!"] if negate else []) + words[i + 1:j])
+                i = j
+            else:
+                raise ValueError(f"cannot build rule {text!r}: unexpected {word!r}")
+            negate = False
+        return rule
+
+
+def _filter_rule_class(iptc, version: int):
+    """python-iptables resolves a jump target by asking *every* table whether
+    it has such a chain, which instantiates nat, mangle, raw and security in
+    the namespace as a side effect.  Felix only uses the filter table."""
+    base = iptc.Rule if version == 4 else iptc.Rule6
+    table_class = iptc.Table if version == 4 else iptc.Table6
+
+    class FilterRule(base):  # type: ignore[misc, valid-type]
+        @property
+        def tables(self):
+            return [table_class(table_class.FILTER)]
+
+    return FilterRule
+

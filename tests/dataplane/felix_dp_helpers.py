@@ -1,0 +1,201 @@
+"""Throwaway network namespaces for the dataplane tests (prefix ``tdp-``).
+
+A host namespace where the Dataplane runs, and one namespace per endpoint
+joined to it by a veth pair: ``tap<id[:11]>`` on the host side, ``eth0``
+with the endpoint's MAC and /32 (or /128) on the endpoint side, routed
+``default dev eth0`` (IPv4) and ``default via fe80::1 dev eth0`` (IPv6, the
+gateway Felix answers for).  Traffic is real: ping, TCP connects from
+sockets opened inside the endpoint namespaces.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+from calico import netns
+from calico.common.rules import Rule
+from calico.felix.state import AclRules, Acls, EndpointSpec
+
+PREFIX = "tdp-"
+
+
+def unique(tag: str) -> str:
+    return f"{PREFIX}{tag}-{os.getpid() % 100000}"
+
+
+def sh(ns: str | None, *argv: str, check: bool = True) -> str:
+    return netns.run(ns, list(argv), check=check).stdout
+
+
+class Lab:
+    """A host namespace plus endpoint namespaces; ``close`` removes them all."""
+
+    def __init__(self, tag: str) -> None:
+        self.host = unique(tag)
+        self.endpoint_ns: dict[str, str] = {}
+        netns.remove(self.host)
+        netns.create(self.host)
+
+    def close(self) -> None:
+        for ns in self.endpoint_ns.values():
+            netns.remove(ns)
+        netns.remove(self.host)
+
+    def add_endpoint(self, endpoint_id: str, addrs: tuple[str, ...], mac: str) -> str:
+        ns = f"{self.host}-{len(self.endpoint_ns)}"
+        netns.remove(ns)
+        netns.create(ns)
+        self.endpoint_ns[endpoint_id] = ns
+        tap = "tap" + endpoint_id[:11]
+        sh(None, "ip", "-n", self.host, "link", "add", tap, "type", "veth", "peer", "name", "eth0",
+           "netns", ns)
+        sh(None, "ip", "-n", ns, "link", "set", "eth0", "address", mac)
+        sh(None, "ip", "-n", ns, "link", "set", "eth0", "up")
+        sh(None, "ip", "-n", self.host, "link", "set", tap, "up")
+        for addr in addrs:
+            if ":" in addr:
+                sh(None, "ip", "-n", ns, "-6", "addr", "add", f"{addr}/128", "dev", "eth0", "nodad")
+            else:
+                sh(None, "ip", "-n", ns, "addr", "add", f"{addr}/32", "dev", "eth0")
+        if any(":" not in a for a in addrs):
+            sh(None, "ip", "-n", ns, "route", "add", "default", "dev", "eth0")
+        if any(":" in a for a in addrs):
+            sh(None, "ip", "-n", ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        return ns
+
+    def remove_interface(self, endpoint_id: str) -> None:
+        sh(None, "ip", "-n", self.host, "link", "del", "tap" + endpoint_id[:11], check=False)
+
+    # -- traffic ---------------------------------------------------------------
+
+    def ping(self, endpoint_id: str, dst: str, source: str | None = None, expect: bool = True) -> bool:
+        """One echo request; retried a few times when success is expected."""
+        argv = ["ping", "-6" if ":" in dst else "-4", "-n", "-c", "1", "-W", "1" if expect else "0.4"]
+        if source:
+            argv += ["-I", source]
+        for _ in range(3 if expect else 1):
+            if netns.run(self.endpoint_ns[endpoint_id], argv + [dst], check=False).returncode == 0:
+                return True
+        return False
+
+    def connect(self, endpoint_id: str, dst: str, port: int, timeout: float = 0.5) -> socket.socket | None:
+        """A TCP connection from inside the endpoint's namespace, or None."""
+        with netns.entered(self.endpoint_ns[endpoint_id]):
+            sock = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((dst, port))
+        except OSError:
+            sock.close()
+            return None
+        return sock
+
+    @contextmanager
+    def listening(self, endpoint_id: str, port: int, v6: bool = False):
+        """A TCP echo server on the endpoint (all addresses), for the body's duration."""
+        with netns.entered(self.endpoint_ns[endpoint_id]):
+            server = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("::" if v6 else "0.0.0.0", port))
+        server.listen(16)
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    continue
+                threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(2)
+            server.close()
+
+    def tcp_ok(self, endpoint_id: str, dst: str, port: int, expect: bool = True) -> bool:
+        sock = self.connect(endpoint_id, dst, port, timeout=2.0 if expect else 0.4)
+        if sock is None:
+            return False
+        try:
+            return echo_round_trip(sock)
+        finally:
+            sock.close()
+
+    # -- kernel state ----------------------------------------------------------
+
+    def iptables_save(self, version: int = 4) -> str:
+        tool = "iptables-legacy-save" if version == 4 else "ip6tables-legacy-save"
+        text = sh(self.host, tool, "-t", "filter")
+        return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+    def ipset_save(self) -> str:
+        lines = sh(self.host, "ipset", "save").splitlines()
+        # initval is random per set; members are listed in hash order.
+        return "\n".join(sorted(re.sub(r" initval 0x[0-9a-f]+", "", line) for line in lines))
+
+    def routes(self) -> str:
+        v4 = sh(self.host, "ip", "route", "show", "proto", "80")
+        v6 = sh(self.host, "ip", "-6", "route", "show", "proto", "80")
+        return "\n".join(sorted((v4 + v6).splitlines()))
+
+    def neighbours(self) -> str:
+        v4 = sh(self.host, "ip", "-4", "neigh", "show", "nud", "permanent")
+        v6 = sh(self.host, "ip", "-6", "neigh", "show", "nud", "permanent")
+        proxy = sh(self.host, "ip", "-6", "neigh", "show", "proxy")
+        return "\n".join(sorted((v4 + v6 + proxy).splitlines()))
+
+    def kernel_state(self) -> dict[str, str]:
+        return {"iptables": self.iptables_save(4), "ip6tables": self.iptables_save(6),
+                "ipsets": self.ipset_save(), "routes": self.routes(), "neighbours": self.neighbours()}
+
+
+def _echo(conn: socket.socket) -> None:
+    conn.settimeout(5)
+    try:
+        while data := conn.recv(1024):
+            conn.sendall(data)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def echo_round_trip(sock: socket.socket, payload: bytes = b"hello") -> bool:
+    try:
+        sock.settimeout(2.0)
+        sock.sendall(payload)
+        return sock.recv(1024) == payload
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def acls(inbound=(), outbound=(), inbound6=(), outbound6=()) -> Acls:
+    def rules(items):
+        return tuple(r if isinstance(r, Rule) else Rule(cidr=r) for r in items)
+    return Acls(v4=AclRules(rules(inbound), rules(outbound)), v6=AclRules(rules(inbound6), rules(outbound6)))
+
+
+def spec(endpoint_id: str, addrs: tuple[str, ...], mac: str, acl: Acls | None = None,
+         enabled: bool = True) -> EndpointSpec:
+    return EndpointSpec(endpoint_id, mac, addrs, enabled, acl)
