@@ -1,0 +1,179 @@
+"""Felix's iptables layout and the table plans made from it (pure; no kernel)."""
+
+from calico.common.rules import Rule
+from calico.felix import iptables_layout as layout
+from calico.felix import iptables_writer as writer
+from calico.felix.ipsets import desired_sets
+from calico.felix.state import AclRules, Acls, EndpointSpec
+
+MAC = "02:00:00:00:00:0a"
+
+
+def chains_for(endpoints, version=4):
+    endpoints = {e.endpoint_id: e for e in endpoints}
+    return layout.desired_chains(endpoints, version, desired_sets(endpoints, (4, 6)).matches)
+
+
+def open_endpoint(eid="web-1-abcdefgh", addrs=("10.0.0.1",), inbound=(), outbound=(), inbound6=(), outbound6=()):
+    return EndpointSpec(eid, MAC, addrs, acls=Acls(AclRules(tuple(inbound), tuple(outbound)),
+                                                   AclRules(tuple(inbound6), tuple(outbound6))))
+
+
+def test_open_endpoint_chains_check_conntrack_dhcp_spoofing_then_sets():
+    spec = open_endpoint(inbound=[Rule(cidr="10.0.0.0/24"), Rule(cidr="0.0.0.0/0", protocol="tcp", port=(80, 90))],
+                         outbound=[Rule(cidr="0.0.0.0/0")])
+    chains = chains_for([spec])
+    assert chains["felix-from-web-1-abcde"] == (
+        "-m conntrack --ctstate INVALID -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-p udp -m udp --sport 68 --dport 67 -j RETURN",
+        f"-m mac ! --mac-source {MAC} -j DROP",
+        "! -s 10.0.0.1/32 -j DROP",
+        "-m set --match-set felix-4out-web-1-abcde-net dst -j RETURN",
+        "-j DROP",
+    )
+    assert chains["felix-to-web-1-abcde"] == (
+        "-m conntrack --ctstate INVALID -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-m set --match-set felix-4in-web-1-abcde-net src -j RETURN",
+        "-p tcp -m multiport --dports 80:90 -m set --match-set felix-4in-web-1-abcde-c0 src -j RETURN",
+        "-j DROP",
+    )
+    assert chains[layout.FROM_ENDPOINT] == ("-i tapweb-1-abcde -g felix-from-web-1-abcde", "-j DROP")
+    assert chains[layout.TO_ENDPOINT] == ("-o tapweb-1-abcde -g felix-to-web-1-abcde", "-j DROP")
+    assert chains[layout.FORWARD_CHAIN][-2:] == ("-i tap+ -j ACCEPT", "-o tap+ -j ACCEPT")
+
+
+def test_port_sets_match_destination_port_in_both_directions():
+    spec = open_endpoint(inbound=[Rule(cidr="10.0.0.0/8", protocol="tcp", port=22)],
+                         outbound=[Rule(cidr="10.0.0.0/8", protocol="udp", port=53)])
+    chains = chains_for([spec])
+    assert "-m set --match-set felix-4in-web-1-abcde-port src,dst -j RETURN" in chains["felix-to-web-1-abcde"]
+    assert "-m set --match-set felix-4out-web-1-abcde-port dst,dst -j RETURN" in chains["felix-from-web-1-abcde"]
+
+
+def test_several_addresses_use_a_spoof_chain():
+    spec = open_endpoint(addrs=("10.0.0.2", "10.0.0.1"))
+    chains = chains_for([spec])
+    assert chains["felix-sp-web-1-abcde"] == ("-s 10.0.0.1/32 -j RETURN", "-s 10.0.0.2/32 -j RETURN", "-j DROP")
+    assert "-j felix-sp-web-1-abcde" in chains["felix-from-web-1-abcde"]
+
+
+def test_fail_closed_endpoints_drop_everything_but_are_dispatched():
+    no_acls = EndpointSpec("waiting", MAC, ("10.0.0.3",))
+    disabled = open_endpoint(eid="disabled", addrs=("10.0.0.4",), inbound=[Rule(cidr="0.0.0.0/0")])
+    disabled = EndpointSpec(disabled.endpoint_id, MAC, disabled.addrs, False, disabled.acls)
+    chains = chains_for([no_acls, disabled])
+    for eid in ("waiting", "disabled"):
+        assert chains[f"felix-from-{eid}"] == ("-j DROP",)
+        assert chains[f"felix-to-{eid}"] == ("-j DROP",)
+    assert chains[layout.FROM_ENDPOINT] == ("-i tapdisabled -g felix-from-disabled",
+                                            "-i tapwaiting -g felix-from-waiting", "-j DROP")
+
+
+def test_ipv6_chains_allow_neighbour_discovery_and_only_exist_for_v6_endpoints():
+    dual = open_endpoint(eid="dual", addrs=("10.0.0.5", "fd00::5"),
+                         inbound6=[Rule(cidr="::/0", protocol="icmpv6", icmp_type=128)])
+    v4_only = open_endpoint(eid="v4only")
+    chains = chains_for([dual, v4_only], version=6)
+    assert "felix-from-v4only" not in chains
+    assert chains[layout.FROM_ENDPOINT] == ("-i tapdual -g felix-from-dual", "-j DROP")
+    from_chain = chains["felix-from-dual"]
+    assert from_chain.index("-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN") < \
+        from_chain.index(f"-m mac ! --mac-source {MAC} -j DROP")
+    assert "! -s fd00::5/128 -j DROP" in from_chain
+    assert ("-p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set felix-6in-dual-c0 src -j RETURN"
+            in chains["felix-to-dual"])
+
+
+def test_chain_names_fit_iptables_limit():
+    spec = open_endpoint(eid="z" * 64, addrs=("10.0.0.1", "10.0.0.2"))
+    assert all(len(name) <= 28 for name in chains_for([spec]))
+
+
+def test_a_malformed_rule_never_widens_the_chains():
+    good = [Rule(cidr="10.1.0.0/16", protocol="tcp", port=22)]
+    with_bad = open_endpoint(inbound=good + [Rule(group="all"), "0.0.0.0/0", Rule(cidr="::/0")])
+    assert chains_for([with_bad]) == chains_for([open_endpoint(inbound=good)])
+
+
+# -- plans ----------------------------------------------------------------------
+
+def kernel(chains, builtins=None):
+    return writer.KernelTable({k: list(v) for k, v in chains.items()},
+                              builtins or {"INPUT": ["-j felix-INPUT"], "FORWARD": ["-j felix-FORWARD"]})
+
+
+def test_equal_state_plans_nothing():
+    desired = layout.static_chains()
+    assert writer.plan_table(kernel(desired), desired).is_empty()
+
+
+def test_one_new_endpoint_is_one_insert_per_dispatch_chain():
+    rules = [f"-i tap{i:04d} -g felix-from-{i:04d}" for i in range(0, 1000, 2)] + ["-j DROP"]
+    have = {"felix-FROM-ENDPOINT": rules}
+    want = {"felix-FROM-ENDPOINT": tuple(sorted(rules[:-1] + ["-i tap0001 -g felix-from-0001"]) + ["-j DROP"])}
+    plan = writer.plan_table(kernel(have), want)
+    assert plan.edits == [writer.Edit("I", "felix-FROM-ENDPOINT", 1, "-i tap0001 -g felix-from-0001")]
+    assert plan.rules_to_build() == 1 and not plan.rewrites
+
+
+def test_edits_apply_back_to_front_and_give_the_desired_list():
+    have = ["a", "b", "c", "d", "e"]
+    want = ("a", "x", "c", "e", "y")
+    result = list(have)
+    for edit in writer.plan_table(kernel({"felix-c": have}), {"felix-c": want}).edits:
+        if edit.chain != "felix-c":
+            continue
+        if edit.op == "D":
+            del result[edit.index]
+        else:
+            result.insert(edit.index, edit.rule)
+    assert tuple(result) == want
+
+
+def test_very_different_chains_are_rewritten_and_stale_ones_deleted():
+    plan = writer.plan_table(kernel({"felix-x": ["a", "b"], "felix-old": ["c"]}),
+                             {"felix-x": ("p", "q", "r"), "felix-new": ("s",)})
+    assert plan.rewrites == {"felix-new": ("s",), "felix-x": ("p", "q", "r")}
+    assert plan.new_chains == ["felix-new"]
+    assert plan.dead_chains == ["felix-old"]
+
+
+def test_top_jumps_end_up_first_and_once():
+    builtins = {"INPUT": ["-j DOCKER", "-j felix-INPUT", "-j other", "-j felix-INPUT"],
+                "FORWARD": ["-j felix-FORWARD", "-j DOCKER-USER"]}
+    plan = writer.plan_table(kernel({}, builtins), {})
+    assert plan.after.builtins["INPUT"] == ["-j felix-INPUT", "-j DOCKER", "-j other"]
+    assert plan.after.builtins["FORWARD"] == builtins["FORWARD"]
+    assert [e for e in plan.edits if e.chain == "FORWARD"] == []
+    missing = writer.plan_table(kernel({}, {"INPUT": ["-j x"], "FORWARD": []}), {})
+    assert writer.Edit("I", "FORWARD", 0, "-j felix-FORWARD") in missing.edits
+
+
+def test_restore_input_names_only_felix_chains_and_the_jumps():
+    plan = writer.plan_table(kernel({"felix-a": ["x"], "felix-old": ["y"]}, {"INPUT": [], "FORWARD": []}),
+                             {"felix-a": ("x", "z"), "felix-b": ("w",)})
+    assert writer.restore_input(plan).splitlines() == [
+        "*filter",
+        ":felix-b - [0:0]",
+        "-A felix-b w",
+        "-I felix-a 2 z",
+        "-I INPUT 1 -j felix-INPUT",
+        "-I FORWARD 1 -j felix-FORWARD",
+        "-F felix-old",
+        "-X felix-old",
+        "COMMIT",
+    ]
+
+
+def test_parse_save_keeps_felix_chains_and_top_level_rules():
+    text = "\n".join([
+        "*nat", ":PREROUTING ACCEPT [0:0]", "-A PREROUTING -j felix-nat", "COMMIT",
+        "*filter", ":INPUT ACCEPT [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
+        ":DOCKER - [0:0]", ":felix-a - [0:0]", ":felix-empty - [0:0]",
+        "-A INPUT -j felix-INPUT", "-A FORWARD -j DOCKER", "-A DOCKER -j DROP", "-A felix-a -s 10.0.0.1/32 -j DROP",
+        "COMMIT"])
+    table = writer.parse_save(text)
+    assert table.chains == {"felix-a": ["-s 10.0.0.1/32 -j DROP"], "felix-empty": []}
+    assert table.builtins == {"INPUT": ["-j felix-INPUT"], "FORWARD": ["-j DOCKER"]}
