@@ -12,9 +12,12 @@ the calico:felix image (``--net=host --pid=host --privileged``).  Attaching:
 2. create a veth pair whose host end is the tap and whose other end is born
    inside the container's namespace as ``eth0`` with a generated MAC;
 3. give eth0 each address as a /32 (/128) and a default route out of eth0
-   (IPv4: no gateway, the host's tap answers ARP by proxy, which Felix turns
-   on; IPv6: via fe80::1, which Felix answers for by proxy NDP), bring both
-   ends up;
+   via a fixed on-link gateway (169.254.1.1, fe80::1) whose MAC is the
+   tap's, entered as a permanent neighbour: the container never ARPs, so a
+   packet to an endpoint whose route has just arrived goes out at once
+   rather than after a failed ARP's 1 s retry (with the seed's ``default
+   dev eth0`` each new destination needs its own ARP, answered by proxy
+   ARP only once the host has the route); bring both ends up;
 4. write the endpoint file atomically (temporary name, then rename), so the
    plugin never reads half of it.  The file is written last: the plugin
    learns of the endpoint only once its interface exists.
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -65,10 +69,14 @@ from calico.common.validation import (
 DEFAULT_DATA_DIR = "/opt/plugin/data"
 CONTAINER_IFACE = "eth0"
 CLUSTER_FILE_NAME = "felix.txt"
-# Linux proxies NDP only for listed addresses, so IPv6 cannot use "default dev
-# eth0" the way IPv4 uses proxy ARP: the route points at fe80::1, which Felix
-# answers for on every tap (calico.felix.routes.V6_GATEWAY).
+# The container's default routes point at these, on-link via eth0, with a
+# permanent neighbour entry giving the tap's MAC.  fe80::1 is also what Felix
+# answers for by proxy NDP on every tap (calico.felix.routes.V6_GATEWAY).
+IPV4_GATEWAY = "169.254.1.1"
 IPV6_GATEWAY = "fe80::1"
+IFA_F_NODAD = 0x02
+NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 0x04
 
 
 class AttachError(RuntimeError):
@@ -221,8 +229,9 @@ def attach(request: AttachRequest, host_netns: str | None = None) -> AttachResul
         finally:
             os.close(ns_fd)
         try:
-            _configure_container(ctr_ipr, request)
             tap_index = host_ipr.link_lookup(ifname=request.interface)[0]
+            tap_mac = host_ipr.get_links(tap_index)[0].get_attr("IFLA_ADDRESS")
+            _configure_container(ctr_ipr, request, tap_mac)
             host_ipr.link("set", index=tap_index, state="up")
         except Exception as exc:
             _delete_link(host_ipr, request.interface)
@@ -231,19 +240,25 @@ def attach(request: AttachRequest, host_netns: str | None = None) -> AttachResul
     return AttachResult(request, time.time())
 
 
-def _configure_container(ipr, request: AttachRequest) -> None:
+def _configure_container(ipr, request: AttachRequest, tap_mac: str) -> None:
     index = ipr.link_lookup(ifname=CONTAINER_IFACE)[0]
     ipr.link("set", index=index, state="up")
     for addr in request.addrs:
         version = netaddr.IPAddress(addr).version
         prefix = 32 if version == 4 else 128
-        extra = {} if version == 4 else {"flags": 0x02}  # IFA_F_NODAD: usable at once
+        extra = {} if version == 4 else {"flags": IFA_F_NODAD}  # usable at once
         ipr.addr("add", index=index, address=addr, prefixlen=prefix, **extra)
     versions = {netaddr.IPAddress(a).version for a in request.addrs}
-    if 4 in versions:
-        ipr.route("add", dst="0.0.0.0/0", oif=index, scope=253, family=2)
-    if 6 in versions:
-        ipr.route("add", dst="::/0", gateway=IPV6_GATEWAY, oif=index, family=10)
+    for version, gateway in ((4, IPV4_GATEWAY), (6, IPV6_GATEWAY)):
+        if version not in versions:
+            continue
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        # The gateway is the tap itself: a permanent neighbour entry means the
+        # container never has to resolve it, so its first packet to a new
+        # destination leaves at once instead of waiting on ARP retries.
+        ipr.neigh("add", dst=gateway, lladdr=tap_mac, ifindex=index, state=NUD_PERMANENT, family=family)
+        ipr.route("add", dst="0.0.0.0/0" if version == 4 else "::/0", gateway=gateway, oif=index,
+                  flags=RTNH_F_ONLINK, family=family)
 
 
 def _delete_link(ipr, name: str) -> bool:

@@ -43,8 +43,13 @@ def test_attach_gives_the_container_eth0_address_and_default_route(spaces):
     assert "attached cid0123456789abcdef: tapcid01234567" in result.stdout
     addrs = netns.run(CTR_NS, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
     assert "inet 192.168.1.7/32" in addrs and "inet6 fd80:24e2:f998:72d6::7/128" in addrs
-    assert netns.run(CTR_NS, ["ip", "route", "show", "default"]).stdout.startswith("default dev eth0")
+    default4 = netns.run(CTR_NS, ["ip", "route", "show", "default"]).stdout
+    assert default4.startswith("default via 169.254.1.1 dev eth0") and "onlink" in default4
     assert netns.run(CTR_NS, ["ip", "-6", "route", "show", "default"]).stdout.startswith("default via fe80::1 dev eth0")
+    tap_mac = netns.run(HOST_NS, ["ip", "-o", "link", "show", "tapcid01234567"]).stdout.split("link/ether ")[1].split()[0]
+    neighbours = netns.run(CTR_NS, ["ip", "neigh", "show", "dev", "eth0"]).stdout
+    assert f"169.254.1.1 lladdr {tap_mac} PERMANENT" in neighbours
+    assert f"fe80::1 lladdr {tap_mac} PERMANENT" in neighbours
     link = netns.run(CTR_NS, ["ip", "-o", "link", "show", "eth0"]).stdout
     assert attach.generated_mac("cid0123456789abcdef") in link and "state UP" in link
     assert "tapcid01234567" in netns.run(HOST_NS, ["ip", "-o", "link", "show", "up"]).stdout
