@@ -48,6 +48,7 @@ V6_GATEWAY = "fe80::1"
 IFACE_PREFIX = "tap"
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255  # in a delete: any scope (pyroute2's default, 0, must match exactly)
 NUD_PERMANENT = 0x80
 NTF_PROXY = 0x08
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -211,7 +212,7 @@ class RouteWriter:
         for cidr in [c for c in kernel.routes if c not in wanted.routes]:
             family = _FAMILY[6 if ":" in cidr else 4]
             oif = kernel.routes.pop(cidr)
-            self._change("route", "del", dst=cidr, proto=ROUTE_PROTO, family=family,
+            self._change("route", "del", dst=cidr, proto=ROUTE_PROTO, family=family, scope=RT_SCOPE_NOWHERE,
                          **({"oif": oif} if oif is not None else {}))
             log.info("removed route %s", cidr)
         for index, addr in [k for k in kernel.neighbours if k not in wanted.neighbours]:
@@ -252,5 +253,6 @@ class RouteWriter:
             getattr(self._socket(), kind)(command, **kwargs)
         except NetlinkError as exc:
             if command == "del" and exc.code in _GONE:
+                log.debug("%s %s already gone: %s", kind, kwargs.get("dst"), exc)
                 return
             raise

@@ -138,7 +138,8 @@ class Lab:
     def iptables_save(self, version: int = 4) -> str:
         tool = "iptables-legacy-save" if version == 4 else "ip6tables-legacy-save"
         text = sh(self.host, tool, "-t", "filter")
-        return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        return "\n".join(re.sub(r"\[\d+:\d+\]$", "[0:0]", line)  # policy counters
+                         for line in text.splitlines() if not line.startswith("#"))
 
     def ipset_save(self) -> str:
         lines = sh(self.host, "ipset", "save").splitlines()
