@@ -1,8 +1,8 @@
 """Making the kernel's felix- ipsets match the desired ones.
 
-Reading: a netlink dump through pyroute2's ipset support (numbers, not the
-names ``ipset list`` prints, so nothing depends on /etc/protocols), on the
-first pass and after ``forget``; later passes trust what was last written.
+Reading: one netlink dump (``ipset_dump``: numbers, not the names ``ipset
+list`` prints), on the first pass and after ``forget``; later passes trust
+what was last written.
 
 Writing happens in two phases of the dataplane pass, around the iptables
 commit: ``sync`` (before it) creates new sets and replaces changed ones;
@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from calico.felix.ipsets import (HASH_NET, HASH_NET_PORT, SetSpec, canonical_cidr, is_felix_set,
-                                 member_text, temp_name)
+from calico.felix.ipset_dump import read_felix_sets
+from calico.felix.ipsets import HASH_NET, SetSpec, member_text, temp_name
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.tools import Runner, run_tool
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 LIBRARY, RESTORE, AUTO = "library", "restore", "auto"
 DEFAULT_MAXELEM = 65536
 _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
-_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 _FAMILY_WORD = {4: "inet", 6: "inet6"}
 
 
@@ -105,35 +104,6 @@ def restore_input(plan: SetPlan, deletions: list[str] = ()) -> str:  # type: ign
     return "\n".join(lines) + "\n"
 
 
-def decode_sets(messages) -> dict[str, SetSpec]:
-    """felix- sets from a pyroute2 ipset list dump (a set may span messages)."""
-    headers: dict[str, tuple[str, int]] = {}
-    members: dict[str, set] = {}
-    for msg in messages:
-        name = msg.get_attr("IPSET_ATTR_SETNAME")
-        if not name or not is_felix_set(name):
-            continue
-        set_type = msg.get_attr("IPSET_ATTR_TYPENAME")
-        version = _VERSION.get(msg.get_attr("IPSET_ATTR_FAMILY"), 0)
-        headers[name] = (set_type, version)
-        found = members.setdefault(name, set())
-        adt = msg.get_attr("IPSET_ATTR_ADT")
-        if adt is None:
-            continue
-        for data in adt.get_attrs("IPSET_ATTR_DATA"):
-            attrs = {key: value for key, value, *_ in data["attrs"]}
-            addr_nla = attrs.get("IPSET_ATTR_IP_FROM") or attrs.get("IPSET_ATTR_IP")
-            addr = addr_nla["attrs"][0][1]
-            cidr = canonical_cidr(addr, attrs.get("IPSET_ATTR_CIDR", 32 if version == 4 else 128))
-            if set_type == HASH_NET_PORT:
-                port = attrs.get("IPSET_ATTR_PORT_FROM", attrs.get("IPSET_ATTR_PORT", 0))
-                found.add((cidr, attrs.get("IPSET_ATTR_PROTO", 0), port))
-            else:
-                found.add(cidr)
-    return {name: SetSpec(name, set_type, version, frozenset(members[name]))
-            for name, (set_type, version) in headers.items()}
-
-
 class IpsetWriter:
     def __init__(self, counter: WriteCounter, mode: str = AUTO, library_max_ops: int = 200,
                  runner: Runner = subprocess.run) -> None:
@@ -160,7 +130,7 @@ class IpsetWriter:
 
     def read(self) -> dict[str, SetSpec]:
         if self.kernel is None:
-            self.kernel = decode_sets(self._socket().list())
+            self.kernel = read_felix_sets()
         return self.kernel
 
     def sync(self, desired: Mapping[str, SetSpec]) -> SetPlan:
