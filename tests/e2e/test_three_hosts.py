@@ -2,11 +2,13 @@
 
 import pytest
 
-from calico.lab import hosts
-from e2e_lab import add_all, assert_matrix_converges, running_lab
+from calico.lab import hosts, probe
+from calico.lab.layout import LISTEN_PORT
+from e2e_lab import add_all, assert_matrix_converges, running_lab, wait_until
 
-CONTAINERS = [("a1", "host-1", "192.168.1.1", "alpha"), ("b2", "host-2", "192.168.2.1", "beta"),
-              ("ab3", "host-3", "192.168.3.1", "alpha,beta"), ("a2", "host-2", "192.168.2.2", "alpha")]
+V6_A1, V6_AB3 = "fd80:24e2:f998:72d6::a1", "fd80:24e2:f998:72d6::ab3"
+CONTAINERS = [("a1", "host-1", f"192.168.1.1,{V6_A1}", "alpha"), ("b2", "host-2", "192.168.2.1", "beta"),
+              ("ab3", "host-3", f"192.168.3.1,{V6_AB3}", "alpha,beta"), ("a2", "host-2", "192.168.2.2", "alpha")]
 
 
 @pytest.fixture(scope="module")
@@ -30,3 +32,12 @@ def test_container_in_two_groups_talks_to_both(lab):
     assert matrix[("b2", "ab3")] == matrix[("ab3", "b2")] == both
     assert matrix[("a1", "a2")] == both
     assert matrix[("a1", "b2")] == matrix[("b2", "a2")] == none
+
+
+@pytest.mark.xfail(strict=True, reason="python-iptables writes IPv6 interface masks as 0x01 bytes (ip6tc.py "
+                   "set_in/out_interface), so Felix's '-o tap+' also matches fab0 and forwarded IPv6 is dropped")
+def test_ipv6_endpoints_reach_each_other_across_hosts(lab):
+    assert_matrix_converges(lab)
+    wait_until(lambda: probe.ping(lab.container_ns("a1"), V6_AB3), timeout_s=10, what="IPv6 ping a1 -> ab3")
+    assert probe.ping(lab.container_ns("ab3"), V6_A1)
+    assert probe.tcp_connect(lab.container_ns("a1"), V6_AB3, LISTEN_PORT)
