@@ -410,3 +410,50 @@ def test_bad_config_is_one_line_naming_the_key_and_exit_2(tmp_path, config_text,
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], result.stderr
+
+
+# --- with the real plugin (network API) instead of the fake -------------------
+
+def write_endpoint(data_dir, eid, ip, groups):
+    from calico.common.datafiles import Endpoint, endpoint_file_text, write_file_atomically
+    endpoint = Endpoint(eid, tuple(ip.split(",")), "aa:bb:cc:00:02:01", "h1", tuple(groups))
+    write_file_atomically(str(data_dir / f"{eid}.txt"), endpoint_file_text(endpoint))
+
+
+def test_real_plugin_files_to_acls_live_and_across_a_plugin_restart(tmp_path, start_plugin, acl_manager, felix,
+                                                                     wait_until):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "felix.txt").write_text(
+        f"[felix h1]\nip={PLUGIN_HOST}\nhost=h1\n\n[group ops]\ninbound = group:web tcp 22\noutbound = 0.0.0.0/0\n")
+    write_endpoint(data_dir, "a", "192.168.2.1,fd00::1", ["web"])
+    write_endpoint(data_dir, "o", "192.168.2.9", ["ops"])
+    fast = ("--keepalive-ms", str(KEEPALIVE_MS), "--connection-timeout-ms", str(TIMEOUT_MS),
+            "--poll-interval-ms", "50")
+    plugin = start_plugin("network", data_dir, PLUGIN_HOST, *fast)
+    manager = acl_manager()
+    sub, req = felix(["a", "b", "o"])
+    # As Felix does after subscribing: ask, and the ACLs come (once the groups have).
+    wait_until(lambda: "group ops: 1 members" in manager.log(), what="the plugin's groups")
+    barrier(sub, req, wait_until, "a")
+    barrier(sub, req, wait_until, "o")
+    assert updates(sub, "o")[-1]["acls"] == acls(v4_in=["192.168.2.1/32 tcp 22"], v4_out=["0.0.0.0/0"],
+                                                 v6_in=["fd00::1/128 tcp 22"])
+
+    # A new endpoint file: b joins web; a's and o's ACLs grow, b gets its own.
+    write_endpoint(data_dir, "b", "192.168.2.2", ["web"])
+    wait_until(lambda: updates(sub, "b"), what="b's ACLs")
+    wait_until(lambda: [r["cidr"] for r in updates(sub, "o")[-1]["acls"]["v4"]["inbound"]]
+               == ["192.168.2.1/32", "192.168.2.2/32"], what="o's ACLs to name b")
+    assert updates(sub, "b")[-1]["acls"] == acls(
+        v4_in=["192.168.2.1/32", "192.168.2.2/32"], v4_out=["0.0.0.0/0", "192.168.2.1/32", "192.168.2.2/32"],
+        v6_in=["fd00::1/128"], v6_out=["::/0", "fd00::1/128"])
+
+    # The plugin stops; o's file is removed meanwhile; the plugin comes back.
+    plugin.stop()
+    wait_until(lambda: "lost the subscription" in manager.log(), what="the manager to notice")
+    (data_dir / "o.txt").unlink()
+    start_plugin("network", data_dir, PLUGIN_HOST, *fast, name="plugin-network-2")
+    wait_until(lambda: updates(sub, "o")[-1]["acls"] == acls(), what="empty ACLs for o (group ops gone)")
+    assert "1 dropped as gone (ops)" in manager.log()
+    assert manager.alive
