@@ -124,10 +124,11 @@ def status(layout: Layout) -> str:
             lines.append(f"  {component:15} {'running, pid ' + str(pid) if pid else 'NOT RUNNING'}"
                          f"  log {layout.log_file(label)}")
         sessions = hosts.bgp_sessions(layout, index)
+        lines.append(f"  bgp (birdc -s {layout.bird_socket(index)} show protocols):")
         for name, info in sorted(sessions.items()):
-            lines.append(f"  bgp {name:18} {info}")
+            lines.append(f"    {name:18} {info}")
         if lab.hosts > 1 and not sessions:
-            lines.append("  bgp: no answer from birdc")
+            lines.append("    no answer from birdc")
         routes = _routes(ns, "-4") + _routes(ns, "-6")
         rules = _iptables(ns)
         for container in sorted(lab.containers.values(), key=lambda c: c.name):
