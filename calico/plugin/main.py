@@ -85,7 +85,7 @@ def run(argv: list[str] | None = None) -> int:
             where = f"{api.rep_address} and {api.pub_address}"
     except zmq.ZMQError as exc:
         log.error("cannot bind the %s API on %s: %s", args.api, args.bind, exc)
-        context.term()
+        context.destroy(linger=0)  # closes the socket that failed to bind (term() would wait for it)
         return 1
 
     interval = args.poll_interval_ms / 1000.0

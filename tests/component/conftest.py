@@ -20,13 +20,15 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
     ``.log()`` (the ``log_file`` text if given, else the screen text),
     ``.count(text)`` (occurrences in ``.log()``), ``.stop()`` (SIGTERM, then
     SIGKILL after 5 s; returns the exit code), ``.kill()`` (SIGKILL).  The
-    process is killed by pid at teardown.
+    process is killed by pid at teardown, and dies with the test runner
+    even when that is killed itself (PR_SET_PDEATHSIG).
 
 ``peers`` -> ``Peers``, a factory of fake peers, each with its own context:
     ``peers.rep(address, responder=None)`` -> ``RepPeer``: binds a REP
-        socket served by a thread.  ``.received`` is the list of decoded
-        requests (raw bytes if not JSON); ``responder(msg)`` returns the
-        reply dict (default: same type, rc SUCCESS).  ``.of_type(t)``
+        socket served by a thread (a failed bind raises in the test).
+        ``.received`` is the list of decoded requests (raw bytes if not
+        JSON); ``responder(msg)`` returns the reply dict (default: same
+        type, rc SUCCESS).  ``.of_type(t)``
         filters ``.received``; ``.close()`` unbinds (a dead peer).
     ``peers.req(address, timeout=5.0)`` -> ``ReqPeer``: ``.request(msg)``
         sends a dict (or raw bytes, or a list of frames) and returns the
@@ -42,12 +44,20 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
     calico.plugin.main``) on ``bind`` with its log file in the test's tmp
     dir, and return once it says it is serving.
 
+``loopback_range(name)`` (context manager)
+    Hold an exclusive lock for one address range (e.g. ``"127.0.1"``) while
+    a test uses it, so two test runs on one machine (two engineers, or a
+    loop) take turns instead of colliding on the fixed ports.  Use it in an
+    autouse fixture of each test module.
+
 ``zmq_request(msg_type, **fields)`` builds a request dict stamped with
 ``issued`` (it is ``calico.common.messages.make``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -90,14 +100,41 @@ def wait_until():
 
 # --- real components --------------------------------------------------------
 
+# Run in the child: ask for SIGKILL when the test runner dies
+# (PR_SET_PDEATHSIG survives exec), give up if it already has, then exec the
+# component.  Done after the fork rather than in preexec_fn, which is unsafe
+# in a process with threads (the fake peers).
+_LAUNCHER = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execv(sys.executable, [sys.executable] + sys.argv[2:])\n"
+)
+
+
+@contextlib.contextmanager
+def loopback_range(name: str):
+    with open(f"/tmp/calico-component-{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture(name="loopback_range")
+def loopback_range_fixture():
+    return loopback_range
+
+
 class Component:
     def __init__(self, args: list[str], name: str, out_path: str, log_file: str | None):
         self.name = name
         self.out_path = out_path
         self.log_file = log_file
         with open(out_path, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT,
-                                            cwd=REPO, start_new_session=True)
+            self.process = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args],
+                                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         self.pid = self.process.pid
 
     @property
@@ -157,7 +194,11 @@ def start_plugin(spawn, tmp_path):
         log_file = str(tmp_path / f"{name}.log")
         component = spawn(["-m", "calico.plugin.main", api, "--data-dir", str(data_dir), "--bind", bind,
                            "--log-file", log_file, *extra_args], name, log_file)
-        _wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
+        try:
+            _wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
+        except BaseException:
+            print(f"--- {name} screen output ---\n{component.output()}")
+            raise
         assert component.alive, f"{name} exited: {component.output()}"
         return component
 
@@ -178,7 +219,12 @@ class _Threaded:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        sock = self._make_socket()
+        try:
+            sock = self._make_socket()
+        except zmq.ZMQError as exc:
+            self._error = exc
+            self._ready.set()
+            return
         self._ready.set()
         try:
             poller = zmq.Poller()
@@ -191,8 +237,11 @@ class _Threaded:
 
     def _start(self) -> None:
         self._ready = threading.Event()
+        self._error: Exception | None = None
         self._thread.start()
         self._ready.wait(5)
+        if self._error is not None:
+            raise RuntimeError(f"{type(self).__name__} on {self.address}: {self._error}")
 
     def close(self) -> None:
         self._stopping.set()
@@ -223,7 +272,11 @@ class RepPeer(_Threaded):
     def _make_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(self.address)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
         return sock
 
     def _serve(self, sock: zmq.Socket) -> None:
@@ -294,7 +347,11 @@ class PubPeer:
     def __init__(self, context: zmq.Context, address: str):
         self.socket = context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(address)
+        try:
+            self.socket.bind(address)
+        except zmq.ZMQError:
+            self.socket.close(linger=0)
+            raise
 
     def publish(self, topic: bytes, msg: dict) -> None:
         self.socket.send_multipart([topic, json.dumps(msg).encode()])
@@ -327,7 +384,9 @@ class Peers:
     def close(self) -> None:
         for peer in reversed(self._made):
             peer.close()
-        self.context.term()
+        # destroy, not term: a socket a test made on this context and left
+        # open must not hang the teardown.
+        self.context.destroy(linger=0)
 
 
 @pytest.fixture

@@ -35,6 +35,13 @@ def endpoint_msgs(felix, eid):
     return [m for m in felix.snapshot() if isinstance(m, dict) and m.get("endpoint_id") == eid]
 
 
+@pytest.fixture(autouse=True)
+def own_address_range(loopback_range):
+    """127.0.1.x is this file's; another run on this machine waits its turn."""
+    with loopback_range("127.0.1"):
+        yield
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     path = tmp_path / "data"

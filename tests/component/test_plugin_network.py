@@ -32,6 +32,13 @@ def write_endpoint(data_dir, eid, ip, host="h1", groups=("web",), mac="aa:bb:cc:
     write_file_atomically(str(data_dir / f"{eid}.txt"), endpoint_file_text(ep))
 
 
+@pytest.fixture(autouse=True)
+def own_address_range(loopback_range):
+    """127.0.1.x is this file's; another run on this machine waits its turn."""
+    with loopback_range("127.0.1"):
+        yield
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     path = tmp_path / "data"
