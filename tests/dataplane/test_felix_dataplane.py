@@ -9,6 +9,7 @@ desired state it needs, so tests do not depend on each other's leftovers.
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from calico import netns
 from calico.common.rules import Rule
 from calico.felix.dataplane import Dataplane
+from calico.felix.tools import ToolError
 from felix_dp_helpers import Lab, acls, echo_round_trip, sh, spec
 
 A, B, C, D, E, F = "aaaaaaaaaaaa01", "bbbb02", "cccc03", "dddd04", "eeee05", "ffff06"
@@ -251,6 +253,40 @@ def test_ipv6_endpoint_routes_chains_sets_and_ping6(lab, dp):
         assert lab.tcp_ok(E, "fd00::4", 22)
         assert not lab.tcp_ok(E, "fd00::4", 23, expect=False)
     assert lab.ping(D, "10.65.0.2")  # and its IPv4 side still works
+
+
+def test_a_pass_that_fails_halfway_is_repaired_by_the_next(lab, dp):
+    before = state(ep(A), ep(B), ep(C), ep(D), ep(E))
+    dp.apply(before)
+    after = traffic_state()
+    after[F] = ep(F)
+    del after[C]
+    fail_once = {"armed": True}
+
+    def flaky(argv, **kwargs):
+        if argv[0] == "iptables-legacy-restore" and fail_once.pop("armed", False):
+            return subprocess.CompletedProcess(argv, 1, "", "iptables-restore: line 3 failed")
+        return subprocess.run(argv, **kwargs)
+
+    with netns.entered(lab.host):
+        restarted = Dataplane(iptables_mode="restore")
+    try:
+        restarted.iptables[4].runner = flaky
+        with pytest.raises(ToolError):
+            restarted.apply(after)  # sets and routes written, IPv4 rules not
+        assert "felix-from-cccc03" in lab.iptables_save()
+        restarted.forget_kernel_cache()  # what the agent does after a failed pass
+        assert restarted.apply(after) == set()
+        settled = lab.kernel_state()
+        writes = restarted.writes.total()
+        restarted.forget_kernel_cache()
+        restarted.apply(after)
+        assert restarted.writes.total() == writes and lab.kernel_state() == settled
+    finally:
+        restarted.close()
+        dp.forget_kernel_cache()  # another instance changed the kernel under the module's Dataplane
+    assert "cccc03" not in settled["iptables"] + settled["ipsets"] + settled["routes"]
+    assert lab.ping(B, "10.65.0.1") and lab.ping(B, "10.65.0.6")
 
 
 def _wipe_felix_state(lab) -> None:
