@@ -86,6 +86,11 @@ class Dataplane:
         self.versions = tuple(sorted(set(ip_versions)))
         if not self.versions or not set(self.versions) <= {4, 6}:
             raise ValueError(f"ip_versions must be 4 and/or 6, not {ip_versions!r}")
+        if 6 in self.versions and not os.path.isdir(os.path.join(sysctl_root, "net/ipv6")):
+            log.warning("IPv6 is disabled in this kernel: programming IPv4 only")
+            self.versions = tuple(v for v in self.versions if v != 6)
+            if not self.versions:
+                raise ValueError("IPv6 only was asked for, but IPv6 is disabled in this kernel")
         self.writes = writes if writes is not None else WriteCounter()
         self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY)
         self._netns = _netns_identity(self._netns_fd)
@@ -95,7 +100,7 @@ class Dataplane:
         self.ipsets = IpsetWriter(self.writes, ipset_mode, library_max_set_ops)
         self.routes = RouteWriter(self.writes, self.versions, self.sysctls)
         self._memo: dict[str, _EndpointLayout | EndpointSpec] = {}  # spec only: unusable
-        self._warned: set[str] = set()
+        self._collisions: set[str] = set()
 
     # -- the agent's interface -------------------------------------------
 
@@ -180,6 +185,7 @@ class Dataplane:
         memo: dict[str, _EndpointLayout | EndpointSpec] = {}
         usable: dict[str, _EndpointLayout] = {}
         by_interface: dict[str, str] = {}
+        collisions: set[str] = set()
         for key in sorted(desired):
             spec = desired[key]
             known = self._memo.get(key)
@@ -193,10 +199,12 @@ class Dataplane:
                 continue
             other = by_interface.setdefault(spec.interface, key)
             if other != key:
-                self._warn_once([f"endpoint {key} skipped: its interface {spec.interface} "
-                                 f"is also endpoint {other}'s"])
+                collisions.add(f"endpoint {key} skipped: its interface {spec.interface} is also endpoint {other}'s")
                 continue
             usable[key] = layout
+        for warning in sorted(collisions - self._collisions):  # once, not every pass
+            log.warning(warning)
+        self._collisions = collisions
         self._memo = memo
         return usable
 
@@ -211,19 +219,14 @@ class Dataplane:
                 if str(parse_ip(addr)) != addr:
                     raise ValidationError(f"address {addr!r} is not canonical")
         except (ValidationError, AttributeError, TypeError) as exc:
-            self._warn_once([f"endpoint {key!r} skipped: {exc}"])
+            log.warning("endpoint %r skipped: %s", key, exc)  # once: the result is memoised
             return None
         sets = endpoint_sets(spec, self.versions)
-        self._warn_once(sets.warnings)
+        for warning in sets.warnings:
+            log.warning(warning)
         chains = {version: iptables_layout.endpoint_chains(spec, version, sets.matches)
                   for version in self.versions if spec.addrs_of(version)}
         return _EndpointLayout(spec, tuple(sets.sets.values()), chains)
-
-    def _warn_once(self, warnings: list[str]) -> None:
-        for warning in warnings:
-            if warning not in self._warned:
-                self._warned.add(warning)
-                log.warning(warning)
 
     @contextlib.contextmanager
     def _bound(self) -> Iterator[None]:

@@ -19,7 +19,7 @@ Two ways to write, chosen per pass by size, both from the same plan:
   about 0.4 ms each) for small changes;
 - ``ipset restore`` for bulk ones: 100,000 members through pyroute2 would
   take some 45 s (its per-request cost, or 150 us per member just to encode
-  a batched message), against ~3 s for ipset restore, most of it kernel time.
+  a batched message), against 4-5 s for ipset restore, most of it kernel time.
 
 Pitfalls kept away: pyroute2's ``destroy()``/``flush()`` with no name act on
 every set on the host, so every call here passes a name (and flush is never
