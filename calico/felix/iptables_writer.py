@@ -341,9 +341,16 @@ class LibraryCommit:
 
 
 def _filter_rule_class(iptc, version: int):
-    """python-iptables resolves a jump target by asking *every* table whether
-    it has such a chain, which instantiates nat, mangle, raw and security in
-    the namespace as a side effect.  Felix only uses the filter table."""
+    """python-iptables' Rule, with two of its habits corrected.
+
+    - It resolves a jump target by asking *every* table whether it has such
+      a chain, which instantiates nat, mangle, raw and security in the
+      namespace as a side effect; Felix only uses the filter table.
+    - For IPv6 (ip6tc.py, python-iptables 1.2.0) it writes interface masks
+      as 0x01 bytes instead of 0xff, so the kernel compares only the lowest
+      bit of each character: ``-o tap+`` then also matches ``fab0``.
+      iptables-save prints such a rule exactly like a correct one, so only
+      packets show the difference (test_felix_dataplane checks them)."""
     base = iptc.Rule if version == 4 else iptc.Rule6
     table_class = iptc.Table if version == 4 else iptc.Table6
 
@@ -352,5 +359,17 @@ def _filter_rule_class(iptc, version: int):
         def tables(self):
             return [table_class(table_class.FILTER)]
 
-    return FilterRule
+    if version == 6:
+        def set_in_interface(self, name: str) -> None:
+            base.set_in_interface(self, name)
+            # c_char array: reads back up to the first NUL, i.e. the masked bytes
+            self.entry.ipv6.iniface_mask = b"\xff" * len(self.entry.ipv6.iniface_mask)
 
+        def set_out_interface(self, name: str) -> None:
+            base.set_out_interface(self, name)
+            self.entry.ipv6.outiface_mask = b"\xff" * len(self.entry.ipv6.outiface_mask)
+
+        FilterRule.in_interface = property(base.get_in_interface, set_in_interface)
+        FilterRule.out_interface = property(base.get_out_interface, set_out_interface)
+
+    return FilterRule

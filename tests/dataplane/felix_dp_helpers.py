@@ -68,6 +68,23 @@ class Lab:
             sh(None, "ip", "-n", ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
         return ns
 
+    def add_uplink(self, name: str = "uplink") -> str:
+        """A namespace beyond a non-tap host interface, ``fab0`` (10.65.9.0/24,
+        fd00:9::/64): somewhere off the host for endpoints to talk to."""
+        ns = f"{self.host}-up"
+        netns.remove(ns)
+        netns.create(ns)
+        self.endpoint_ns[name] = ns
+        sh(None, "ip", "-n", self.host, "link", "add", "fab0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        for space, v4, v6 in ((self.host, "10.65.9.1/24", "fd00:9::1/64"), (ns, "10.65.9.2/24", "fd00:9::2/64")):
+            dev = "fab0" if space == self.host else "eth0"
+            sh(None, "ip", "-n", space, "addr", "add", v4, "dev", dev)
+            sh(None, "ip", "-n", space, "-6", "addr", "add", v6, "dev", dev, "nodad")
+            sh(None, "ip", "-n", space, "link", "set", dev, "up")
+        sh(None, "ip", "-n", ns, "route", "add", "default", "via", "10.65.9.1")
+        sh(None, "ip", "-n", ns, "-6", "route", "add", "default", "via", "fd00:9::1")
+        return ns
+
     def remove_interface(self, endpoint_id: str) -> None:
         sh(None, "ip", "-n", self.host, "link", "del", "tap" + endpoint_id[:11], check=False)
 

@@ -49,6 +49,7 @@ def lab():
     try:
         for eid in (A, B, C, D, E):
             lab.add_endpoint(eid, ADDRS[eid], MACS[eid])
+        lab.add_uplink()
         lab.root_before = root_before
         yield lab
     finally:
@@ -91,6 +92,16 @@ def test_traffic_is_allowed_exactly_where_the_acls_say(lab, dp):
         assert not lab.tcp_ok(D, "10.65.0.1", 8080, expect=False)
         assert lab.tcp_ok(D, "10.65.0.1", 9005)
         assert not lab.tcp_ok(D, "10.65.0.1", 9011, expect=False)
+
+
+def test_traffic_between_endpoints_and_a_non_tap_interface_is_forwarded(lab, dp):
+    # Catches interface wildcards that match more than they say (python-iptables
+    # writes IPv6 interface masks as 0x01 bytes: "-o tap+" would match "fab0",
+    # and iptables-save prints the rule the same either way).
+    dp.apply(state(ep(A), ep(B), ep(D), ep(E)))
+    assert lab.ping(D, "10.65.9.2") and lab.ping(D, "fd00:9::2")
+    assert lab.ping("uplink", "10.65.0.4") and lab.ping("uplink", "fd00::4")
+    assert lab.ping("uplink", "fd00::5")
 
 
 def _raw_delivered(lab, sender: str, dst: str, proto: int) -> bool:
