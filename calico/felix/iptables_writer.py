@@ -270,13 +270,11 @@ class LibraryCommit:
             table = self.table_class(self.table_class.FILTER, autocommit=False)
             table.autocommit = False
             # A fresh handle, read from the kernel now and in this thread's
-            # network namespace (libiptc binds its socket at init).
+            # network namespace (libiptc binds its socket at init); it also
+            # drops whatever a failed earlier pass left uncommitted.
             table.refresh()
-            try:
-                self._apply(table, plan)
-                table.commit()
-            finally:
-                table.refresh()  # drop anything uncommitted; leave a current handle
+            self._apply(table, plan)
+            table.commit()
 
     def _apply(self, table, plan: TablePlan) -> None:
         iptc = self.iptc
