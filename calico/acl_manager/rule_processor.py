@@ -293,7 +293,3 @@ class RuleProcessor:
                     self.acls[endpoint] = acls
                     changes[endpoint] = acls
         return changes
-
-    def endpoints_of(self, group: str) -> list[str]:
-        spec = self.groups.get(group)
-        return sorted(spec.members) if spec else []

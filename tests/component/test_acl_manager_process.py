@@ -68,7 +68,8 @@ class FakePlugin:
     ``set_group`` (stored and published) from its own thread.
     """
 
-    def __init__(self, groups=None, host=PLUGIN_HOST):
+    def __init__(self, groups=None, host=PLUGIN_HOST, heartbeat=True):
+        self.heartbeat = heartbeat
         self.groups = {g["group"]: g for g in (groups or [])}
         self.received: list = []
         self.commands: queue.Queue = queue.Queue()
@@ -131,7 +132,7 @@ class FakePlugin:
                         pub.send_multipart([messages.TOPIC_GROUPS, messages.encode(payload)])
                     else:
                         pub.send_multipart(payload)
-                if time.monotonic() >= next_heartbeat:
+                if self.heartbeat and time.monotonic() >= next_heartbeat:
                     pub.send_multipart([messages.TOPIC_NETWORK_HEARTBEAT,
                                         messages.encode(messages.make(messages.HEARTBEAT))])
                     next_heartbeat = time.monotonic() + 0.2
@@ -158,8 +159,8 @@ class FakePlugin:
 def fake_plugin():
     made = []
 
-    def start(groups=None):
-        plugin = FakePlugin(groups)
+    def start(groups=None, heartbeat=True):
+        plugin = FakePlugin(groups, heartbeat=heartbeat)
         made.append(plugin)
         return plugin
 
@@ -271,6 +272,16 @@ def test_heartbeats_on_both_pubs_and_both_req_directions(fake_plugin, acl_manage
     wait_until(lambda: len(plugin.of_type("HEARTBEAT")) >= 2, what="HEARTBEATs to the plugin")
     # Felix's HEARTBEAT is answered.
     assert req.request(messages.make(messages.HEARTBEAT)) == {"type": "HEARTBEAT", "rc": "SUCCESS", "message": ""}
+
+
+def test_silent_network_heartbeat_brings_getgroups_and_keeps_groups(fake_plugin, acl_manager, felix, wait_until):
+    plugin = fake_plugin([group_update("web", WEB)], heartbeat=False)
+    manager = acl_manager()
+    sub, req = felix(["a"])
+    wait_until(lambda: len(plugin.of_type("GETGROUPS")) >= 3, what="GETGROUPS repeated while the PUB is silent")
+    assert "nothing from tcp://127.0.2.1:9904 for 1.0s" in manager.log()
+    barrier(sub, req, wait_until, "a")  # still known
+    assert "dropped as gone (" not in manager.log()
 
 
 def test_incremental_join_publishes_only_changed_endpoints(fake_plugin, acl_manager, felix, wait_until):
