@@ -88,6 +88,7 @@ class ControlPlane:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.plugin_up = False
+        self.acl_manager_up = True  # False: it neither answers nor publishes (a hung manager)
         self._thread = threading.Thread(target=self._serve, name=f"control-plane-{ns}", daemon=True)
 
     # --- test-side API ------------------------------------------------------
@@ -143,6 +144,11 @@ class ControlPlane:
 
     def publish_raw(self, frames: list[bytes]) -> None:
         self.call(lambda: self.acl_pub.send_multipart(frames))
+
+    def hang_acl_manager(self, hung: bool = True) -> None:
+        def do() -> None:
+            self.acl_manager_up = not hung
+        self.call(do)
 
     def stop_plugin(self) -> None:
         self.call(self._close_plugin)
@@ -209,10 +215,10 @@ class ControlPlane:
                 self._on_plugin_request()
             if self.plugin_up and self.plugin_req in ready:
                 self._on_felix_reply()
-            if self.acl_router in ready:
+            if self.acl_router in ready and self.acl_manager_up:
                 self._on_acl_request()
             now = time.monotonic()
-            if now >= next_heartbeat:
+            if now >= next_heartbeat and self.acl_manager_up:
                 self.acl_pub.send_multipart([messages.TOPIC_ACL_HEARTBEAT,
                                              messages.encode(messages.make(messages.HEARTBEAT))])
                 next_heartbeat = now + self.heartbeat_interval
@@ -776,3 +782,23 @@ def test_resync_with_nothing_changed_writes_nothing(env):
     assert felix_events == [], "netlink changes during resyncs with nothing new:\n" + "\n".join(felix_events)
     new_passes = env.felix.log().split("dataplane pass:")[passes + 1:]
     assert new_passes and all(p.startswith(" 2 endpoints, 0 kernel writes") for p in new_passes), new_passes
+
+
+def test_acl_manager_lost_keeps_acls_then_catches_up(env):
+    a = env.topo.endpoint("a", "192.168.10.1")
+    b = env.topo.endpoint("b", "192.168.10.2")
+    for ep in (a, b):
+        env.cp.set_acls(ep.endpoint_id, OPEN, publish=False)
+        env.cp.set_endpoint(ep)
+    env.start_felix()
+    env.check([(a, b.v4, "ping", True)])
+
+    env.cp.hang_acl_manager()
+    wait_until(lambda: env.felix.count("ACL manager: nothing heard"), "Felix to notice the ACL manager is quiet")
+    env.check([(a, b.v4, "ping", True), (b, a.v4, "ping", True)])  # carries on with what it knew
+    env.cp.set_acls(b.endpoint_id, allow(), publish=False)  # changed while nobody could hear
+    asked = len(env.cp.acl_requests)
+    env.cp.hang_acl_manager(False)
+    wait_until(lambda: {a.endpoint_id, b.endpoint_id} <= set(env.cp.acl_requests[asked:]),
+               "Felix to ask again for every endpoint's ACLs")
+    env.check([(b, a.v4, "ping", True), (a, b.v4, "ping", False)])
