@@ -109,7 +109,7 @@ def bench_core() -> dict:
     print(f"serialise {len(acls)} ACLUPDATEs: {ms_wire:.1f} ms ({size / 1e6:.1f} MB; JSON shared per group)")
 
     results = {}
-    for label, group in (("g05 (default rules)", 5), ("g71 (named by g70's and g77's... rules)", 71)):
+    for label, group in (("g05 (default rules)", 5), ("g71 (port rules; named by g70's rules)", 71)):
         proc2 = RuleProcessor()
         proc2.load(specs)
         spec = specs[group]
