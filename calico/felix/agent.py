@@ -355,20 +355,23 @@ class Agent:
             self._subscribed.add(endpoint_id)
             self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
 
-    def _request_acls(self, endpoint_id: str) -> None:
-        """Queue a GETACLSTATE unless one for this endpoint is queued or in flight."""
+    def _request_acls(self, endpoint_id: str, force: bool = False) -> None:
+        """Queue a GETACLSTATE unless one for this endpoint is queued or in
+        flight (``force``: even then, as its answer may be published to a
+        subscription that is not there yet)."""
         self._acl_requested_at[endpoint_id] = self.loop.clock()
-        if endpoint_id in self._acl_queued:
+        if endpoint_id in self._acl_queued and not force:
             return
         self._acl_queued.add(endpoint_id)
         self.acl_manager.send(messages.make(messages.GETACLSTATE, endpoint_id=endpoint_id))
 
-    def _request_all_acls(self, endpoint_ids: list[str], reason: str, level: int = logging.INFO) -> None:
+    def _request_all_acls(self, endpoint_ids: list[str], reason: str, level: int = logging.INFO,
+                          force: bool = False) -> None:
         if not endpoint_ids:
             return
         log.log(level, "Asking the ACL manager for the ACLs of %d endpoint(s): %s", len(endpoint_ids), reason)
         for endpoint_id in endpoint_ids:
-            self._request_acls(endpoint_id)
+            self._request_acls(endpoint_id, force)
 
     def _on_acl_reset(self) -> None:
         # Nothing is in flight after a reset; start the queue afresh.
@@ -437,13 +440,13 @@ class Agent:
             return
         self._acl_live = True
         log.info("ACL manager: publications arriving from %s", self.addresses.acl_pub)
+        # Whatever was published while we were not listening is lost, and the
+        # answers to requests already queued may be published before the
+        # subscription reaches the publisher: ask again, queued or not.
         if self._acl_ever_live:
-            # Whatever was published while we were not listening is lost.
-            self._request_all_acls(self.table.ids(), "ACL manager back")
+            self._request_all_acls(self.table.ids(), "ACL manager back", force=True)
         else:
-            # First contact: requests sent before the subscription was up may
-            # have had their answers published to no one.
-            self._request_all_acls(self.table.without_acls(), "first contact with the ACL manager")
+            self._request_all_acls(self.table.without_acls(), "first contact with the ACL manager", force=True)
         self._acl_ever_live = True
 
     def _acl_timer(self, now: float) -> float:

@@ -90,6 +90,7 @@ class Harness:
         self.agent = Agent(self.config, self.dataplane, addresses=addresses, context=self.ctx,
                            loop=EventLoop(clock=self.clock))
         self.plugin_req = self._socket(zmq.REQ, connect=addresses.endpoints)
+        self._acl_held: list[bytes] | None = None
 
     def _socket(self, kind, bind=None, connect=None):
         sock = self.ctx.socket(kind)
@@ -168,6 +169,9 @@ class Harness:
         """GETACLSTATE requests waiting now (answered one by one, as a ROUTER does)."""
         ids = []
         while True:
+            if self._acl_held is not None and answer:  # one left unanswered before
+                self.acl_router.send_multipart(self._acl_held)
+                self._acl_held = None
             self.step()
             if not self.acl_router.poll(0):
                 return ids
@@ -175,9 +179,11 @@ class Harness:
             msg = messages.decode_request(body, {messages.GETACLSTATE, messages.HEARTBEAT})
             if msg["type"] == messages.GETACLSTATE:
                 ids.append(msg["endpoint_id"])
+            answer_frames = [identity, empty, messages.encode(messages.reply(msg["type"]))]
             if not answer:
+                self._acl_held = answer_frames
                 return ids
-            self.acl_router.send_multipart([identity, empty, messages.encode(messages.reply(msg["type"]))])
+            self.acl_router.send_multipart(answer_frames)
 
     def publish(self, topic: str | bytes, body: bytes) -> None:
         topic = topic.encode() if isinstance(topic, str) else topic
@@ -564,3 +570,14 @@ def test_resync_with_nothing_changed_needs_no_pass(h):
     h.request(endpoint(endpoint_id="a", resync_id=resync_id))
     h.step()
     assert h.agent.resync is None and len(h.dataplane.applied) == applied
+
+
+def test_first_contact_asks_again_even_for_requests_already_queued(h):
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
+    assert h.acl_requests() == ["a"]  # answered; its ACLUPDATE went to no subscriber
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.2"))
+    assert h.acl_requests(answer=False) == ["b"]  # in flight when the first heartbeat comes
+    h.heartbeat()
+    assert sorted(h.acl_requests()) == ["a", "b"]  # b again, though it was in flight
