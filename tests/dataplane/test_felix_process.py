@@ -802,3 +802,25 @@ def test_acl_manager_lost_keeps_acls_then_catches_up(env):
     wait_until(lambda: {a.endpoint_id, b.endpoint_id} <= set(env.cp.acl_requests[asked:]),
                "Felix to ask again for every endpoint's ACLs")
     env.check([(b, a.v4, "ping", True), (a, b.v4, "ping", False)])
+
+
+def test_restart_with_nothing_changed_writes_nothing(env):
+    """A Felix killed and started again over an unchanged host waits for the
+    ACLs before its first pass, which then has nothing to write (so no
+    endpoint is failed closed, even for a moment)."""
+    a = env.topo.endpoint("a", "192.168.10.1")
+    b = env.topo.endpoint("b", "192.168.10.2", "fd00:10::2")
+    for ep in (a, b):
+        env.cp.set_acls(ep.endpoint_id, allow({"cidr": "192.168.10.0/24", "protocol": "icmp"},
+                                              v6_in=[{"cidr": "::/0"}]), publish=False)
+        env.cp.set_endpoint(ep)
+    env.start_felix()
+    env.check([(a, b.v4, "ping", True), (b, a.v4, "ping", True)])
+    before = env.topo.kernel_state()
+    env.felix.kill()
+    env.start_felix()
+    env.wait_synced()
+    wait_until(lambda: env.felix.count("dataplane pass:"), "the first dataplane pass")
+    first_pass = env.felix.log().split("dataplane pass:")[1].splitlines()[0]
+    assert first_pass.startswith(" 2 endpoints, 0 kernel writes"), first_pass
+    assert env.topo.kernel_state() == before
