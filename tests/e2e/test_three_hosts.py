@@ -34,8 +34,6 @@ def test_container_in_two_groups_talks_to_both(lab):
     assert matrix[("a1", "b2")] == matrix[("b2", "a2")] == none
 
 
-@pytest.mark.xfail(strict=True, reason="python-iptables writes IPv6 interface masks as 0x01 bytes (ip6tc.py "
-                   "set_in/out_interface), so Felix's '-o tap+' also matches fab0 and forwarded IPv6 is dropped")
 def test_ipv6_endpoints_reach_each_other_across_hosts(lab):
     assert_matrix_converges(lab)
     wait_until(lambda: probe.ping(lab.container_ns("a1"), V6_AB3), timeout_s=10, what="IPv6 ping a1 -> ab3")
