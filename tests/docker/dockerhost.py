@@ -408,20 +408,95 @@ class DockerHost:
         return time.monotonic() - start
 
 
+# The seed's prerequisite step 2, corrected: double quotes, so the shell
+# substitutes the values (the seed's single quotes wrote a literal "$IP1"),
+# and /g for lines naming a placeholder twice.  docs/deployment.md gives
+# the same loop; the values come in through the environment.
+SEED_SED_LOOP = r"""
+for file in "$DEMO/felix.txt" "$DEMO/felix/Dockerfile" "$DEMO/bird/Dockerfile";
+do
+  sed -i "s/IP1/$IP1/g" "$file"
+  sed -i "s/IP2/$IP2/g" "$file"
+  sed -i "s/HOST1/$HOST1/g" "$file"
+  sed -i "s/HOST2/$HOST2/g" "$file"
+done
+"""
+BUILD_TREE_FILES = ("bird", "plugin", "felix", "util", "felix.txt", "network_container.sh")
+
+
+def prepare_build_tree(dest: str | Path, ip1: str, ip2: str, host1: str, host2: str) -> Path:
+    """A copy of what the seed copies to /opt/demo, with the sed step applied.
+
+    The package is staged afresh from this work tree (docker/stage-package.sh
+    into the copy), so the images hold the code under test even where the
+    committed tarballs lag behind; the repository itself is not touched.
+    """
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in BUILD_TREE_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif source.exists():
+            shutil.copy2(source, dest / name)
+    stage = subprocess.run(["bash", str(REPO / "docker" / "stage-package.sh"),
+                            str(dest / "bird"), str(dest / "plugin"), str(dest / "felix")],
+                           capture_output=True, text=True)
+    if stage.returncode != 0:
+        raise DockerHostError(f"stage-package.sh: {stage.stderr.strip()}")
+    stage_pyroute2_wheel(dest, ("bird", "plugin", "felix"))
+    sed = subprocess.run(["bash", "-euc", SEED_SED_LOOP], capture_output=True, text=True,
+                         env={**os.environ, "DEMO": str(dest), "IP1": ip1, "IP2": ip2,
+                              "HOST1": host1, "HOST2": host2})
+    if sed.returncode != 0:
+        raise DockerHostError(f"sed step: {sed.stderr.strip()}")
+    return dest
+
+
+def stage_pyroute2_wheel(tree: Path, folders: Iterable[str]) -> str | None:
+    """Put the pyroute2 wheel this environment runs into FOLDER/wheels/.
+
+    The Dockerfiles install pyroute2 from such a wheel when there is one,
+    else from PyPI.  Staging it here gives the images exactly the version
+    the other tests ran against, and spares the build PyPI (where a build
+    container may not be able to verify the way out, as on this project's
+    machines).  pip fetches it as it fetched the test environment's; if that
+    fails, the builds fall back to PyPI.  Returns the wheel's name or None.
+    """
+    from importlib import metadata
+
+    try:
+        version = metadata.version("pyroute2")
+    except metadata.PackageNotFoundError:
+        return None
+    cache = tree / ".wheels"
+    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                             "--only-binary=:all:", "--dest", str(cache), f"pyroute2=={version}"],
+                            capture_output=True, text=True, timeout=300)
+    wheels = sorted(cache.glob("pyroute2-*.whl")) if result.returncode == 0 else []
+    if not wheels:
+        return None
+    for folder in folders:
+        (tree / folder / "wheels").mkdir(exist_ok=True)
+        shutil.copy2(wheels[0], tree / folder / "wheels" / wheels[0].name)
+    return wheels[0].name
+
+
 def build_images(engine: DockerHost, images: dict[str, str] | None = None,
-                 log_dir: str | Path | None = None) -> dict[str, tuple[float, int]]:
+                 log_dir: str | Path | None = None,
+                 context_root: str | Path = REPO) -> dict[str, tuple[float, int]]:
     """Build the Calico images on ``engine``: {tag: (seconds, size in bytes)}.
 
-    The base image comes first (ensure-base-image.sh); the package source is
-    staged beside the Dockerfiles by whoever committed it (the unit tests
-    check it is current).
+    The base image comes first (ensure-base-image.sh).  Each image is built
+    from ``context_root``/FOLDER: the repository itself (whose staged package
+    the unit tests keep current), or a tree from ``prepare_build_tree``.
     """
     images = images or IMAGE_DIRS
     engine.ensure_base_image()
     figures = {}
     for tag, folder in images.items():
         log_path = Path(log_dir) / f"build-{folder}.log" if log_dir else None
-        seconds = engine.build(tag, REPO / folder, log_path=log_path)
+        seconds = engine.build(tag, Path(context_root) / folder, log_path=log_path)
         figures[tag] = (seconds, engine.image_size(tag))
     return figures
 
