@@ -87,7 +87,7 @@ check_docker() {
     "$DOCKER_BIN" version --format '{{.Server.Version}}' >/dev/null 2>&1 \
         || die "cannot reach the docker engine${DOCKER_HOST:+ at $DOCKER_HOST}; is dockerd running?"
     "$DOCKER_BIN" image inspect "$IMAGE" >/dev/null 2>&1 \
-        || die "image $IMAGE is missing (docker build -t $IMAGE felix)"
+        || die "image $IMAGE is missing on this engine (build it from the repository's felix/ folder: docker build -t $IMAGE felix)"
 }
 
 check_data_dir() {
@@ -180,11 +180,11 @@ case "${1:-}" in
         exit 0
         ;;
     --detach)
-        [ "$#" -eq 2 ] || { usage >&2; exit 2; }
+        [ "$#" -eq 2 ] || die "--detach takes one argument, CID (see --help)"
         detach "$2"
         ;;
     *)
-        [ "$#" -eq 3 ] || { usage >&2; exit 2; }
+        [ "$#" -eq 3 ] || die "want CID IP GROUP, or --detach CID (see --help)"
         attach "$1" "$2" "$3"
         ;;
 esac

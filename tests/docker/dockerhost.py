@@ -34,6 +34,11 @@ reasons for the choices below):
 * On exit dockerd leaves ``<exec-root>/netns/default`` bind-mounted; ``stop``
   unmounts whatever is left under the work directory before removing it.
 
+Building: ``prepare_build_tree`` makes what the seed copies to /opt/demo
+(the image folders and felix.txt), stages the package and a pyroute2 wheel
+into it and applies the seed's sed step (corrected); ``build_images``
+builds the four images from it (or from the repository itself).
+
 Without a namespace (``netns=None``) the dockerd runs in the root namespace
 as an image-building engine only: no bridge, no iptables, no ip_forward or
 masquerading changes, so it leaves no network state; builds there use
@@ -424,12 +429,15 @@ done
 BUILD_TREE_FILES = ("bird", "plugin", "felix", "util", "felix.txt", "network_container.sh")
 
 
-def prepare_build_tree(dest: str | Path, ip1: str, ip2: str, host1: str, host2: str) -> Path:
-    """A copy of what the seed copies to /opt/demo, with the sed step applied.
+def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None = None,
+                       host1: str | None = None, host2: str | None = None) -> Path:
+    """A copy of what the seed copies to /opt/demo, with the sed step applied
+    when the four values are given.
 
     The package is staged afresh from this work tree (docker/stage-package.sh
     into the copy), so the images hold the code under test even where the
-    committed tarballs lag behind; the repository itself is not touched.
+    committed tarballs lag behind, and the pyroute2 wheel beside it
+    (stage_pyroute2_wheel); the repository itself is not touched.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -445,9 +453,11 @@ def prepare_build_tree(dest: str | Path, ip1: str, ip2: str, host1: str, host2: 
     if stage.returncode != 0:
         raise DockerHostError(f"stage-package.sh: {stage.stderr.strip()}")
     stage_pyroute2_wheel(dest, ("bird", "plugin", "felix"))
+    if None in (ip1, ip2, host1, host2):
+        return dest
     sed = subprocess.run(["bash", "-euc", SEED_SED_LOOP], capture_output=True, text=True,
-                         env={**os.environ, "DEMO": str(dest), "IP1": ip1, "IP2": ip2,
-                              "HOST1": host1, "HOST2": host2})
+                         env={**os.environ, "DEMO": str(dest), "IP1": str(ip1), "IP2": str(ip2),
+                              "HOST1": str(host1), "HOST2": str(host2)})
     if sed.returncode != 0:
         raise DockerHostError(f"sed step: {sed.stderr.strip()}")
     return dest
@@ -502,20 +512,27 @@ def build_images(engine: DockerHost, images: dict[str, str] | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Build the four images on a throwaway root-namespace engine and print figures."""
+    """Build the four images on a throwaway root-namespace engine and print figures.
+
+    By default from a temporary copy of the repository (prepare_build_tree,
+    no sed step); with --from-repo from the repository's folders as they
+    are, as the seed's `docker build` lines do (pyroute2 then comes from PyPI).
+    """
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--log-dir", help="keep each image's build log here")
+    parser.add_argument("--from-repo", action="store_true", help="build from the repository's folders")
     args = parser.parse_args(argv)
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
-    with DockerHost("build") as engine:
+    with tempfile.TemporaryDirectory(prefix="cdh-tree-") as tree, DockerHost("build") as engine:
+        context_root = REPO if args.from_repo else prepare_build_tree(tree)
         start = time.monotonic()
         engine.ensure_base_image()
         base = time.monotonic() - start
         print(f"{'debian:bookworm-slim':<22} {base:6.1f} s  {engine.image_size('debian:bookworm-slim') / 1e6:6.1f} MB")
-        for tag, (seconds, size) in build_images(engine, log_dir=args.log_dir).items():
+        for tag, (seconds, size) in build_images(engine, log_dir=args.log_dir, context_root=context_root).items():
             print(f"{tag:<22} {seconds:6.1f} s  {size / 1e6:6.1f} MB")
     return 0
 
