@@ -102,7 +102,8 @@ def seed_cluster():
         _require(tool)
     layout = Layout(lab_dir="/nonexistent-cdk", prefix=PREFIX)
     _remove_namespaces(layout)  # leftovers of a run that was killed
-    tmp = Path(tempfile.mkdtemp(prefix="cdk-"))
+    # Under /tmp, not $TMPDIR: dockerd's sockets must stay within 108 characters.
+    tmp = Path(tempfile.mkdtemp(prefix="cdk-", dir="/tmp"))
     hosts: dict[int, SimHost] = {}
     started = time.monotonic()
     try:
