@@ -7,10 +7,12 @@ setup(
     packages=find_packages(include=["calico", "calico.*"]),
     python_requires=">=3.11",
     install_requires=[
-        "pyzmq",
-        "netaddr",
-        "python-iptables",
-        "pyroute2",
+        # Lower bounds are Debian bookworm's packages, which the images use;
+        # constraints.txt pins the test environment to exactly those.
+        "pyzmq>=24.0.1",
+        "netaddr>=0.8.0",
+        "python-iptables>=1.0.1",
+        "pyroute2>=0.7.2,<0.8",
         "docker",
     ],
     extras_require={"test": ["pytest"]},

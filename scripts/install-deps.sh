@@ -30,4 +30,4 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 extra=""
 [ "$WITH_TESTS" = 1 ] && extra="[test]"
-"$VENV/bin/pip" install -q -e ".$extra"
+"$VENV/bin/pip" install -q -c constraints.txt -e ".$extra"
