@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test-deps demo test unit lab-down clean
+.PHONY: deps test-deps demo test unit lab-down stage clean
 
 deps:
 	VENV=$(VENV) scripts/install-deps.sh
@@ -19,6 +19,11 @@ test: test-deps
 
 unit: test-deps
 	$(PYTHON) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+# After changing calico/ or setup.py: refresh the package copies that the
+# image folders carry (tests/unit/test_staged_package.py checks them).
+stage:
+	docker/stage-package.sh
 
 lab-down:
 	$(VENV)/bin/calico-lab down
