@@ -32,16 +32,18 @@ Kernel work goes through netlink (pyroute2), never through a shell.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import netaddr
 
+from calico.netns import entered as entered_netns
 from calico.common.datafiles import (
     DataFileError,
     Endpoint,
@@ -65,6 +67,9 @@ from calico.common.validation import (
     parse_mac,
     short_hostname,
 )
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 DEFAULT_DATA_DIR = "/opt/plugin/data"
 CONTAINER_IFACE = "eth0"
@@ -192,13 +197,25 @@ def pools_from_cluster(data_dir: str) -> tuple[str, ...]:
     return DEFAULT_POOL, DEFAULT_POOL6
 
 
-def _iproute(netns_path: str | None):
+@contextlib.contextmanager
+def _iproute(netns_path: str | None) -> Iterator[IPRoute]:
+    """A netlink socket in the namespace at ``netns_path`` (None: this one).
+
+    A netlink socket stays in the namespace it was opened in, so it is opened
+    with this thread moved there for the moment (the same on every pyroute2
+    version; 0.7 has no ``netns`` argument), and used from here.  Opening
+    the path never creates a namespace that is not there."""
     from pyroute2 import IPRoute
 
     if netns_path is None:
-        return IPRoute()
-    # flags=0: never create a namespace that is not there.
-    return IPRoute(netns=netns_path, flags=0)
+        ipr = IPRoute()
+    else:
+        with entered_netns(netns_path):
+            ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
 
 
 def _link_names(ipr) -> set[str]:

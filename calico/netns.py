@@ -77,9 +77,17 @@ def _setns(fd: int) -> None:
 
 @contextlib.contextmanager
 def entered(name: str) -> Iterator[None]:
-    """Run the body (in this thread only) inside namespace ``name``."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(path(name), os.O_RDONLY)
+    """Run the body (in this thread only) inside namespace ``name``.
+
+    ``name`` is a name in /var/run/netns or, if it contains a slash, the
+    path of a namespace file (``/proc/PID/ns/net``, a bind mount).
+    Sockets opened in the body stay in that namespace after it ends."""
+    target = os.open(name if "/" in name else path(name), os.O_RDONLY)
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    except OSError:
+        os.close(target)
+        raise
     try:
         _setns(target)
         try:

@@ -344,11 +344,14 @@ def _filter_rule_class(iptc, version: int):
     - It resolves a jump target by asking *every* table whether it has such
       a chain, which instantiates nat, mangle, raw and security in the
       namespace as a side effect; Felix only uses the filter table.
-    - For IPv6 (ip6tc.py, python-iptables 1.2.0) it writes interface masks
-      as 0x01 bytes instead of 0xff, so the kernel compares only the lowest
-      bit of each character: ``-o tap+`` then also matches ``fab0``.
-      iptables-save prints such a rule exactly like a correct one, so only
-      packets show the difference (test_felix_dataplane checks them)."""
+    - For IPv6 (ip6tc.py: the same code in 1.0.1, Debian bookworm's, and
+      1.2.0) it writes interface masks as 0x01 bytes instead of 0xff, so
+      the kernel compares only the lowest bit of each character: ``-o
+      tap+`` then also matches ``fab0``.  iptables-save prints such a rule
+      exactly like a correct one, so only packets show the difference
+      (test_felix_dataplane checks them).  The correction rewrites as many
+      bytes as the library set (the mask's non-NUL prefix) to 0xff, so it
+      is a no-op on a version that writes 0xff itself."""
     base = iptc.Rule if version == 4 else iptc.Rule6
     table_class = iptc.Table if version == 4 else iptc.Table6
 

@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.state import EndpointSpec
@@ -105,6 +105,25 @@ def _is_tap(index: int) -> bool:
         return False
 
 
+# Dumped messages are read through get_attr with the kernel's attribute
+# names: pyroute2 0.7's msg.get("dst") finds only header fields, 0.9's finds
+# attributes too, get_attr means the same on both.
+
+def felix_routes(messages: Iterable[Any]) -> Iterator[tuple[str, int | None]]:
+    """(cidr, oif) of each route in the main table that carries ROUTE_PROTO."""
+    for route in messages:
+        table = route.get_attr("RTA_TABLE") or route["table"]
+        dst = route.get_attr("RTA_DST")
+        if route["proto"] == ROUTE_PROTO and table == RT_TABLE_MAIN and dst is not None:
+            yield f"{dst}/{route['dst_len']}", route.get_attr("RTA_OIF")
+
+
+def neighbours(messages: Iterable[Any]) -> Iterator[tuple[int, str | None, str | None, int]]:
+    """(ifindex, address, MAC, NUD state) of each neighbour entry."""
+    for neigh in messages:
+        yield neigh["ifindex"], neigh.get_attr("NDA_DST"), neigh.get_attr("NDA_LLADDR"), neigh["state"]
+
+
 class RouteWriter:
     def __init__(self, counter: WriteCounter, versions: tuple[int, ...], sysctls: Sysctls) -> None:
         self.counter = counter
@@ -137,26 +156,24 @@ class RouteWriter:
         ipr = self._socket()
         state = KernelRoutes()
         for version in self.versions:
-            for route in ipr.route("dump", family=_FAMILY[version]):
-                if route["proto"] != ROUTE_PROTO or route.get("table") != RT_TABLE_MAIN:
-                    continue
-                state.routes[f"{route.get('dst')}/{route['dst_len']}"] = route.get("oif")
+            state.routes.update(felix_routes(ipr.route("dump", family=_FAMILY[version])))
         taps: dict[int, bool] = {}
-        for neigh in ipr.neigh("dump"):
-            index = neigh["ifindex"]
-            if neigh["state"] & NUD_PERMANENT and neigh.get("lladdr") and \
-                    taps.setdefault(index, _is_tap(index)):
-                state.neighbours[(index, neigh.get("dst"))] = neigh.get("lladdr")
+        for version in self.versions:
+            # Per family: with none given, pyroute2 0.7 dumps IPv4 only.
+            for index, dst, lladdr, nud in neighbours(ipr.neigh("dump", family=_FAMILY[version])):
+                if nud & NUD_PERMANENT and lladdr and taps.setdefault(index, _is_tap(index)):
+                    state.neighbours[(index, dst)] = lladdr
         if 6 in self.versions:
-            for neigh in self._proxy_dump():
-                index = neigh["ifindex"]
-                if neigh.get("dst") == V6_GATEWAY and taps.setdefault(index, _is_tap(index)):
+            for index, dst, _, _ in neighbours(self._proxy_dump()):
+                if dst == V6_GATEWAY and taps.setdefault(index, _is_tap(index)):
                     state.proxies.add((index, V6_GATEWAY))
         return state
 
     def _proxy_dump(self):
-        # pyroute2's neigh("dump") cannot put NTF_PROXY into the request, and
-        # its public nlm_request trips over a missing status key in 0.9.x.
+        # pyroute2's neigh("dump") cannot put NTF_PROXY into the request, so
+        # the request is sent as it is.  0.9's nlm_request trips over a
+        # missing status key (0.7 has no ``status``); 0.7 answers a tuple,
+        # 0.9 a generator, hence the list.
         from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_GETNEIGH
         from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -165,8 +182,10 @@ class RouteWriter:
         msg = ndmsg()
         msg["family"] = socket.AF_INET6
         msg["flags"] = NTF_PROXY
-        ipr.status.setdefault("nlm_generator", False)
-        return ipr.nlm_request(msg, msg_type=RTM_GETNEIGH, msg_flags=NLM_F_REQUEST | NLM_F_DUMP)
+        status = getattr(ipr, "status", None)
+        if isinstance(status, dict):
+            status.setdefault("nlm_generator", False)
+        return list(ipr.nlm_request(msg, msg_type=RTM_GETNEIGH, msg_flags=NLM_F_REQUEST | NLM_F_DUMP))
 
     def sync(self, endpoints: Mapping[str, EndpointSpec]) -> set[str]:
         """Program routes, neighbours, sysctls; return endpoints with no interface."""

@@ -86,3 +86,19 @@ def test_refused_attach_changes_nothing(spaces):
     assert result.returncode == 1 and "does not exist" in result.stderr
     assert not netns.exists("tatt-missing")
     assert (link_names(HOST_NS), link_names(CTR_NS + "2"), sorted(os.listdir(data_dir))) == before
+
+
+def test_attach_by_pid_uses_that_process_namespace(spaces):
+    """--pid PID (the Docker path): /proc/PID/ns/net, entered by path."""
+    data_dir = str(spaces)
+    sleeper = subprocess.Popen(netns.argv(CTR_NS, ["sleep", "60"]))
+    try:
+        result = run_cli("attach", "--pid", str(sleeper.pid), "--id", "bypid", "--ip", "192.168.1.9",
+                         "--group", "web", "--host", "host-1", "--data-dir", data_dir)
+        assert result.returncode == 0, result.stderr
+        assert f"in /proc/{sleeper.pid}/ns/net" in result.stdout
+        assert "inet 192.168.1.9/32" in netns.run(CTR_NS, ["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+        assert "tapbypid" in link_names(HOST_NS)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
