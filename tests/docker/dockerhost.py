@@ -35,8 +35,7 @@ reasons for the choices below):
   unmounts whatever is left under the work directory before removing it.
 
 Building: ``prepare_build_tree`` makes what the seed copies to /opt/demo
-(the image folders and felix.txt), stages the package and a pyroute2 wheel
-into it and applies the seed's sed step (corrected); ``build_images``
+(the image folders and felix.txt), stages the package into it and applies the seed's sed step (corrected); ``build_images``
 builds the four images from it (or from the repository itself).
 
 Without a namespace (``netns=None``) the dockerd runs in the root namespace
@@ -436,8 +435,7 @@ def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None
 
     The package is staged afresh from this work tree (docker/stage-package.sh
     into the copy), so the images hold the code under test even where the
-    committed tarballs lag behind, and the pyroute2 wheel beside it
-    (stage_pyroute2_wheel); the repository itself is not touched.
+    committed tarballs lag behind; the repository itself is not touched.
     """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -452,7 +450,6 @@ def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None
                            capture_output=True, text=True)
     if stage.returncode != 0:
         raise DockerHostError(f"stage-package.sh: {stage.stderr.strip()}")
-    stage_pyroute2_wheel(dest, ("bird", "plugin", "felix"))
     if None in (ip1, ip2, host1, host2):
         return dest
     sed = subprocess.run(["bash", "-euc", SEED_SED_LOOP], capture_output=True, text=True,
@@ -461,35 +458,6 @@ def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None
     if sed.returncode != 0:
         raise DockerHostError(f"sed step: {sed.stderr.strip()}")
     return dest
-
-
-def stage_pyroute2_wheel(tree: Path, folders: Iterable[str]) -> str | None:
-    """Put the pyroute2 wheel this environment runs into FOLDER/wheels/.
-
-    The Dockerfiles install pyroute2 from such a wheel when there is one,
-    else from PyPI.  Staging it here gives the images exactly the version
-    the other tests ran against, and spares the build PyPI (where a build
-    container may not be able to verify the way out, as on this project's
-    machines).  pip fetches it as it fetched the test environment's; if that
-    fails, the builds fall back to PyPI.  Returns the wheel's name or None.
-    """
-    from importlib import metadata
-
-    try:
-        version = metadata.version("pyroute2")
-    except metadata.PackageNotFoundError:
-        return None
-    cache = tree / ".wheels"
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                             "--only-binary=:all:", "--dest", str(cache), f"pyroute2=={version}"],
-                            capture_output=True, text=True, timeout=300)
-    wheels = sorted(cache.glob("pyroute2-*.whl")) if result.returncode == 0 else []
-    if not wheels:
-        return None
-    for folder in folders:
-        (tree / folder / "wheels").mkdir(exist_ok=True)
-        shutil.copy2(wheels[0], tree / folder / "wheels" / wheels[0].name)
-    return wheels[0].name
 
 
 def build_images(engine: DockerHost, images: dict[str, str] | None = None,
@@ -516,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     By default from a temporary copy of the repository (prepare_build_tree,
     no sed step); with --from-repo from the repository's folders as they
-    are, as the seed's `docker build` lines do (pyroute2 then comes from PyPI).
+    are, as the seed's `docker build` lines do.
     """
     import argparse
 
