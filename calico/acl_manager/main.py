@@ -11,9 +11,15 @@ One thread, one ``EventLoop`` over four sockets:
 
 When we ask for every group (GETGROUPS):
 * whenever the SUB socket completes a handshake with the plugin's PUB: at
-  start, and after the plugin restarted (however quickly).  Asking only
-  once subscribed means the burst that follows the reply is not lost to
-  ZeroMQ's slow-joiner effect;
+  start, and after the plugin restarted (however quickly);
+* once more when the first publication arrives on a new subscription, if a
+  GETGROUPS was answered before it.  A handshake does not mean the PUB has
+  taken our subscription in yet (ZeroMQ's slow joiner): the burst that
+  followed that answer may have been published before it and lost, whole
+  or in part.  The first publication received proves the subscription, so
+  the burst after the repeated GETGROUPS is complete.  Until then no
+  snapshot completes, so nothing is dropped on the strength of a burst
+  that may have gone missing;
 * when the REQ channel resets (the plugin stopped answering);
 * when nothing (not even ``networkheartbeat``) has come on the SUB socket
   for ConnectionTimeoutMillis.
@@ -70,6 +76,8 @@ class AclManager:
         self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
         self.sub.connect(self.sub_address)
         self.subscribed = False
+        self.proven = False  # a publication has arrived on the current subscription
+        self.answered_unproven = False  # a GETGROUPS was answered before that
         self.last_published_heard = self.loop.clock()
         self.loop.add_socket(self.monitor, self._on_monitor)
         self.loop.add_socket(self.sub, self._on_publication)
@@ -102,6 +110,8 @@ class AclManager:
         if reply.get("rc", messages.RC_SUCCESS) == messages.RC_SUCCESS:
             log.info("plugin accepted GETGROUPS; its groups follow")
             self.snapshot.reply_received(self.loop.clock())
+            if not self.proven:
+                self.answered_unproven = True
             return
         log.warning("plugin refused GETGROUPS (%s: %s); asking again in %.1fs",
                     reply.get("rc"), reply.get("message", ""), self.timeout)
@@ -119,11 +129,12 @@ class AclManager:
             return
         if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self.subscribed = True
+            self.proven = self.answered_unproven = False
             self.last_published_heard = self.loop.clock()
             self.snapshot.resubscribed()
             self.request_groups(f"subscribed to {self.sub_address}")
         elif event["event"] == zmq.EVENT_DISCONNECTED:
-            self.subscribed = False
+            self.subscribed = self.proven = False
             log.warning("lost the subscription to %s; keeping the groups we have", self.sub_address)
 
     def _tick(self, now: float) -> float | None:
@@ -138,7 +149,7 @@ class AclManager:
                 self.request_groups("retrying a refused GETGROUPS")
             else:
                 waits.append(self.retry_getgroups_at - now)
-        seen = self.snapshot.complete(now, self.subscribed)
+        seen = self.snapshot.complete(now, self.subscribed and self.proven)
         if seen is not None:
             self._drop_unannounced(seen)
         due = self.snapshot.next_due(now)
@@ -168,6 +179,8 @@ class AclManager:
             except zmq.Again:
                 break
             self.last_published_heard = self.loop.clock()
+            if not self.proven:
+                self._subscription_proven()
             if len(frames) != 2:
                 log.warning("publication of %d frames from %s ignored (want topic and body)",
                             len(frames), self.sub_address)
@@ -181,6 +194,14 @@ class AclManager:
                 log.debug("network heartbeat")
         if batch:
             self._apply(batch)
+
+    def _subscription_proven(self) -> None:
+        self.proven = True
+        if self.answered_unproven:
+            self.answered_unproven = False
+            self.request_groups(f"first publication from {self.sub_address} since subscribing, after the last "
+                                "GETGROUPS was answered: its groups may have been published before the "
+                                "subscription took effect")
 
     def _on_group_update(self, body: bytes) -> GroupSpec | None:
         """Record one GROUPUPDATE; the spec if it changed anything, else None."""

@@ -64,12 +64,16 @@ class FakePlugin:
 
     Answers every request with rc SUCCESS; after a GETGROUPS reply it
     publishes every group it holds, as the real plugin does.  Publishes
-    ``networkheartbeat`` every 0.2 s.  The test changes groups through
+    ``networkheartbeat`` every 0.2 s.  ``lose_first_burst`` plays a PUB
+    that takes the subscription in late (ZeroMQ's slow joiner): nothing is
+    published until 0.3 s after the first GETGROUPS is answered, and that
+    GETGROUPS' groups are never seen.  The test changes groups through
     ``set_group`` (stored and published) from its own thread.
     """
 
-    def __init__(self, groups=None, host=PLUGIN_HOST, heartbeat=True):
+    def __init__(self, groups=None, host=PLUGIN_HOST, heartbeat=True, lose_first_burst=False):
         self.heartbeat = heartbeat
+        self.lose_first_burst = lose_first_burst
         self.groups = {g["group"]: g for g in (groups or [])}
         self.received: list = []
         self.commands: queue.Queue = queue.Queue()
@@ -107,7 +111,7 @@ class FakePlugin:
             self.error = exc
             return
         self._ready.set()
-        next_heartbeat = 0.0
+        next_heartbeat = float("inf") if self.lose_first_burst else 0.0
         try:
             while not self._stop.is_set():
                 if rep.poll(10):
@@ -119,7 +123,10 @@ class FakePlugin:
                     self.received.append(msg)
                     msg_type = msg.get("type", "UNKNOWN") if isinstance(msg, dict) else "UNKNOWN"
                     rep.send(messages.encode(messages.reply(msg_type)))
-                    if msg_type == messages.GETGROUPS:
+                    if msg_type == messages.GETGROUPS and self.lose_first_burst:
+                        self.lose_first_burst = False
+                        next_heartbeat = time.monotonic() + 0.3
+                    elif msg_type == messages.GETGROUPS:
                         for group in self.groups.values():
                             pub.send_multipart([messages.TOPIC_GROUPS, messages.encode(group)])
                 while not self.commands.empty():
@@ -159,8 +166,8 @@ class FakePlugin:
 def fake_plugin():
     made = []
 
-    def start(groups=None, heartbeat=True):
-        plugin = FakePlugin(groups, heartbeat=heartbeat)
+    def start(groups=None, heartbeat=True, lose_first_burst=False):
+        plugin = FakePlugin(groups, heartbeat=heartbeat, lose_first_burst=lose_first_burst)
         made.append(plugin)
         return plugin
 
@@ -281,6 +288,19 @@ def test_silent_network_heartbeat_brings_getgroups_and_keeps_groups(fake_plugin,
     wait_until(lambda: len(plugin.of_type("GETGROUPS")) >= 3, what="GETGROUPS repeated while the PUB is silent")
     assert "nothing from tcp://127.0.2.1:9904 for 1.0s" in manager.log()
     barrier(sub, req, wait_until, "a")  # still known
+    assert "dropped as gone (" not in manager.log()
+
+
+def test_groups_published_before_the_subscription_took_effect_are_asked_for_again(fake_plugin, acl_manager,
+                                                                                 felix, wait_until):
+    plugin = fake_plugin([group_update("web", WEB)], lose_first_burst=True)
+    manager = acl_manager()
+    sub, req = felix(["a"])
+    wait_until(lambda: "group web: 2 members" in manager.log(), what="the groups, asked for again")
+    assert len(plugin.of_type("GETGROUPS")) >= 2
+    assert "since subscribing, after the last GETGROUPS was answered" in manager.log()
+    barrier(sub, req, wait_until, "a")
+    assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"][0]["cidr"] == "192.168.2.1/32"
     assert "dropped as gone (" not in manager.log()
 
 
