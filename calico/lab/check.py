@@ -139,7 +139,7 @@ def format_matrix(containers: list[Container], cells: dict[tuple[str, str], Cell
     names = [c.name for c in containers]
     width = max([len(n) for n in names] + [8])
     header = " " * (width + 2) + "".join(n.rjust(width + 1) for n in names)
-    lines = [f"from \\ to   (cell = ICMP TCP: + allowed, - blocked; '!' = not what the groups say)", header]
+    lines = ["from \\ to   (cell = ICMP TCP: + allowed, - blocked; '!' = not what the groups say)", header]
     for src in containers:
         row = f"{src.name.ljust(width)}  "
         for dst in containers:

@@ -8,7 +8,7 @@ range so concurrent runs do not collide on the fixed ports (plugin tests:
 
 Fixtures (everything they make is closed or killed at teardown, pass or fail):
 
-``wait_until(predicate, timeout=15.0, interval=0.02, what="")``
+``wait_until(predicate, what="", timeout=15.0, interval=0.02)`` (tests/polling.py)
     Call ``predicate`` until it returns something truthy; return that value.
     On timeout fail the test naming ``what``.  Use generous timeouts: this
     is a wait for a condition, never a timing assertion.
@@ -58,18 +58,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from typing import Any, Callable
 
 import pytest
 import zmq
 
+import polling
 from calico.common import messages
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,20 +83,9 @@ def _decode(raw: bytes) -> Any:
         return raw
 
 
-def _wait_until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
 @pytest.fixture
 def wait_until():
-    return _wait_until
+    return functools.partial(polling.wait_until, interval=0.02)
 
 
 # --- real components --------------------------------------------------------
@@ -195,7 +185,7 @@ def start_plugin(spawn, tmp_path):
         component = spawn(["-m", "calico.plugin.main", api, "--data-dir", str(data_dir), "--bind", bind,
                            "--log-file", log_file, *extra_args], name, log_file)
         try:
-            _wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
+            polling.wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
         except BaseException:
             print(f"--- {name} screen output ---\n{component.output()}")
             raise

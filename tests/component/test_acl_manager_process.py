@@ -251,7 +251,7 @@ def test_getgroups_at_start_then_aclupdates_with_exact_content(fake_plugin, acl_
 
 
 def test_getaclstate_replies_and_publishes_known_endpoints_only(fake_plugin, acl_manager, felix, wait_until):
-    plugin = fake_plugin([group_update("web", WEB)])
+    fake_plugin([group_update("web", WEB)])
     manager = acl_manager()
     sub, req = felix(["a", "zz"])
     wait_until(lambda: "group web: 2 members" in manager.log(), what="the group to arrive")

@@ -14,9 +14,9 @@ import os
 import re
 import socket
 import threading
-import time
 from contextlib import contextmanager
 
+import polling
 from calico import netns
 from calico.common.rules import Rule
 from calico.felix.state import AclRules, Acls, EndpointSpec
@@ -199,12 +199,8 @@ def echo_round_trip(sock: socket.socket, payload: bytes = b"hello") -> bool:
 
 
 def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
+    """True once ``condition`` holds; False if it never did (the caller asserts)."""
+    return bool(polling.poll(condition, timeout, interval))
 
 
 def acls(inbound=(), outbound=(), inbound6=(), outbound6=()) -> Acls:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -36,6 +37,7 @@ from typing import Any, Callable
 import pytest
 import zmq
 
+import polling
 from calico import netns
 from calico.common import messages
 from calico.common.validation import interface_name
@@ -51,15 +53,7 @@ WAIT = 30.0  # generous: a wait for a condition, never a timing assertion
 FELIX_ARGV = [os.path.join(os.path.dirname(sys.executable), "calico-felix")]
 
 
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+wait_until = functools.partial(polling.wait_until, timeout=WAIT)
 
 
 # --- the fake control plane, inside the host namespace -----------------------------------

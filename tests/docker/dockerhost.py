@@ -414,7 +414,7 @@ class DockerHost:
 
 # The seed's prerequisite step 2, corrected: double quotes, so the shell
 # substitutes the values (the seed's single quotes wrote a literal "$IP1"),
-# and /g for lines naming a placeholder twice.  docs/deployment.md gives
+# and /g for lines naming a placeholder twice.  the README gives
 # the same loop; the values come in through the environment.
 SEED_SED_LOOP = r"""
 for file in "$DEMO/felix.txt" "$DEMO/felix/Dockerfile" "$DEMO/bird/Dockerfile";

@@ -9,12 +9,9 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import pytest
 
 from calico.lab.layout import host_ip, host_name
 
@@ -42,19 +39,6 @@ SEED_HOST2_LINES = (
 SEED_DIRS = ("var/log/calico", "var/run/netns", "opt/plugin/data", "var/log/bird")
 SEED_MODULES = ("ip6_tables", "xt_set")
 
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str,
-               interval: float = 0.2, on_timeout: Callable[[], str] | None = None):
-    """Poll ``condition`` until it returns something true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            detail = on_timeout() if on_timeout else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{detail}" if detail else ""))
-        time.sleep(interval)
 
 
 @dataclass

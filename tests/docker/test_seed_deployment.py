@@ -16,15 +16,18 @@ summary; it is a figure, not an assertion.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from seedcluster import FIGURES, SeedCluster, wait_until
+import polling
+from seedcluster import FIGURES, SeedCluster
 
 TCP_PORT = 7777
+wait_until = functools.partial(polling.wait_until, interval=0.2)
 # name (the seed names util containers by IP): (host, ip, group)
 UTIL = {
     "192_168_1_1": (1, "192.168.1.1", "web"),
@@ -99,7 +102,7 @@ def attached(seed_cluster: SeedCluster):
     """The util containers, networked and (host 2's) copied to host 1."""
     cluster = seed_cluster
     for index in cluster.hosts:
-        wait_until(lambda: bgp_established(cluster, index), 90, f"BGP Established on host-{index}",
+        wait_until(lambda: bgp_established(cluster, index), f"BGP Established on host-{index}", 90,
                    interval=0.5, on_timeout=cluster.diagnostics)
     for name, (index, _ip, _group) in UTIL.items():
         # The seed's `docker run -i -t --net=none --name=192_168_1_1 calico:util`, detached.
@@ -146,13 +149,13 @@ def test_docker_keeps_forward_policy_drop_and_felix_comes_first(seed_cluster: Se
             out = host.in_netns("iptables-legacy", "-S", "FORWARD").stdout
             return out if "-j felix-FORWARD" in out else None
 
-        rules = wait_until(forward_rules, 60, f"Felix's FORWARD jump on host-{index}",
+        rules = wait_until(forward_rules, f"Felix's FORWARD jump on host-{index}", 60,
                            on_timeout=seed_cluster.diagnostics).splitlines()
         assert "-P FORWARD DROP" in rules, rules
         assert any("DOCKER" in rule for rule in rules), rules
         appended = [rule for rule in rules if rule.startswith("-A FORWARD")]
         assert appended[0] == "-A FORWARD -j felix-FORWARD", appended
-        # Docker used the legacy backend (dockerhost.py), as docs/deployment.md tells hosts to.
+        # Docker used the legacy backend (dockerhost.py), as the README tells hosts to.
         nft = host.in_netns("iptables-nft", "-S", "FORWARD", check=False).stdout
         assert "-P FORWARD DROP" not in nft, nft
 
@@ -173,7 +176,7 @@ def test_routes_spread_between_hosts(attached: SeedCluster):
                 want = f"{ip} dev tap"
             else:
                 want = f"{ip} via {attached.hosts[other].ip} dev fab0 proto bird"
-            wait_until(lambda: want in routes(index), 30, f"route '{want}' on host-{index}",
+            wait_until(lambda: want in routes(index), f"route '{want}' on host-{index}", 30,
                        on_timeout=lambda: routes(index))
 
 
@@ -181,15 +184,15 @@ def test_connectivity_iff_same_group(attached: SeedCluster):
     expected = expected_matrix()
     allowed = {(src, dst) for src in UTIL for dst in UTIL if src != dst and UTIL[src][2] == UTIL[dst][2]}
     # Wait until everything allowed works (ACLs and routes settle), then check all of it once.
-    wait_until(lambda: all(actual_matrix(attached, allowed).values()), 60,
-               "every same-group pair to answer", interval=0.5,
+    wait_until(lambda: all(actual_matrix(attached, allowed).values()),
+               "every same-group pair to answer", 60, interval=0.5,
                on_timeout=lambda: describe(actual_matrix(attached), expected) + "\n" + attached.diagnostics())
     matrix = actual_matrix(attached)
     assert matrix == expected, describe(matrix, expected)
 
 
 def test_troubleshooting_commands_from_the_docs(attached: SeedCluster):
-    """docs/deployment.md, "Troubleshooting": each command shows what it says it shows."""
+    """README.md, "Troubleshooting": each command shows what it says it shows."""
     h1 = attached.hosts[1]
     cid = container_id(attached, "192_168_1_1")
     chain = h1.in_netns("iptables-legacy", "-S", "felix-FORWARD").stdout
@@ -264,7 +267,7 @@ def test_detach_takes_the_container_off_the_network(attached: SeedCluster):
         return ip not in attached.hosts[index].in_netns("ip", "route").stdout
 
     for index, ip in ((1, "192.168.1.2"), (2, "192.168.1.2"), (1, "192.168.2.2"), (2, "192.168.2.2")):
-        wait_until(lambda: gone(index, ip), 30, f"route to {ip} withdrawn on host-{index}")
+        wait_until(lambda: gone(index, ip), f"route to {ip} withdrawn on host-{index}", 30)
     # The web pair is untouched.
     assert probe(attached, "192_168_1_1", ["192.168.2.1"]) == {("192.168.2.1", "icmp"): True,
                                                               ("192.168.2.1", "tcp"): True}

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import pytest
 
+import polling
 from calico.lab import check, containers, control, hosts, state
 from calico.lab.layout import Layout
 
@@ -104,13 +105,7 @@ def assert_no_duplicates(snapshot: dict[str, list[str]]) -> None:
 
 
 def wait_until(predicate, timeout_s: float = CONVERGE_S, interval_s: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+    return polling.wait_until(predicate, what, timeout_s, interval_s)
 
 
 def assert_kernel_converges_to(layout: Layout, before: dict[str, list[str]], timeout_s: float = CONVERGE_S) -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from calico.common.datafiles import Cluster, GlobalSettings, Host, parse_data_text
+from calico.common.datafiles import Cluster, GlobalSettings, parse_data_text
 from calico.lab.check import Cell, expected_matrix, format_matrix
 from calico.lab.layout import LabError, Layout, check_container_name, host_index
 from calico.lab.state import Container
