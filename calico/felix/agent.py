@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 ENDPOINT_REQUESTS = frozenset({messages.ENDPOINTCREATED, messages.ENDPOINTUPDATED,
                                messages.ENDPOINTDESTROYED, messages.HEARTBEAT})
 BACKOFF_MIN_SECS = 0.5
+# An endpoint still without ACLs is asked for again after this, doubling up
+# to ConnectionTimeoutMillis: a GETACLSTATE answer published before our new
+# subscription reached the publisher is lost, and waiting a whole timeout
+# would leave the endpoint failed closed for that long.
+ACL_RETRY_FIRST_SECS = 0.1
 BACKOFF_MAX_SECS = 30.0
 
 
@@ -103,6 +108,7 @@ class Agent:
         self._subscribed: set[str] = set()
         self._acl_queued: set[str] = set()
         self._acl_requested_at: dict[str, float] = {}
+        self._acl_attempts: dict[str, int] = {}
         self._acl_problems: dict[str, frozenset[str]] = {}
         self._acl_heard_at = now
         self._acl_live = False
@@ -344,6 +350,7 @@ class Agent:
             self._subscribed.discard(endpoint_id)
             self.acl_socket.setsockopt(zmq.UNSUBSCRIBE, endpoint_id.encode())
         self._acl_requested_at.pop(endpoint_id, None)
+        self._acl_attempts.pop(endpoint_id, None)
         self._acl_problems.pop(endpoint_id, None)
         self._acl_refused.discard(endpoint_id)
         self.missing.discard(endpoint_id)
@@ -428,6 +435,7 @@ class Agent:
                 log.warning("ACLUPDATE for endpoint %s: skipped %s", endpoint_id, problem)
         self._acl_problems[endpoint_id] = frozenset(problems)
         self._acl_refused.discard(endpoint_id)
+        self._acl_attempts.pop(endpoint_id, None)
         if self.table.set_acls(endpoint_id, acls):
             log.info("ACLs for endpoint %s: %s", endpoint_id, describe_acls(acls))
             self.dirty = True
@@ -456,15 +464,23 @@ class Agent:
                         self.addresses.acl_pub, now - self._acl_heard_at)
             self._request_all_acls(self.table.ids(), "ACL manager silent")
         # An answer published before our subscription reached the publisher
-        # is lost; ask again for endpoints still waiting.
-        overdue = [i for i in self.table.without_acls()
-                   if i not in self._acl_queued and now - self._acl_requested_at.get(i, now) >= self.timeout]
-        for endpoint_id in overdue:
-            log.debug("Endpoint %s still has no ACLs; asking again", endpoint_id)
-            self._request_acls(endpoint_id)
+        # is lost; ask again for endpoints still waiting, soon at first.
+        next_due = self.timeout
+        for endpoint_id in self.table.without_acls():
+            if endpoint_id in self._acl_queued:
+                continue
+            attempts = self._acl_attempts.get(endpoint_id, 0)
+            delay = min(ACL_RETRY_FIRST_SECS * 2 ** attempts, self.timeout)
+            due = self._acl_requested_at.get(endpoint_id, now) + delay - now
+            if due <= 0:
+                log.debug("Endpoint %s still has no ACLs; asking again", endpoint_id)
+                self._acl_attempts[endpoint_id] = attempts + 1
+                self._request_acls(endpoint_id)
+                due = min(ACL_RETRY_FIRST_SECS * 2 ** (attempts + 1), self.timeout)
+            next_due = min(next_due, due)
         if self._acl_live:
-            return max(self._acl_heard_at + self.timeout - now, 0.0)
-        return self.timeout
+            return max(min(self._acl_heard_at + self.timeout - now, next_due), 0.0)
+        return next_due
 
     # --- dataplane ---------------------------------------------------------------
 

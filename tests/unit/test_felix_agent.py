@@ -502,16 +502,22 @@ def test_acl_heartbeat_silence_asks_again_and_keeps_programmed_acls(h, caplog):
     assert h.acl_requests() == ["a"]
 
 
-def test_endpoint_without_acls_is_asked_again(h):
+def test_endpoint_without_acls_is_asked_again_soon_then_every_timeout(h):
+    """An ACLUPDATE published before the subscription took effect is lost:
+    ask again within a fraction of a second, backing off to the timeout."""
     synced(h, endpoint(endpoint_id="a"), acls=None)
     h.acl_requests()
-    h.heartbeat()
-    h.acl_requests()
-    h.clock.now += 5.0
-    h.heartbeat()
-    h.clock.now += 1.5
-    h.heartbeat()
-    assert h.acl_requests() == ["a"]
+    start = h.clock.now
+    asked_at = []
+    for _ in range(200):  # 20 s of fake time in 0.1 s steps
+        h.clock.now += 0.1
+        h.heartbeat()
+        if h.acl_requests() == ["a"]:
+            asked_at.append(h.clock.now - start)
+    gaps = [b - a for a, b in zip([0.0] + asked_at, asked_at)]
+    assert gaps[0] <= 0.25, asked_at
+    assert all(later >= earlier - 0.15 for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert 5.5 <= gaps[-1] <= 6.5, gaps  # capped at ConnectionTimeoutMillis (6 s here)
 
 
 # --- dataplane results ------------------------------------------------------------------
