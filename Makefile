@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test-deps demo test unit lab-down stage clean
+.PHONY: deps test-deps demo test unit ci-repeat lab-down stage clean
 
 deps:
 	VENV=$(VENV) scripts/install-deps.sh
@@ -19,6 +19,11 @@ test: test-deps
 
 unit: test-deps
 	$(PYTHON) -m pytest -ra tests/unit $(PYTEST_ARGS)
+
+# CI (.ci/run) RUNS times in a row, each in a fresh clone of HEAD.
+RUNS ?= 3
+ci-repeat:
+	scripts/ci-repeat.sh $(RUNS)
 
 # After changing calico/ or setup.py: refresh the package copies that the
 # image folders carry (tests/unit/test_staged_package.py checks them).

@@ -71,6 +71,7 @@ import pytest
 import zmq
 
 import polling
+from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico.common import messages
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -223,13 +224,16 @@ class _Threaded:
                 if poller.poll(20):
                     self._serve(sock)
         finally:
-            sock.close(linger=0)
+            self._release(sock)
+
+    def _release(self, sock: zmq.Socket) -> None:
+        sock.close(linger=0)
 
     def _start(self) -> None:
         self._ready = threading.Event()
         self._error: Exception | None = None
         self._thread.start()
-        self._ready.wait(5)
+        self._ready.wait(BIND_WAIT_SECS + 5)
         if self._error is not None:
             raise RuntimeError(f"{type(self).__name__} on {self.address}: {self._error}")
 
@@ -253,8 +257,11 @@ def success_reply(msg: Any) -> dict[str, Any]:
 
 
 class RepPeer(_Threaded):
-    def __init__(self, context: zmq.Context, address: str, responder: Callable[[Any], dict] | None = None):
-        super().__init__(context)
+    """Owns its context, so that once ``close()`` returns the address is
+    free for the next peer or component (tests/binding.py)."""
+
+    def __init__(self, address: str, responder: Callable[[Any], dict] | None = None):
+        super().__init__(zmq.Context())
         self.address = address
         self.responder = responder or success_reply
         self._start()
@@ -263,11 +270,14 @@ class RepPeer(_Threaded):
         sock = self.context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.bind(self.address)
+            bind_when_free(sock, self.address)
         except zmq.ZMQError:
-            sock.close(linger=0)
+            close_and_wait(self.context, sock)
             raise
         return sock
+
+    def _release(self, sock: zmq.Socket) -> None:
+        close_and_wait(self.context, sock)
 
     def _serve(self, sock: zmq.Socket) -> None:
         msg = _decode(sock.recv())
@@ -334,20 +344,24 @@ class ReqPeer:
 
 
 class PubPeer:
-    def __init__(self, context: zmq.Context, address: str):
-        self.socket = context.socket(zmq.PUB)
+    """Owns its context, like RepPeer."""
+
+    def __init__(self, address: str):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         try:
-            self.socket.bind(address)
+            bind_when_free(self.socket, address)
         except zmq.ZMQError:
-            self.socket.close(linger=0)
+            self.close()
             raise
 
     def publish(self, topic: bytes, msg: dict) -> None:
         self.socket.send_multipart([topic, json.dumps(msg).encode()])
 
     def close(self) -> None:
-        self.socket.close(linger=0)
+        if not self.context.closed:
+            close_and_wait(self.context, self.socket)
 
 
 class Peers:
@@ -360,7 +374,7 @@ class Peers:
         return peer
 
     def rep(self, address: str, responder: Callable[[Any], dict] | None = None) -> RepPeer:
-        return self._keep(RepPeer(self.context, address, responder))
+        return self._keep(RepPeer(address, responder))
 
     def req(self, address: str, timeout: float = 5.0) -> ReqPeer:
         return self._keep(ReqPeer(self.context, address, timeout))
@@ -369,7 +383,7 @@ class Peers:
         return self._keep(SubPeer(self.context, address, topics))
 
     def pub(self, address: str) -> PubPeer:
-        return self._keep(PubPeer(self.context, address))
+        return self._keep(PubPeer(address))
 
     def close(self) -> None:
         for peer in reversed(self._made):

@@ -24,6 +24,7 @@ import time
 import pytest
 import zmq
 
+from binding import BIND_WAIT_SECS, bind_when_free
 from calico.common import messages
 from calico.common.datafiles import default_group_rules
 from calico.common.rules import parse_rule_list
@@ -84,20 +85,7 @@ class FakePlugin:
         self.host = host
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        assert self._ready.wait(10), f"fake plugin did not bind: {self.error}"
-
-    @staticmethod
-    def _bind(sock, address):
-        # A just-closed predecessor may still hold the port for a moment.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                sock.bind(address)
-                return
-            except zmq.ZMQError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        assert self._ready.wait(BIND_WAIT_SECS + 5) and self.error is None, f"fake plugin did not bind: {self.error}"
 
     def _run(self):
         rep = self.context.socket(zmq.REP)
@@ -105,10 +93,13 @@ class FakePlugin:
         for sock in (rep, pub):
             sock.setsockopt(zmq.LINGER, 0)
         try:
-            self._bind(rep, f"tcp://{self.host}:{messages.PORT_NET_REQ}")
-            self._bind(pub, f"tcp://{self.host}:{messages.PORT_NET_PUB}")
+            bind_when_free(rep, f"tcp://{self.host}:{messages.PORT_NET_REQ}")
+            bind_when_free(pub, f"tcp://{self.host}:{messages.PORT_NET_PUB}")
         except zmq.ZMQError as exc:
             self.error = exc
+            rep.close(linger=0)
+            pub.close(linger=0)
+            self._ready.set()
             return
         self._ready.set()
         next_heartbeat = float("inf") if self.lose_first_burst else 0.0

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from binding import bind_when_free, close_and_wait
 from calico.common import messages
 from calico.common.datafiles import Endpoint, endpoint_file_text, write_file_atomically
 
@@ -281,9 +282,11 @@ def test_shipped_felix_txt_placeholders_are_not_configured(tmp_path, start_plugi
 def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_dir, start_plugin, peers, wait_until):
     import zmq
     write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
-    # A Felix that takes a request and dies without answering it.
-    dying = peers.context.socket(zmq.REP)
-    dying.bind(felix_address("h1"))
+    # A Felix that takes a request and dies without answering it.  Its own
+    # context, terminated below, frees the address before the next bind.
+    dying_context = zmq.Context()
+    dying = dying_context.socket(zmq.REP)
+    bind_when_free(dying, felix_address("h1"))
     try:
         # The timeout is far beyond the wait below: only abandoning the lost
         # request lets the resync through in time.
@@ -292,7 +295,7 @@ def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_
         assert dying.poll(10000), "the plugin sent nothing"
         dying.recv()
     finally:
-        dying.close(linger=0)
+        close_and_wait(dying_context, dying)
     felix1 = peers.rep(felix_address("h1"))
     req = peers.req(EP_REQ)
     assert resync(req, "h1", "again")["endpoint_count"] == 1

@@ -38,6 +38,7 @@ import pytest
 import zmq
 
 import polling
+from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
 from calico.common import messages
 from calico.common.validation import interface_name
@@ -89,7 +90,7 @@ class ControlPlane:
 
     def start(self) -> "ControlPlane":
         self._thread.start()
-        self._ready.wait(10)
+        self._ready.wait(BIND_WAIT_SECS + 10)
         if self._error is not None:
             raise self._error
         return self
@@ -167,14 +168,16 @@ class ControlPlane:
             self._error = exc
             self._ready.set()
         finally:
-            if getattr(self, "ctx", None) is not None:
-                self.ctx.destroy(linger=0)
+            for ctx in (getattr(self, "plugin_ctx", None), getattr(self, "ctx", None)):
+                if ctx is not None and not ctx.closed:
+                    ctx.destroy(linger=0)
 
-    def _socket(self, kind: int, bind: int | None = None, connect: int | None = None) -> zmq.Socket:
-        sock = self.ctx.socket(kind)
+    def _socket(self, kind: int, bind: int | None = None, connect: int | None = None,
+                ctx: zmq.Context | None = None) -> zmq.Socket:
+        sock = (ctx or self.ctx).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if bind is not None:
-            sock.bind(f"tcp://{LOOPBACK}:{bind}")
+            bind_when_free(sock, f"tcp://{LOOPBACK}:{bind}")
         if connect is not None:
             sock.connect(f"tcp://{LOOPBACK}:{connect}")
         return sock
@@ -182,15 +185,18 @@ class ControlPlane:
     def _open_plugin(self) -> None:
         if self.plugin_up:
             return
-        self.plugin_rep = self._socket(zmq.REP, bind=messages.PORT_EP_RESYNC)
-        self.plugin_req = self._socket(zmq.REQ, connect=messages.PORT_EP_FELIX)
+        # The plugin side is closed and bound again by stop_plugin/start_plugin:
+        # its own context (made here, in the namespace) lets the close wait
+        # until 9901 is really free (tests/binding.py).
+        self.plugin_ctx = zmq.Context()
+        self.plugin_rep = self._socket(zmq.REP, bind=messages.PORT_EP_RESYNC, ctx=self.plugin_ctx)
+        self.plugin_req = self._socket(zmq.REQ, connect=messages.PORT_EP_FELIX, ctx=self.plugin_ctx)
         self.plugin_up = True
 
     def _close_plugin(self) -> None:
         if not self.plugin_up:
             return
-        self.plugin_rep.close(linger=0)
-        self.plugin_req.close(linger=0)
+        close_and_wait(self.plugin_ctx, self.plugin_rep, self.plugin_req)
         self.plugin_up = False
         if self._in_flight is not None and self._in_flight[1] is not None:
             self._in_flight[1].set_result(None)
@@ -250,7 +256,7 @@ class ControlPlane:
                 future.set_result(None)
             self._in_flight = None
             self.plugin_req.close(linger=0)
-            self.plugin_req = self._socket(zmq.REQ, connect=messages.PORT_EP_FELIX)
+            self.plugin_req = self._socket(zmq.REQ, connect=messages.PORT_EP_FELIX, ctx=self.plugin_ctx)
         if self._in_flight is None and self._requests:
             raw, future = self._requests.pop(0)
             self.plugin_req.send(raw)
