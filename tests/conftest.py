@@ -26,3 +26,23 @@ def pytest_collection_modifyitems(config, items):
                     raise pytest.UsageError(
                         f"CALICO_REQUIRE_ROOT_TESTS=1 but not root: cannot run {item.nodeid}")
                 item.add_marker(pytest.mark.skip(reason="needs root"))
+
+
+# Root tests use fixed names (namespaces, lab prefixes, the Docker test's
+# dockerds, loopback ports), so two runs on one machine (two clones, two
+# engineers) would trip over each other.  The first root test of a run
+# takes this machine-wide lock and holds it until the run ends; another
+# run's root tests wait for it.
+ROOT_LOCK_PATH = "/tmp/calico-root-tests.lock"
+_root_lock_handle = None
+
+
+@pytest.fixture(autouse=True)
+def _machine_wide_root_lock(request):
+    global _root_lock_handle
+    if request.node.get_closest_marker("root") is not None and _root_lock_handle is None:
+        import fcntl
+
+        _root_lock_handle = open(ROOT_LOCK_PATH, "w")
+        fcntl.flock(_root_lock_handle, fcntl.LOCK_EX)
+    yield
