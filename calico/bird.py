@@ -19,15 +19,19 @@ Choices, and why:
   default route).  For a peer on the same subnet this gives the same
   ``via <host>`` route a direct session gave.  Next hops are never rewritten
   (no ``next hop self``), so a reflected route still points at its owner.
-* **IP-in-IP (``ipip``) in the kernel export filter**: upstream BIRD 2 can
-  install ``via <host> dev tunl0 onlink`` itself (``onlink``, ``ifname``,
-  then ``gw``: the route attributes it documents for IP-IP overlays), so
-  no patched BIRD (Calico's ``krt_tunnel``) and no second route writer is
-  needed.  ``always`` tunnels every route learned over BGP;
-  ``cross-subnet`` only those whose next hop did not resolve to itself
-  (i.e. the owner is not on a connected subnet).  IPv6 is never tunnelled.
-  If tunl0 is missing or down the route is refused (BIRD logs it) and
-  retried at every kernel scan.
+* **IP-in-IP (``ipip``) as next-hop resolution**: upstream BIRD 2 installs
+  ``via <host> dev tunl0 onlink`` itself, so no patched BIRD (Calico's
+  ``krt_tunnel``) and no second route writer is needed.  A static device
+  route ``<host>/32 via "tunl0"`` in BIRD's table (never exported) for each
+  host to be reached through the tunnel (every other host with ``always``;
+  those outside this host's subnet with ``cross-subnet``) makes the BGP
+  next hop of that host's routes resolve to tunl0, and the kernel export
+  filter adds the ``onlink`` flag.  Such a route is valid only while tunl0
+  is up, so BIRD moves the routes onto the tunnel when Felix brings tunl0
+  up and off it when tunl0 goes, by itself, in whatever order the two
+  start or change.  (Setting ``ifname``/``gw`` in the export filter
+  instead fails while tunl0 is down, and BIRD never retries a route its
+  filter refused.)  IPv6 is never tunnelled.
 * **Route reflectors** (``route_reflectors``): a reflector peers with every
   host, treating the non-reflectors as ``rr client``s under one shared
   ``rr cluster id`` (so reflectors also peer with each other without
@@ -70,6 +74,8 @@ import socket
 import sys
 from typing import Iterable, Sequence
 
+import netaddr
+
 from calico.common.datafiles import (IPIP_ALWAYS, IPIP_NEVER, Cluster, DataFileError, Host, load_cluster,
                                      settings_with_env, write_file_atomically)
 from calico.common.validation import ValidationError, short_hostname
@@ -110,16 +116,14 @@ def _pool_set(pool: str) -> str:
     return f"[ {pool}+ ]"
 
 
-def _kernel_protocol(family: str, pool: str, felix_proto: int, ipip: str) -> list[str]:
+def _kernel_protocol(family: str, pool: str, felix_proto: int) -> list[str]:
     install = ["accept;"]
-    if family == "ipv4" and ipip != IPIP_NEVER:
-        # Set onlink and the device first: assigning gw then accepts an
-        # address that is on no connected subnet.
-        tunnel = f'{{ onlink = true; ifname = "{TUNNEL_DEVICE}"; gw = bgp_next_hop; }}'
-        if ipip == IPIP_ALWAYS:
-            install = [tunnel, "accept;"]
-        else:  # cross-subnet: the next hop resolved to itself only when it is on a connected subnet
-            install = [f"if gw != bgp_next_hop then {tunnel}", "accept;"]
+    if family == "ipv4":
+        # A next hop that resolved through tunl0 (calico_ipip below) resolved
+        # to the device alone: give the route the host as gateway, with the
+        # onlink flag (it is on no connected subnet).  tunl0 is up whenever
+        # this runs: the route through it is valid only then.
+        install = [f'if ifname = "{TUNNEL_DEVICE}" then {{ onlink = true; gw = bgp_next_hop; }}', "accept;"]
     return [
         f"# Learn Felix's routes (proto {felix_proto}) inside the pool, and routes outside it",
         "# (to resolve BGP next hops; never exported); install what BGP brings.",
@@ -147,6 +151,36 @@ def _kernel_protocol(family: str, pool: str, felix_proto: int, ipip: str) -> lis
     ]
 
 
+def tunnelled_hosts(cluster: Cluster, local: Host, subnet: str | None) -> list[Host]:
+    """The hosts whose containers ``local`` reaches through tunl0."""
+    mode = cluster.settings.ipip
+    others = [h for h in cluster.hosts if h != local and ":" not in h.ip]
+    if mode == IPIP_NEVER:
+        return []
+    if mode == IPIP_ALWAYS:
+        return others
+    if subnet is None:
+        raise BirdConfigError(f"ipip cross-subnet: the subnet of {local.name}'s address {local.ip} is not known "
+                              "(it is not on this machine; give --subnet)")
+    network = netaddr.IPNetwork(subnet)
+    return [h for h in others if netaddr.IPAddress(h.ip) not in network]
+
+
+def _ipip_protocol(hosts: list[Host], mode: str) -> list[str]:
+    if not hosts:
+        return []
+    return [
+        f"# IP-in-IP ({mode}): these hosts' addresses resolve through tunl0 while it is up, so",
+        "# their routes go 'via HOST dev tunl0 onlink'; while it is down or missing, through",
+        "# the fabric as any other.  Never exported (the export filters take pool routes only).",
+        "protocol static calico_ipip {",
+        "  ipv4;",
+        *(f'  route {h.ip}/32 via "{TUNNEL_DEVICE}";  # {h.name}' for h in hosts),
+        "}",
+        "",
+    ]
+
+
 def peers_of(cluster: Cluster, local: Host) -> list[tuple[Host, bool]]:
     """(peer, is an rr client of ours) for every BGP session of ``local``."""
     reflectors = [h for h in cluster.hosts if h.name in cluster.settings.route_reflectors]
@@ -167,8 +201,11 @@ def rr_cluster_id(cluster: Cluster) -> str | None:
 
 
 def render(cluster: Cluster, local: Host, felix_proto: int = FELIX_ROUTE_PROTO,
-           log_path: str | None = None) -> str:
-    """The BIRD 2 config text for ``local``, one of ``cluster``'s hosts."""
+           log_path: str | None = None, subnet: str | None = None) -> str:
+    """The BIRD 2 config text for ``local``, one of ``cluster``'s hosts.
+
+    ``subnet`` is the network of ``local``'s address (needed for ``ipip =
+    cross-subnet``: hosts outside it are reached through the tunnel)."""
     if local not in cluster.hosts:
         raise BirdConfigError(f"host {local.name} ({local.ip}) is not in the cluster file")
     for host in cluster.hosts:
@@ -205,8 +242,9 @@ def render(cluster: Cluster, local: Host, felix_proto: int = FELIX_ROUTE_PROTO,
         "}",
         "",
     ]
-    lines += _kernel_protocol("ipv4", pool4, felix_proto, settings.ipip)
-    lines += _kernel_protocol("ipv6", pool6, felix_proto, IPIP_NEVER)
+    lines += _kernel_protocol("ipv4", pool4, felix_proto)
+    lines += _kernel_protocol("ipv6", pool6, felix_proto)
+    lines += _ipip_protocol(tunnelled_hosts(cluster, local, subnet), settings.ipip)
     lines += [
         f"filter calico_pool_ipv4 {{ if net ~ {_pool_set(pool4)} then accept; reject; }}",
         f"filter calico_pool_ipv6 {{ if net ~ {_pool_set(pool6)} then accept; reject; }}",
@@ -270,6 +308,17 @@ def owned_addresses() -> set[str]:
         return {addr.get_attr("IFA_ADDRESS") for addr in ipr.get_addr()} - {None}
 
 
+def local_subnet(address: str) -> str | None:
+    """The network of ``address`` on this machine's interfaces, if it has it."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for addr in ipr.get_addr():
+            if addr.get_attr("IFA_ADDRESS") == address or addr.get_attr("IFA_LOCAL") == address:
+                return str(netaddr.IPNetwork(f"{address}/{addr['prefixlen']}").cidr)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="calico-bird-config",
                                      description="Render this host's BIRD 2 config from the cluster file.")
@@ -277,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", help="the local host's name in the cluster file")
     parser.add_argument("--output", help="write here (atomically) instead of standard output")
     parser.add_argument("--log-file", help="BIRD's log file (default: standard error)")
+    parser.add_argument("--subnet", help="the network of this host's address (default: read from the "
+                                         "interface holding it); used by ipip = cross-subnet")
     parser.add_argument("--felix-proto", type=int, default=FELIX_ROUTE_PROTO,
                         help=f"routing protocol number on Felix's routes (default {FELIX_ROUTE_PROTO})")
     args = parser.parse_args(argv)
@@ -285,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.settings = settings_with_env(cluster.settings, dict(os.environ))
         local = choose_local_host(cluster, args.host, owned_addresses() if not args.host else (),
                                   socket.gethostname())
-        text = render(cluster, local, args.felix_proto, args.log_file)
+        subnet = args.subnet or local_subnet(local.ip)
+        text = render(cluster, local, args.felix_proto, args.log_file, subnet)
     except (DataFileError, BirdConfigError, ValidationError) as exc:
         print(f"calico-bird-config: {exc}", file=sys.stderr)
         return 1
