@@ -104,7 +104,9 @@ def test_outgoing_nat_lets_containers_reach_the_outside_with_the_hosts_address(l
     x1_ns = lab.container_ns("x1")
     assert not probe.ping(x1_ns, OUTSIDE_IP)
     set_settings(lab, nat_outgoing="true")
+    # Each host's Felix notices the change on its own: wait for both.
     wait_until(lambda: probe.ping(x1_ns, OUTSIDE_IP), what="x1 -> outside with NAT on")
+    wait_until(lambda: probe.ping(lab.container_ns("x2"), OUTSIDE_IP), what="x2 -> outside with NAT on")
     with Capture(lab.outside_ns, "eth0") as outside:
         assert probe.ping(x1_ns, OUTSIDE_IP) and probe.ping(lab.container_ns("x2"), OUTSIDE_IP)
     assert outside.plain(H1, OUTSIDE_IP) >= 1 and outside.plain(H2, OUTSIDE_IP) >= 1
@@ -115,6 +117,7 @@ def test_outgoing_nat_lets_containers_reach_the_outside_with_the_hosts_address(l
     assert x2.plain(X1, X2) >= 1 and x2.plain(H1, X2) == 0
     set_settings(lab, nat_outgoing="false")
     wait_until(lambda: not probe.ping(x1_ns, OUTSIDE_IP), what="x1 -> outside blocked with NAT off")
+    wait_until(lambda: not probe.ping(lab.container_ns("x2"), OUTSIDE_IP), what="x2 -> outside blocked")
 
 
 def test_switching_ipip_off_again_leaves_nothing_stale(lab):
