@@ -111,8 +111,9 @@ def reflectors() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--containers", type=int, default=20)
+    parser.add_argument("--lock", default=LOCK, help=f"lock file to hold while measuring (default {LOCK})")
     args = parser.parse_args()
-    with open(LOCK, "w") as lock:
+    with open(args.lock, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cross_subnet(args.containers)
         reflectors()
