@@ -34,6 +34,7 @@ from calico.common.validation import ValidationError
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_SECS = 1.0
+MAX_FILE_BYTES = 1 << 20  # a cluster file is a few kilobytes; refuse to read a huge one
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class ClusterSource:
         settings, hosts = GlobalSettings(), list(self.env_hosts)
         if self._identity is not None:
             try:
+                if self._identity[1] > MAX_FILE_BYTES:
+                    raise DataFileError(f"{self._identity[1]} bytes, more than {MAX_FILE_BYTES}")
                 cluster = load_cluster(self.path)
             except DataFileError as exc:
                 message = f"cluster file {self.path} not used: {exc}"

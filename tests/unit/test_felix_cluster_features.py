@@ -107,3 +107,14 @@ def test_environment_wins_and_a_bad_variable_stops_start_up(tmp_path):
         ClusterSource("host-1", {**env, "CALICO_IPIP": "on"})
     no_file = ClusterSource("host-1", {"CALICO_CLUSTER_FILE": str(tmp_path / "none"), "CALICO_NAT_OUTGOING": "1"})
     assert no_file.view.settings.nat_outgoing and no_file.view.hosts == ()
+
+
+def test_a_huge_cluster_file_is_not_read(tmp_path, caplog):
+    path = tmp_path / "felix.txt"
+    path.write_text("[felix host-1]\nip=10.0.0.1\n[global]\nnat_outgoing = true\n")
+    source = ClusterSource("host-1", {"CALICO_CLUSTER_FILE": str(path)})
+    path.write_text("[felix host-1]\nip=10.0.0.1\n#" + "x" * (1 << 20) + "\n")
+    with caplog.at_level(logging.WARNING):
+        assert source.poll() is None
+    assert source.view.settings.nat_outgoing
+    assert any("more than" in r.getMessage() for r in caplog.records)
