@@ -49,8 +49,11 @@ def up(layout: Layout, count: int, components: tuple[str, ...] | None = None,
     fabric.create_fabric(layout, subnets)
     for index in range(1, count + 1):
         fabric.plug_host(layout, index, subnets)
-    # Does the kernel have IP-in-IP?  If not, each host gets the user-space tunl0.
-    current.ipip_standin = not ipip.kernel_can_create(netns.argv(layout.host_ns(1), []))
+    # A lab that may use IP-in-IP (several subnets, or ipip asked for) on a
+    # kernel without it gets the user-space tunl0 on each host; the default
+    # lab stays as it always was.
+    current.ipip_standin = (subnets > 1 or cluster.settings.ipip != "never") and \
+        not ipip.kernel_can_create(netns.argv(layout.host_ns(1), []))
     state.save(layout, current)
     # Host 1 first: its plugin and ACL manager are what every Felix connects to.
     for index in range(1, count + 1):

@@ -28,10 +28,11 @@ import sys
 import time
 
 from calico import bird, netns
-from calico.common.datafiles import Cluster, load_cluster, write_file_atomically
-from calico.lab import processes
+from calico.common.datafiles import Cluster, load_cluster, parse_data_text, write_file_atomically
+from calico.lab import ipip, processes
 from calico.lab.layout import FABRIC_PREFIXLEN, LabError, Layout, host_ip, host_name, subnet_of
 from calico.lab.state import load as load_state
+from calico.lab.state import save as save_state
 
 TIMEOUT_MS = 2000
 KEEPALIVE_MS = 500
@@ -92,10 +93,20 @@ def set_settings(layout: Layout, count: int, changes: dict[str, str]) -> list[st
     with open(layout.cluster_file, encoding="utf-8") as handle:
         text = handle.read()
     new_text = with_global_settings(text, changes)
-    from calico.common.datafiles import parse_data_text
     contents = parse_data_text(new_text, "felix.txt")
     if contents.errors:
         raise LabError(contents.errors[0])
+    lab = load_state(layout)
+    if contents.global_settings and contents.global_settings.ipip != "never" and not lab.ipip_standin:
+        # First use of IP-in-IP in a lab made without it: does the kernel have it?
+        if not ipip.kernel_can_create(netns.argv(layout.host_ns(1), [])):
+            lab.ipip_standin = True
+            save_state(layout, lab)
+    if lab.ipip_standin:  # before Felix reads the new setting, so it finds tunl0
+        for index in range(1, count + 1):
+            if processes.alive(layout, label(index, STANDIN)) is None:
+                start_component(layout, index, STANDIN)
+                _wait_for_device(layout.host_ns(index), "tunl0")
     write_file_atomically(layout.cluster_file, new_text)
     cluster = load_lab_cluster(layout)
     problems = []
