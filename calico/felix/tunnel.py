@@ -179,6 +179,9 @@ class TunnelWriter:
         if kernel.index is None:
             if not spec.enabled:
                 return
+            # Absent when last read; it may have appeared since (a module loaded).
+            self.kernel = kernel = self.read(spec.address)
+        if kernel.index is None:
             self._change("link", "add", ifname=TUNNEL_DEVICE, kind="ipip")
             log.info("IP-in-IP: created %s", TUNNEL_DEVICE)
             self.kernel = kernel = self.read(spec.address)
