@@ -5,7 +5,9 @@ Every ``*.txt`` file in the data directory is INI and may hold any of:
 * ``[felix NAME]`` with ``ip`` and ``host``: a host of the cluster;
 * ``[endpoint NAME]`` with ``id``, ``ip``, ``mac``, ``host``, ``group`` and
   optionally ``state``: one container endpoint;
-* ``[global]`` with ``pool``, ``pool6``, ``as`` and ``plugin_host``;
+* ``[global]`` with ``pool``, ``pool6``, ``as``, ``plugin_host`` and the
+  cluster-wide dataplane settings ``nat_outgoing``, ``ipip`` and
+  ``route_reflectors`` (see ``GlobalSettings``);
 * ``[group NAME]`` with ``inbound`` and ``outbound`` rule lists.
 
 This module checks each file on its own and returns plain immutable values.
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import configparser
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from calico.common import messages
@@ -94,12 +97,75 @@ class GroupRules:
         }
 
 
+IPIP_NEVER, IPIP_CROSS_SUBNET, IPIP_ALWAYS = "never", "cross-subnet", "always"
+IPIP_MODES = (IPIP_NEVER, IPIP_CROSS_SUBNET, IPIP_ALWAYS)
+# Environment variables that override the cluster file's [global] keys where
+# a component has no cluster file (the Docker images: CALICO_HOSTS only).
+SETTINGS_ENV = {"nat_outgoing": "CALICO_NAT_OUTGOING", "ipip": "CALICO_IPIP",
+                "route_reflectors": "CALICO_ROUTE_REFLECTORS"}
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
+               "false": False, "no": False, "off": False, "0": False}
+_AS_RE = re.compile(r"[0-9]{1,10}")
+
+
 @dataclass(frozen=True)
 class GlobalSettings:
     pool: str = DEFAULT_POOL
     as_number: int = DEFAULT_AS
     plugin_host: str | None = None
     pool6: str = DEFAULT_POOL6
+    # Masquerade traffic from the pools to anywhere outside every pool (Felix).
+    nat_outgoing: bool = False
+    # Encapsulate traffic to other hosts' containers in IP-in-IP via tunl0:
+    # never, only to hosts outside this host's subnet, or always (BIRD's
+    # kernel export filter and Felix's tunl0 set-up).
+    ipip: str = IPIP_NEVER
+    # Hosts that reflect routes to every other host; empty = full iBGP mesh.
+    route_reflectors: tuple[str, ...] = ()
+
+
+def parse_nat_outgoing(text: str) -> bool:
+    value = _BOOL_WORDS.get(text.strip().lower())
+    if value is None:
+        raise ValidationError(f"nat_outgoing {text.strip()!r} is not true or false")
+    return value
+
+
+def parse_ipip(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in IPIP_MODES:
+        raise ValidationError(f"ipip {text.strip()!r} is not one of {', '.join(IPIP_MODES)}")
+    return mode
+
+
+def parse_route_reflectors(text: str) -> tuple[str, ...]:
+    names = []
+    for item in _split_list(text):
+        try:
+            names.append(check_hostname(short_hostname(item)))
+        except ValidationError:
+            raise ValidationError(f"route_reflectors: bad host name {item!r}") from None
+    if len(set(names)) != len(names):
+        raise ValidationError("route_reflectors: a host is named twice")
+    return tuple(names)
+
+
+def settings_with_env(settings: GlobalSettings, env: dict[str, str]) -> GlobalSettings:
+    """``settings`` with CALICO_NAT_OUTGOING / CALICO_IPIP / CALICO_ROUTE_REFLECTORS
+    applied over them (a set, non-empty variable wins over the cluster file).
+    A bad value raises ValidationError naming the variable."""
+    parsers = {"nat_outgoing": parse_nat_outgoing, "ipip": parse_ipip,
+               "route_reflectors": parse_route_reflectors}
+    changes: dict[str, Any] = {}
+    for key, var in SETTINGS_ENV.items():
+        text = env.get(var, "").strip()
+        if not text:
+            continue
+        try:
+            changes[key] = parsers[key](text)
+        except ValidationError as exc:
+            raise ValidationError(f"environment {var}: {exc}") from None
+    return replace(settings, **changes) if changes else settings
 
 
 @dataclass
@@ -173,12 +239,19 @@ def _parse_global(section: configparser.SectionProxy) -> GlobalSettings:
     if ":" not in pool6:
         raise ValidationError(f"pool6 {pool6} is not IPv6")
     as_text = section.get("as", str(DEFAULT_AS)).strip()
-    if not as_text.isdigit() or not 0 < int(as_text) < 2**32:
+    if not _AS_RE.fullmatch(as_text) or not 0 < int(as_text) < 2**32:
         raise ValidationError(f"as {as_text!r} is not an AS number")
     plugin_host = section.get("plugin_host", "").strip() or None
     if plugin_host is not None:
         plugin_host = check_hostname(short_hostname(plugin_host))
-    return GlobalSettings(pool, int(as_text), plugin_host, pool6)
+    known = {"pool", "pool6", "as", "plugin_host", "nat_outgoing", "ipip", "route_reflectors"}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValidationError(f"unknown key {unknown[0]!r} (want {', '.join(sorted(known))})")
+    return GlobalSettings(pool, int(as_text), plugin_host, pool6,
+                          nat_outgoing=parse_nat_outgoing(section.get("nat_outgoing", "false")),
+                          ipip=parse_ipip(section.get("ipip", IPIP_NEVER)),
+                          route_reflectors=parse_route_reflectors(section.get("route_reflectors", "")))
 
 
 def parse_data_text(text: str, source: str) -> FileContents:
@@ -289,5 +362,14 @@ def load_cluster(path: str) -> Cluster:
     names = [h.name for h in contents.hosts]
     if len(set(names)) != len(names):
         raise DataFileError(f"{contents.source}: a host is listed twice")
-    return Cluster(contents.hosts, contents.global_settings or GlobalSettings(),
-                   {g.name: g for g in contents.groups})
+    settings = contents.global_settings or GlobalSettings()
+    check_settings_hosts(settings, contents.hosts, contents.source)
+    return Cluster(contents.hosts, settings, {g.name: g for g in contents.groups})
+
+
+def check_settings_hosts(settings: GlobalSettings, hosts: list[Host], source: str) -> None:
+    """Settings naming hosts must name [felix] hosts (DataFileError otherwise)."""
+    names = {h.name for h in hosts}
+    for name in settings.route_reflectors:
+        if name not in names:
+            raise DataFileError(f"{source}: [global] route_reflectors: {name!r} is not a [felix] host")

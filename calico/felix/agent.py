@@ -41,6 +41,7 @@ import zmq
 from calico.common import messages
 from calico.common.config import Config
 from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
 from calico.felix.endpoints import Change, EndpointTable, Resync, acls_from_wire, describe_acls, spec_from_message
 from calico.felix.state import EndpointSpec
 
@@ -84,7 +85,8 @@ class Addresses:
 
 class Agent:
     def __init__(self, config: Config, dataplane: Dataplane, *, addresses: Addresses | None = None,
-                 context: zmq.Context | None = None, loop: EventLoop | None = None):
+                 context: zmq.Context | None = None, loop: EventLoop | None = None,
+                 cluster: ClusterSource | None = None):
         self.config = config
         self.dataplane = dataplane
         self.addresses = addresses or Addresses.from_config(config)
@@ -140,6 +142,10 @@ class Agent:
         self.acl_socket.connect(self.addresses.acl_pub)
         self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
         self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+        # Cluster-wide settings (NAT, IP-in-IP): the dataplane gets each new view.
+        self.cluster = cluster
+        if cluster is not None:
+            self.loop.add_timer(self._cluster_timer)
         self.loop.add_timer(self._resync_timer)
         self.loop.add_timer(self._acl_timer)
         self.loop.add_timer(self._apply_timer)  # last: runs after the others marked work
@@ -169,6 +175,13 @@ class Agent:
         for sock in (self.endpoint_socket, self.acl_socket):
             self.loop.remove_socket(sock)
             sock.close(linger=0)
+
+    def _cluster_timer(self, now: float) -> float:
+        view = self.cluster.poll() if self.cluster is not None else None
+        if view is not None:
+            self.dataplane.set_cluster(view)  # type: ignore[attr-defined]
+            self.dirty = True
+        return POLL_INTERVAL_SECS
 
     # --- resync with the plugin -----------------------------------------------
 

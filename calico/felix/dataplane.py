@@ -44,6 +44,8 @@ from typing import Iterator, Mapping
 from calico.common.validation import ValidationError, check_endpoint_id, parse_ip, parse_mac
 from calico.felix import iptables_layout
 from calico.felix.backend_check import check_backends
+from calico.felix.cluster import ClusterView
+from calico.felix.cluster_dataplane import ClusterDataplane
 from calico.felix.ipset_writer import IpsetWriter
 from calico.felix.ipsets import SetSpec, endpoint_sets
 from calico.felix.iptables_writer import AUTO, IptablesWriter
@@ -82,7 +84,8 @@ class _EndpointLayout:
 class Dataplane:
     def __init__(self, ip_versions: tuple[int, ...] = (4, 6), writes: WriteCounter | None = None,
                  iptables_mode: str = AUTO, ipset_mode: str = AUTO, library_max_rules: int = 64,
-                 library_max_set_ops: int = 200, sysctl_root: str = "/proc/sys") -> None:
+                 library_max_set_ops: int = 200, sysctl_root: str = "/proc/sys",
+                 cluster: ClusterView | None = None) -> None:
         self.versions = tuple(sorted(set(ip_versions)))
         if not self.versions or not set(self.versions) <= {4, 6}:
             raise ValueError(f"ip_versions must be 4 and/or 6, not {ip_versions!r}")
@@ -99,6 +102,8 @@ class Dataplane:
                          for v in self.versions}
         self.ipsets = IpsetWriter(self.writes, ipset_mode, library_max_set_ops)
         self.routes = RouteWriter(self.writes, self.versions, self.sysctls)
+        # Outgoing NAT and IP-in-IP: cluster-wide, not per endpoint.
+        self.cluster = ClusterDataplane(self.versions, self.writes, cluster, iptables_mode, library_max_rules)
         self._memo: dict[str, _EndpointLayout | EndpointSpec] = {}  # spec only: unusable
         self._collisions: set[str] = set()
 
@@ -136,6 +141,10 @@ class Dataplane:
                 len(desired), written, len(missing), (time.perf_counter() - started) * 1000)
         return missing
 
+    def set_cluster(self, view: ClusterView) -> None:
+        """New cluster settings; the next ``apply`` programs them."""
+        self.cluster.view = view
+
     def forget_kernel_cache(self) -> None:
         """Make the next ``apply`` read the whole kernel state again."""
         self._forget()
@@ -144,6 +153,7 @@ class Dataplane:
         with self._bound():
             self.ipsets.close()
             self.routes.close()
+            self.cluster.close()
         os.close(self._netns_fd)
 
     # -- the pass ------------------------------------------------------------
@@ -152,6 +162,7 @@ class Dataplane:
         layouts = self._layouts_for(desired)
         endpoints = {key: layout.spec for key, layout in layouts.items()}
         wanted_sets = {s.name: s for layout in layouts.values() for s in layout.sets}
+        wanted_sets.update(self.cluster.sets())
         self.ipsets.sync(wanted_sets)
         missing = self.routes.sync(endpoints)
         by_interface = sorted(layouts.values(), key=lambda layout: layout.spec.interface)
@@ -163,7 +174,11 @@ class Dataplane:
                     chains.update(layout.chains[version])
                     dispatch.append(iptables_layout.dispatch_rules(layout.spec))
             chains.update(iptables_layout.static_chains([d[0] for d in dispatch], [d[1] for d in dispatch]))
+            first = self.cluster.input_rules(version)
+            if first:
+                chains[iptables_layout.INPUT_CHAIN] = first + tuple(chains[iptables_layout.INPUT_CHAIN])
             self.iptables[version].sync(chains)
+        self.cluster.sync()
         self.ipsets.delete_unused(wanted_sets)
         self.routes.delete_unused()
         return missing
@@ -173,6 +188,7 @@ class Dataplane:
             writer.forget()
         self.ipsets.forget()
         self.routes.forget()
+        self.cluster.forget()
 
     def _layouts_for(self, desired: Mapping[str, EndpointSpec]) -> dict[str, _EndpointLayout]:
         """Each usable endpoint's sets and chains, recomputed only for endpoints

@@ -1,4 +1,11 @@
-"""Making one filter table (IPv4 or IPv6) hold Felix's layout, in one commit.
+"""Making one table (IPv4 or IPv6; filter, or nat) hold Felix's layout, in one commit.
+
+A writer owns one table: the filter table with its ``INPUT``/``FORWARD``
+jumps (``iptables_layout``), or the nat table with a ``POSTROUTING`` jump
+(``nat``).  A table whose jumps are ``optional`` loses a jump (and then its
+chain) when the layout no longer has the chain, and is not even read while
+the kernel has no such table in the namespace (reading the nat table would
+create it), so a setting that is off leaves no trace.
 
 Three steps per pass:
 
@@ -36,6 +43,7 @@ import difflib
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -57,10 +65,10 @@ _PROTOCOL_NUMBERS = {**PROTOCOL_NUMBERS, "ipv6-icmp": 58}
 
 @dataclass
 class KernelTable:
-    """The part of the filter table Felix cares about."""
+    """The part of a table Felix cares about."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)  # felix- chains only
-    builtins: dict[str, list[str]] = field(default_factory=dict)  # INPUT, FORWARD
+    builtins: dict[str, list[str]] = field(default_factory=dict)  # the built-in chains holding Felix's jumps
 
 
 @dataclass(frozen=True)
@@ -90,26 +98,61 @@ class TablePlan:
                 f"{len(self.edits)} rule edits, {len(self.dead_chains)} deleted chains")
 
 
-def parse_save(text: str) -> KernelTable:
-    """Felix's chains and the INPUT/FORWARD rules from iptables-save output."""
+# Protocols iptables names itself; any other it prints by its /etc/protocols
+# name when the machine has that file (``-p 4`` reads back as ``-p ipencap``,
+# or as ``-p 4`` in an image without netbase).  Felix writes numbers, and
+# reads names back as numbers, so both spellings compare equal.
+_IPTABLES_PROTOCOLS = {"tcp", "udp", "udplite", "icmp", "ipv6-icmp", "icmpv6", "esp", "ah", "sctp", "mh", "all"}
+_PROTOCOL_WORD_RE = re.compile(r"(?<!\S)(-p (?:! )?)([A-Za-z][A-Za-z0-9._-]*)(?!\S)")
+
+
+def _etc_protocols(path: str = "/etc/protocols") -> dict[str, int]:
+    numbers: dict[str, int] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                words = line.split("#", 1)[0].split()
+                if len(words) >= 2 and re.fullmatch(r"[0-9]{1,3}", words[1]):
+                    for name in [words[0], *words[2:]]:
+                        numbers.setdefault(name, int(words[1]))
+    except OSError:
+        pass
+    return numbers
+
+
+def normalise_protocols(rule: str, numbers: Mapping[str, int]) -> str:
+    """``-p NAME`` as ``-p NUMBER`` for names iptables does not know itself."""
+    def number(match: re.Match) -> str:
+        name = match.group(2)
+        if name.lower() in _IPTABLES_PROTOCOLS or name not in numbers:
+            return match.group(0)
+        return f"{match.group(1)}{numbers[name]}"
+    return _PROTOCOL_WORD_RE.sub(number, rule)
+
+
+def parse_save(text: str, table_name: str = "filter", top_jumps: Mapping[str, str] = TOP_JUMPS,
+               protocols: Mapping[str, int] | None = None) -> KernelTable:
+    """Felix's chains and the rules of the built-in chains holding its jumps,
+    from iptables-save output."""
     table = KernelTable()
-    in_filter = False
+    numbers = _etc_protocols() if protocols is None else protocols
+    in_table = False
     for line in text.splitlines():
         if line.startswith("*"):
-            in_filter = line == "*filter"
-        elif not in_filter:
+            in_table = line == f"*{table_name}"
+        elif not in_table:
             continue
         elif line.startswith(":"):
             name = line[1:].split(" ", 1)[0]
             if is_felix_chain(name):
                 table.chains[name] = []
-            elif name in TOP_JUMPS:
+            elif name in top_jumps:
                 table.builtins[name] = []
         elif line.startswith("-A "):
             _, name, rule = line.split(" ", 2)
-            target = table.chains if is_felix_chain(name) else table.builtins if name in TOP_JUMPS else None
+            target = table.chains if is_felix_chain(name) else table.builtins if name in top_jumps else None
             if target is not None:
-                target[name].append(rule)
+                target[name].append(normalise_protocols(rule, numbers) if "-p " in rule else rule)
     return table
 
 
@@ -126,8 +169,13 @@ def _chain_edits(name: str, have: list[str], want: tuple[str, ...]) -> list[Edit
     return edits
 
 
-def plan_table(kernel: KernelTable, desired: Mapping[str, tuple[str, ...]]) -> TablePlan:
-    """What to change so the table holds ``desired`` (pure)."""
+def plan_table(kernel: KernelTable, desired: Mapping[str, tuple[str, ...]],
+               top_jumps: Mapping[str, str] = TOP_JUMPS, optional_jumps: bool = False) -> TablePlan:
+    """What to change so the table holds ``desired`` (pure).
+
+    Each of ``top_jumps`` (built-in chain -> Felix chain) ends up first and
+    once in its built-in chain; with ``optional_jumps``, only while the
+    Felix chain is in ``desired``, and removed otherwise."""
     plan = TablePlan()
     for name in sorted(desired):
         want = tuple(desired[name])
@@ -143,11 +191,15 @@ def plan_table(kernel: KernelTable, desired: Mapping[str, tuple[str, ...]]) -> T
                 plan.edits.extend(edits)
     plan.dead_chains = sorted(name for name in kernel.chains if name not in desired)
     builtins = {name: list(rules) for name, rules in kernel.builtins.items()}
-    for builtin, target in TOP_JUMPS.items():
+    for builtin, target in top_jumps.items():
         rules = builtins.setdefault(builtin, [])
         jump = top_jump_rule(target)
         positions = [i for i, rule in enumerate(rules) if rule == jump]
-        if positions != [0]:
+        if optional_jumps and target not in desired:
+            for i in reversed(positions):
+                plan.edits.append(Edit("D", builtin, i))
+                del rules[i]
+        elif positions != [0]:
             for i in reversed(positions):
                 plan.edits.append(Edit("D", builtin, i))
                 del rules[i]
@@ -176,16 +228,32 @@ def xtables_lock(timeout: float = 10.0, path: str = XTABLES_LOCK) -> Iterator[No
         os.close(fd)
 
 
+_TABLE_NAMES = {4: "/proc/thread-self/net/ip_tables_names", 6: "/proc/thread-self/net/ip6_tables_names"}
+
+
+def table_exists(version: int, table: str) -> bool:
+    """True if the namespace of the calling thread has this legacy table."""
+    try:
+        with open(_TABLE_NAMES[version], encoding="ascii") as handle:
+            return table in handle.read().split()
+    except OSError:
+        return True  # cannot tell: read it
+
+
 class IptablesWriter:
-    """Keeps one family's filter table in line with the layout."""
+    """Keeps one family's table (filter by default) in line with the layout."""
 
     def __init__(self, version: int, counter: WriteCounter, mode: str = AUTO,
-                 library_max_rules: int = 64, runner: Runner = subprocess.run) -> None:
+                 library_max_rules: int = 64, runner: Runner = subprocess.run, table: str = "filter",
+                 top_jumps: Mapping[str, str] = TOP_JUMPS, optional_jumps: bool = False) -> None:
         self.version = version
         self.counter = counter
         self.mode = mode
         self.library_max_rules = library_max_rules
         self.runner = runner
+        self.table = table
+        self.top_jumps = dict(top_jumps)
+        self.optional_jumps = optional_jumps
         self.kernel: KernelTable | None = None
 
     def forget(self) -> None:
@@ -193,12 +261,16 @@ class IptablesWriter:
 
     def read(self) -> KernelTable:
         if self.kernel is None:
-            self.kernel = parse_save(run_tool([_SAVE[self.version], "-t", "filter"], runner=self.runner))
+            if self.optional_jumps and self.runner is subprocess.run and not table_exists(self.version, self.table):
+                self.kernel = KernelTable()  # nothing of ours can be there; reading would create the table
+            else:
+                self.kernel = parse_save(run_tool([_SAVE[self.version], "-t", self.table], runner=self.runner),
+                                         self.table, self.top_jumps)
         return self.kernel
 
     def sync(self, desired: Mapping[str, tuple[str, ...]]) -> TablePlan:
         """Make Felix's chains exactly ``desired`` (deleting other felix- chains)."""
-        plan = plan_table(self.read(), desired)
+        plan = plan_table(self.read(), desired, self.top_jumps, self.optional_jumps)
         self._commit(plan)
         return plan
 
@@ -210,7 +282,7 @@ class IptablesWriter:
         desired = {name: tuple(rules) for name, rules in kernel.chains.items()}
         for name, rules in static.items():
             desired.setdefault(name, tuple(rules))
-        plan = plan_table(kernel, desired)
+        plan = plan_table(kernel, desired, self.top_jumps, self.optional_jumps)
         self._commit(plan)
         return plan
 
@@ -222,7 +294,7 @@ class IptablesWriter:
         started = time.perf_counter()
         try:
             if use_library:
-                LibraryCommit(self.version).run(plan)
+                LibraryCommit(self.version, self.table).run(plan)
             else:
                 self._restore(plan)
         except Exception:
@@ -230,18 +302,18 @@ class IptablesWriter:
             raise
         self.counter.iptables_commits += 1
         self.kernel = plan.after
-        log.info("IPv%d filter table: %s via %s in %.0f ms", self.version, plan.summary(),
+        log.info("IPv%d %s table: %s via %s in %.0f ms", self.version, self.table, plan.summary(),
                  "python-iptables" if use_library else "iptables-restore",
                  (time.perf_counter() - started) * 1000)
 
     def _restore(self, plan: TablePlan) -> None:
         run_tool([_RESTORE[self.version], "--noflush", "--wait", "10"],
-                 stdin=restore_input(plan), runner=self.runner)
+                 stdin=restore_input(plan, self.table), runner=self.runner)
 
 
-def restore_input(plan: TablePlan) -> str:
+def restore_input(plan: TablePlan, table: str = "filter") -> str:
     """The plan as ``iptables-restore --noflush`` input (one commit)."""
-    lines = ["*filter"]
+    lines = [f"*{table}"]
     lines += [f":{name} - [0:0]" for name in plan.rewrites]  # creates or flushes
     for name, rules in plan.rewrites.items():
         lines += [f"-A {name} {rule}" for rule in rules]
@@ -257,17 +329,18 @@ def restore_input(plan: TablePlan) -> str:
 class LibraryCommit:
     """One plan through python-iptables: edit the table handle, commit once."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, table: str = "filter") -> None:
         import iptc  # imported here: loading libiptc is only needed on this path
 
         self.iptc = iptc
         self.version = version
+        self.table_name = table
         self.table_class = iptc.Table if version == 4 else iptc.Table6
-        self.rule_class = _filter_rule_class(iptc, version)
+        self.rule_class = _filter_rule_class(iptc, version, table)
 
     def run(self, plan: TablePlan) -> None:
         with xtables_lock():
-            table = self.table_class(self.table_class.FILTER, autocommit=False)
+            table = self.table_class(self.table_name, autocommit=False)
             table.autocommit = False
             # A fresh handle, read from the kernel now and in this thread's
             # network namespace (libiptc binds its socket at init); it also
@@ -338,12 +411,12 @@ class LibraryCommit:
         return rule
 
 
-def _filter_rule_class(iptc, version: int):
+def _filter_rule_class(iptc, version: int, table: str = "filter"):
     """python-iptables' Rule, with two of its habits corrected.
 
     - It resolves a jump target by asking *every* table whether it has such
       a chain, which instantiates nat, mangle, raw and security in the
-      namespace as a side effect; Felix only uses the filter table.
+      namespace as a side effect; a rule here only jumps within its table.
     - For IPv6 (ip6tc.py: the same code in 1.0.1, Debian bookworm's, and
       1.2.0) it writes interface masks as 0x01 bytes instead of 0xff, so
       the kernel compares only the lowest bit of each character: ``-o
@@ -358,7 +431,7 @@ def _filter_rule_class(iptc, version: int):
     class FilterRule(base):  # type: ignore[misc, valid-type]
         @property
         def tables(self):
-            return [table_class(table_class.FILTER)]
+            return [table_class(table)]
 
     if version == 6:
         def set_in_interface(self, name: str) -> None:

@@ -17,6 +17,7 @@ class WriteCounter:
     ipset_restores: int = 0  # `ipset restore` runs
     route_requests: int = 0  # netlink route and neighbour changes
     sysctl_writes: int = 0
+    tunnel_requests: int = 0  # tunl0 link and address changes (IP-in-IP)
 
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))

@@ -87,10 +87,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                   config.log_severity_screen, config.log_severity_sys)
 
     from calico.felix.agent import Agent
+    from calico.felix.cluster import ClusterSource
     from calico.felix.dataplane import Dataplane
 
     try:
-        agent = Agent(config, Dataplane())
+        cluster = ClusterSource(config.felix_hostname)
+    except ConfigError as exc:
+        log.error("Felix cannot start: %s", exc)
+        print(f"calico-felix: {exc}", file=sys.stderr)
+        return 2
+    log.info("Cluster settings: %s", cluster.view.describe())
+    try:
+        agent = Agent(config, Dataplane(cluster=cluster.view), cluster=cluster)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
         return 1

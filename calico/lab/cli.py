@@ -1,7 +1,9 @@
 """``calico-lab``: a whole Calico cluster in network namespaces, one command each.
 
-Verbs: ``up [--hosts N]``, ``add NAME --host H --ip IP --group G[,G2]``,
-``remove NAME``, ``check``, ``status``, ``down``, ``demo``.  The lab lives in
+Verbs: ``up [--hosts N] [--subnets S] [--reflectors H1,H2] [--ipip MODE]
+[--nat-outgoing]``, ``set KEY=VALUE ...`` (cluster settings of a running
+lab), ``add NAME --host H --ip IP --group G[,G2]``, ``remove NAME``,
+``check``, ``status``, ``down``, ``demo``.  The lab lives in
 ``--lab-dir`` (``CALICO_LAB_DIR``, default /var/run/calico-lab) with
 namespaces named by ``--prefix`` (``CALICO_LAB_PREFIX``, default clab-).
 Errors are one line on stderr and exit status 1; ``check`` and ``demo``
@@ -17,10 +19,11 @@ import threading
 import time
 from typing import Sequence
 
-from calico.common.datafiles import DataFileError
+from calico.common.datafiles import IPIP_MODES, DataFileError
 from calico.lab import check, containers, control, hosts, probe, state
 from calico.lab.layout import LabError, Layout, host_name
 
+SETTABLE = ("ipip", "nat_outgoing", "route_reflectors")
 DEMO_CONTAINERS = (  # name, host, ip, group: the seed's layout
     ("web1", "host-1", "192.168.1.1", "web"),
     ("db1", "host-1", "192.168.1.2", "db"),
@@ -39,11 +42,41 @@ def _components() -> tuple[str, ...] | None:
     return tuple(_split([text])) if text else None
 
 
+def _up_settings(args: argparse.Namespace) -> dict[str, str]:
+    settings = {}
+    if args.reflectors:
+        settings["route_reflectors"] = ", ".join(_split(args.reflectors))
+    if args.ipip:
+        settings["ipip"] = args.ipip
+    if args.nat_outgoing:
+        settings["nat_outgoing"] = "true"
+    return settings
+
+
 def cmd_up(layout: Layout, args: argparse.Namespace) -> int:
     started = time.monotonic()
-    problems = control.up(layout, args.hosts, _components())
-    print(f"lab up: {args.hosts} host(s) in {layout.lab_dir} ({time.monotonic() - started:.1f} s); "
+    settings = _up_settings(args)
+    problems = control.up(layout, args.hosts, _components(), subnets=args.subnets, settings=settings)
+    shape = f"{args.hosts} host(s)" + (f" on {args.subnets} subnets" if args.subnets > 1 else "")
+    extra = "".join(f"; {k} = {v}" for k, v in settings.items())
+    print(f"lab up: {shape} in {layout.lab_dir} ({time.monotonic() - started:.1f} s){extra}; "
           f"logs in {layout.log_dir}")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_set(layout: Layout, args: argparse.Namespace) -> int:
+    lab = state.require_up(layout)
+    changes = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in SETTABLE:
+            raise LabError(f"set {item!r}: want KEY=VALUE with KEY one of {', '.join(SETTABLE)}")
+        changes[key.strip()] = value.strip()
+    problems = hosts.set_settings(layout, lab.hosts, changes)
+    print("lab set: " + ", ".join(f"{k} = {v}" for k, v in changes.items())
+          + " (cluster file rewritten; Felix re-reads it within a second; BIRD reconfigured on every host)")
     for problem in problems:
         print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -152,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
     verbs = top.add_subparsers(dest="verb", required=True)
     up = verbs.add_parser("up", help="start the hosts")
     up.add_argument("--hosts", type=int, default=2)
+    up.add_argument("--subnets", type=int, default=1,
+                    help="spread the hosts over this many fabrics joined by a router (default 1: one fabric)")
+    up.add_argument("--reflectors", action="append", help="route reflector hosts, e.g. host-1,host-2")
+    up.add_argument("--ipip", choices=IPIP_MODES, help="IP-in-IP mode (default never)")
+    up.add_argument("--nat-outgoing", action="store_true", help="masquerade container traffic leaving the pools")
+    st = verbs.add_parser("set", help="change cluster settings of the running lab")
+    st.add_argument("settings", nargs="+", metavar="KEY=VALUE", help=f"KEY one of {', '.join(SETTABLE)}")
     add = verbs.add_parser("add", help="add a container")
     add.add_argument("name")
     add.add_argument("--host", required=True, help="host-N or N")
@@ -167,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-HANDLERS = {"up": cmd_up, "add": cmd_add, "remove": cmd_remove, "check": cmd_check, "status": cmd_status,
+HANDLERS = {"up": cmd_up, "set": cmd_set, "add": cmd_add, "remove": cmd_remove, "check": cmd_check, "status": cmd_status,
             "down": cmd_down, "demo": cmd_demo}
 
 

@@ -18,39 +18,53 @@ import subprocess
 import time
 
 from calico import netns
-from calico.lab import fabric, hosts, processes, state
-from calico.lab.layout import MAX_HOSTS, LabError, Layout, host_ip, host_name
+from calico.lab import fabric, hosts, ipip, processes, state
+from calico.lab.layout import MAX_HOSTS, MAX_SUBNETS, LabError, Layout, host_ip, host_name
 
 
 def up(layout: Layout, count: int, components: tuple[str, ...] | None = None,
-       cluster_extra: str = "") -> list[str]:
-    """Build the lab; returns problems found after start (empty when all is well)."""
+       cluster_extra: str = "", subnets: int = 1, settings: dict[str, str] | None = None) -> list[str]:
+    """Build the lab; returns problems found after start (empty when all is well).
+
+    ``subnets`` spreads the hosts over that many fabrics joined by a router
+    (with an outside namespace beyond it); ``settings`` go into the cluster
+    file's [global] section (e.g. ``{"ipip": "always", "route_reflectors":
+    "host-1, host-2"}``)."""
     if not 1 <= count <= MAX_HOSTS:
         raise LabError(f"--hosts {count}: want 1 to {MAX_HOSTS}")
+    if not 1 <= subnets <= min(MAX_SUBNETS, count):
+        raise LabError(f"--subnets {subnets}: want 1 to {min(MAX_SUBNETS, count)} (at most one per host)")
     current = state.load(layout)
-    if current.hosts and current.hosts != count:
-        raise LabError(f"a lab with {current.hosts} hosts is already up in {layout.lab_dir} (run 'calico-lab down')")
+    if current.hosts and (current.hosts, current.subnets) != (count, subnets):
+        raise LabError(f"a lab with {current.hosts} hosts on {current.subnets} subnet(s) is already up in "
+                       f"{layout.lab_dir} (run 'calico-lab down')")
     os.makedirs(layout.lab_dir, exist_ok=True)
-    current.hosts = count
+    current.hosts, current.subnets = count, subnets
     state.save(layout, current)
     for directory in (layout.data_dir, layout.log_dir, layout.pid_dir):
         os.makedirs(directory, exist_ok=True)
     if not os.path.exists(layout.cluster_file):
-        hosts.write_cluster_file(layout, count, cluster_extra)
+        hosts.write_cluster_file(layout, count, cluster_extra, subnets, settings)
     cluster = hosts.load_lab_cluster(layout)
-    fabric.create_fabric(layout)
+    fabric.create_fabric(layout, subnets)
     for index in range(1, count + 1):
-        fabric.plug_host(layout, index)
+        fabric.plug_host(layout, index, subnets)
+    # A lab that may use IP-in-IP (several subnets, or ipip asked for) on a
+    # kernel without it gets the user-space tunl0 on each host; the default
+    # lab stays as it always was.
+    current.ipip_standin = (subnets > 1 or cluster.settings.ipip != "never") and \
+        not ipip.kernel_can_create(netns.argv(layout.host_ns(1), []))
+    state.save(layout, current)
     # Host 1 first: its plugin and ACL manager are what every Felix connects to.
     for index in range(1, count + 1):
-        hosts.setup_host(layout, index, cluster, components)
+        hosts.setup_host(layout, index, cluster, components, current.ipip_standin)
     problems = []
     if components is None or "bird" in components:
         if count > 1 and not hosts.wait_for_bgp(layout, count):
             problems.append("BGP sessions not all Established after 30 s (see 'calico-lab status')")
     time.sleep(0.3)  # let a component that fails at start-up exit, so we can tell
     for index in range(1, count + 1):
-        for component in hosts.components_of(index):
+        for component in hosts.components_of(index, current.ipip_standin):
             if (components is None or component in components) and \
                     processes.alive(layout, hosts.label(index, component)) is None:
                 problems.append(f"{hosts.label(index, component)} is not running "
@@ -109,6 +123,11 @@ def _iptables(ns: str) -> str:
 def status(layout: Layout) -> str:
     lab = state.load(layout)
     lines = [f"lab dir {layout.lab_dir} (logs in {layout.log_dir}), namespace prefix {layout.prefix}"]
+    if lab.subnets > 1:
+        lines.append(f"{lab.subnets} subnets joined by router namespace {layout.router_ns} "
+                     f"({fabric.router_dropped_packets(layout)} packets dropped); outside {layout.outside_ns}")
+    if lab.ipip_standin:
+        lines.append("this kernel has no IP-in-IP: each host runs the lab's user-space tunl0 (calico.lab.ipip)")
     if not lab.hosts:
         leftovers = lab_namespaces(layout)
         lines.append("no lab is up" + (f"; leftover namespaces: {', '.join(leftovers)} (run 'calico-lab down')"
@@ -116,9 +135,9 @@ def status(layout: Layout) -> str:
         return "\n".join(lines)
     for index in range(1, lab.hosts + 1):
         ns = layout.host_ns(index)
-        lines.append(f"{host_name(index)} ({host_ip(index)}) namespace {ns}"
+        lines.append(f"{host_name(index)} ({host_ip(index, lab.subnets)}) namespace {ns}"
                      f"{'' if netns.exists(ns) else ' MISSING'}")
-        for component in hosts.components_of(index):
+        for component in hosts.components_of(index, lab.ipip_standin):
             label = hosts.label(index, component)
             pid = processes.alive(layout, label)
             lines.append(f"  {component:15} {'running, pid ' + str(pid) if pid else 'NOT RUNNING'}"

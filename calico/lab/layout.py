@@ -12,6 +12,10 @@ Addressing, fixed so that logs and matrices read the same every time:
 
 * fabric 10.240.0.0/24 (and fd00:240::/64 for IPv6 next hops): host i is
   10.240.0.(10+i), named ``host-i``;
+* with ``--subnets S`` (S >= 2), S fabrics 10.240.k.0/24 (fd00:240:k::/64),
+  host i on fabric (i-1) mod S at 10.240.k.(10+i), and a router namespace
+  at 10.240.k.1 on each, which also leads to the "outside" namespace
+  (203.0.113.2, beyond the router at 203.0.113.1; outside every pool);
 * containers get whatever address ``add`` is given, inside the pool.
 """
 
@@ -29,6 +33,12 @@ FABRIC_NET = "10.240.0.0/24"
 FABRIC_PREFIXLEN = 24
 FABRIC6_PREFIXLEN = 64
 MAX_HOSTS = 200
+MAX_SUBNETS = 8
+ROUTER_IP = "10.240.{}.1"
+HOSTS_NET = "10.240.0.0/16"
+OUTSIDE_NET = "203.0.113.0/24"
+OUTSIDE_ROUTER_IP = "203.0.113.1"
+OUTSIDE_IP = "203.0.113.2"
 LISTEN_PORT = 7777
 
 
@@ -56,6 +66,14 @@ class Layout:
 
     def host_ns(self, index: int) -> str:
         return f"{self.prefix}{host_name(index)}"
+
+    @property
+    def router_ns(self) -> str:
+        return f"{self.prefix}router"
+
+    @property
+    def outside_ns(self) -> str:
+        return f"{self.prefix}outside"
 
     def container_ns(self, name: str) -> str:
         return f"{self.prefix}c-{name}"
@@ -107,18 +125,23 @@ def host_name(index: int) -> str:
     return f"host-{index}"
 
 
-def host_ip(index: int) -> str:
-    return f"10.240.0.{10 + index}"
+def subnet_of(index: int, subnets: int = 1) -> int:
+    """The fabric host ``index`` is on: round robin over the subnets."""
+    return (index - 1) % subnets
 
 
-def host_ip6(index: int) -> str:
-    return f"fd00:240::{10 + index:x}"
+def host_ip(index: int, subnets: int = 1) -> str:
+    return f"10.240.{subnet_of(index, subnets)}.{10 + index}"
+
+
+def host_ip6(index: int, subnets: int = 1) -> str:
+    return f"fd00:240:{subnet_of(index, subnets)}::{10 + index:x}"
 
 
 def host_index(text: str, count: int) -> int:
     """``host-2`` or ``2`` -> 2, checked against the lab's host count."""
     digits = text[len("host-"):] if text.startswith("host-") else text
-    if not digits.isdigit() or not 1 <= int(digits) <= count:
+    if not re.fullmatch(r"[0-9]{1,4}", digits) or not 1 <= int(digits) <= count:
         raise LabError(f"no host {text!r} in this lab (hosts: host-1 .. host-{count})")
     return int(digits)
 

@@ -32,6 +32,9 @@ class Container:
 class LabState:
     hosts: int = 0
     containers: dict[str, Container] = field(default_factory=dict)
+    subnets: int = 1
+    # The kernel has no IP-in-IP: each host runs the lab's user-space tunl0.
+    ipip_standin: bool = False
 
 
 def load(layout: Layout) -> LabState:
@@ -43,12 +46,14 @@ def load(layout: Layout) -> LabState:
     except (OSError, ValueError) as exc:
         raise LabError(f"{layout.state_file}: unreadable lab state ({exc}); run 'calico-lab down'") from None
     return LabState(raw.get("hosts", 0),
-                    {name: Container(**c) for name, c in raw.get("containers", {}).items()})
+                    {name: Container(**c) for name, c in raw.get("containers", {}).items()},
+                    raw.get("subnets", 1), raw.get("ipip_standin", False))
 
 
 def save(layout: Layout, state: LabState) -> None:
     os.makedirs(layout.lab_dir, exist_ok=True)
-    raw = {"hosts": state.hosts, "containers": {n: asdict(c) for n, c in state.containers.items()}}
+    raw = {"hosts": state.hosts, "containers": {n: asdict(c) for n, c in state.containers.items()},
+           "subnets": state.subnets, "ipip_standin": state.ipip_standin}
     write_file_atomically(layout.state_file, json.dumps(raw, indent=1, sort_keys=True) + "\n")
 
 

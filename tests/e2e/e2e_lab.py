@@ -25,11 +25,12 @@ CONVERGE_S = 30.0
 
 
 @contextlib.contextmanager
-def running_lab(prefix: str, count: int, cluster_extra: str = "") -> Iterator[Layout]:
+def running_lab(prefix: str, count: int, cluster_extra: str = "", subnets: int = 1,
+                settings: dict[str, str] | None = None) -> Iterator[Layout]:
     layout = Layout.from_env(os.path.join(E2E_ROOT, prefix.rstrip("-")), prefix)
     control.down(layout)
     try:
-        problems = control.up(layout, count, cluster_extra=cluster_extra)
+        problems = control.up(layout, count, cluster_extra=cluster_extra, subnets=subnets, settings=settings)
         if problems:
             pytest.fail("lab did not come up: " + "; ".join(problems) + "\n" + control.status(layout))
         yield layout

@@ -9,9 +9,21 @@ from calico.bird import BirdConfigError, choose_local_host, main, render
 from calico.common.datafiles import Cluster, GlobalSettings, Host, parse_data_text
 
 
-def cluster_of(n, **settings):
-    hosts = [Host(f"host-{i}", f"10.240.0.{10 + i}") for i in range(1, n + 1)]
+def cluster_of(n, subnets=1, **settings):
+    hosts = [Host(f"host-{i}", f"10.240.{(i - 1) % subnets}.{10 + i}") for i in range(1, n + 1)]
     return Cluster(hosts, GlobalSettings(**settings), {})
+
+
+def subnet_of(host):
+    return f"10.240.{host.ip.split('.')[2]}.0/24"
+
+
+def neighbors(text):
+    return sorted(line.split()[1] for line in text.splitlines() if line.strip().startswith("neighbor "))
+
+
+def tunnel_routes(text):
+    return sorted(line.split()[1] for line in text.splitlines() if 'via "tunl0"' in line)
 
 
 def bird_parses(tmp_path, text):
@@ -43,9 +55,13 @@ def test_kernel_protocols_learn_only_felix_routes_inside_the_pools():
     assert "if krt_source = 77 && net ~ [ 10.65.0.0/16+ ] then accept;" in text
     assert "if krt_source = 77 && net ~ [ fd00:65::/64+ ] then accept;" in text
     assert text.count("learn;") == 2 and text.count("persist;") == 2
-    assert "if source = RTS_BGP && net ~ [ 10.65.0.0/16+ ] then accept;" in text
+    assert "if source = RTS_BGP && net ~ [ 10.65.0.0/16+ ] then {" in text
+    # Routes outside the pools are learned (to resolve next hops), never exported.
+    assert "if !(net ~ [ 10.65.0.0/16+ ]) then accept;" in text
     assert "192.168" not in text
-    assert text.count("next hop self;") == 2
+    # Next hops are never rewritten: a reflected route must still point at its owner.
+    assert "next hop self" not in text
+    assert text.count("gateway recursive;") == 2 and "multihop;" in text
 
 
 def test_as_number_and_log_file_come_through(tmp_path):
@@ -92,3 +108,76 @@ def test_cli_renders_the_named_host_from_the_seed_style_cluster_file(tmp_path, c
     assert main([str(cluster_file), "--host", "nohost"]) == 1
     assert "nohost" in capsys.readouterr().err
     assert parse_data_text(cluster_file.read_text(), "felix.txt").errors == []
+
+
+@pytest.mark.parametrize("ipip", ["never", "cross-subnet", "always"])
+@pytest.mark.parametrize("reflectors", [(), ("host-2", "host-3")])
+def test_every_setting_combination_parses(tmp_path, ipip, reflectors):
+    cluster = cluster_of(5, subnets=2, ipip=ipip, route_reflectors=reflectors)
+    for local in cluster.hosts:
+        assert bird_parses(tmp_path, render(cluster, local, subnet=subnet_of(local)))
+
+
+def test_ipip_never_routes_nothing_through_the_tunnel():
+    cluster = cluster_of(4, subnets=2)
+    text = render(cluster, cluster.hosts[0], subnet=subnet_of(cluster.hosts[0]))
+    assert tunnel_routes(text) == [] and "calico_ipip" not in text
+
+
+def test_ipip_always_resolves_every_other_host_through_tunl0():
+    cluster = cluster_of(4, subnets=2, ipip="always")
+    text = render(cluster, cluster.hosts[0], subnet=subnet_of(cluster.hosts[0]))
+    assert tunnel_routes(text) == ["10.240.0.13/32", "10.240.1.12/32", "10.240.1.14/32"]
+    # The kernel gets such a route as "via HOST dev tunl0 onlink".
+    assert 'if ifname = "tunl0" then { onlink = true; gw = bgp_next_hop; }' in text
+
+
+def test_ipip_cross_subnet_tunnels_only_to_hosts_on_other_subnets():
+    cluster = cluster_of(4, subnets=2, ipip="cross-subnet")
+    host1, host2 = cluster.hosts[0], cluster.hosts[1]
+    assert tunnel_routes(render(cluster, host1, subnet=subnet_of(host1))) == ["10.240.1.12/32", "10.240.1.14/32"]
+    assert tunnel_routes(render(cluster, host2, subnet=subnet_of(host2))) == ["10.240.0.11/32", "10.240.0.13/32"]
+    with pytest.raises(BirdConfigError, match="subnet"):
+        render(cluster, host1)
+
+
+def test_route_reflectors_peer_with_everyone_clients_with_the_reflectors_only():
+    cluster = cluster_of(6, route_reflectors=("host-2", "host-5"))
+    ips = {h.name: h.ip for h in cluster.hosts}
+    reflector = render(cluster, cluster.host("host-2"))
+    assert neighbors(reflector) == sorted(ip for name, ip in ips.items() if name != "host-2")
+    # Clients are rr clients under one cluster id; the other reflector is a plain iBGP peer.
+    blocks = reflector.split("protocol bgp ")[1:]
+    client_blocks = [b for b in blocks if "rr client;" in b]
+    assert len(client_blocks) == 4 and all(f"rr cluster id {ips['host-2']};" in b for b in client_blocks)
+    peer_reflector = next(b for b in blocks if f"neighbor {ips['host-5']} " in b)
+    assert "rr client" not in peer_reflector
+    assert f"rr cluster id {ips['host-2']};" in render(cluster, cluster.host("host-5"))
+    client = render(cluster, cluster.host("host-4"))
+    assert neighbors(client) == sorted([ips["host-2"], ips["host-5"]]) and "rr client" not in client
+
+
+def test_full_mesh_session_count_against_reflectors():
+    mesh, rr = cluster_of(8), cluster_of(8, route_reflectors=("host-1", "host-2"))
+    assert [len(neighbors(render(mesh, h))) for h in mesh.hosts] == [7] * 8
+    assert [len(neighbors(render(rr, h))) for h in rr.hosts] == [7, 7, 2, 2, 2, 2, 2, 2]
+
+
+def test_unknown_reflector_is_refused_in_one_line():
+    cluster = cluster_of(3, route_reflectors=("host-9",))
+    with pytest.raises(BirdConfigError, match="route_reflectors: 'host-9' is not a \\[felix\\] host"):
+        render(cluster, cluster.hosts[0])
+
+
+def test_cli_takes_settings_from_the_environment(tmp_path, capsys, monkeypatch):
+    cluster_file = tmp_path / "felix.txt"
+    cluster_file.write_text("[felix host-1]\nip=10.240.0.11\n[felix host-2]\nip=10.240.1.12\n"
+                            "[felix host-3]\nip=10.240.0.13\n")
+    monkeypatch.setenv("CALICO_IPIP", "cross-subnet")
+    monkeypatch.setenv("CALICO_ROUTE_REFLECTORS", "host-3")
+    assert main([str(cluster_file), "--host", "host-1", "--subnet", "10.240.0.0/24"]) == 0
+    text = capsys.readouterr().out
+    assert tunnel_routes(text) == ["10.240.1.12/32"] and neighbors(text) == ["10.240.0.13"]
+    monkeypatch.setenv("CALICO_IPIP", "sometimes")
+    assert main([str(cluster_file), "--host", "host-1"]) == 1
+    assert "CALICO_IPIP" in capsys.readouterr().err

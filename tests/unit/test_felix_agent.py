@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 
 import pytest
@@ -68,7 +69,7 @@ ALLOW_10 = {"v4": {"inbound": [{"cidr": "10.0.0.0/8", "protocol": "tcp", "port":
 class Harness:
     """The agent plus a fake plugin and ACL manager, all in this thread."""
 
-    def __init__(self, **config_values):
+    def __init__(self, cluster=None, **config_values):
         tag = next(_names)
         self.ctx = zmq.Context()
         self.clock = FakeClock()
@@ -88,7 +89,7 @@ class Harness:
         self.config = Config(**values)
         self.dataplane = FakeDataplane()
         self.agent = Agent(self.config, self.dataplane, addresses=addresses, context=self.ctx,
-                           loop=EventLoop(clock=self.clock))
+                           loop=EventLoop(clock=self.clock), cluster=cluster)
         self.plugin_req = self._socket(zmq.REQ, connect=addresses.endpoints)
         self._acl_held: list[bytes] | None = None
 
@@ -587,3 +588,29 @@ def test_first_contact_asks_again_even_for_requests_already_queued(h):
     assert h.acl_requests(answer=False) == ["b"]  # in flight when the first heartbeat comes
     h.heartbeat()
     assert sorted(h.acl_requests()) == ["a", "b"]  # b again, though it was in flight
+
+
+# --- cluster settings -------------------------------------------------------------------
+
+def test_a_changed_cluster_file_reaches_the_dataplane_in_one_pass(tmp_path):
+    from calico.felix.cluster import ClusterSource
+
+    path = tmp_path / "felix.txt"
+    hosts = "[felix host-1]\nip=10.0.0.1\n"
+    path.write_text(hosts)
+    harness = Harness(cluster=ClusterSource("host-1", {"CALICO_CLUSTER_FILE": str(path)}))
+    harness.dataplane.views = []
+    harness.dataplane.set_cluster = harness.dataplane.views.append
+    harness.agent.start()
+    try:
+        synced(harness, endpoint(endpoint_id="a"))
+        applied = len(harness.dataplane.applied)
+        harness.advance(1.5)
+        assert harness.dataplane.views == [] and len(harness.dataplane.applied) == applied
+        path.write_text(hosts + "[global]\nnat_outgoing = true\n")
+        os.utime(path, ns=(5, 5))
+        harness.advance(1.5)
+        assert [v.settings.nat_outgoing for v in harness.dataplane.views] == [True]
+        assert len(harness.dataplane.applied) == applied + 1
+    finally:
+        harness.close()
