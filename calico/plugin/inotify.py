@@ -89,16 +89,18 @@ class Inbox:
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._events: collections.deque[tuple[str, str]] = collections.deque()
+        self._events: collections.deque[tuple[str, tuple[str, ...]]] = collections.deque()
         self._lock = threading.Lock()  # the fd is not written after close
 
-    def put(self, kind: str, name: str) -> None:
-        self._events.append((kind, name))
+    def put(self, kind: str, names: tuple[str, ...]) -> None:
+        """One event; a rename within the directory names both sides, in
+        one item, so the loop never sees one side without the other."""
+        self._events.append((kind, names))
         with self._lock:
             if self.fd >= 0:
                 os.eventfd_write(self.fd, 1)
 
-    def take(self) -> list[tuple[str, str]]:
+    def take(self) -> list[tuple[str, tuple[str, ...]]]:
         """Every event waiting, oldest first; clears the fd."""
         try:
             os.eventfd_read(self.fd)
@@ -129,7 +131,9 @@ class DirectoryWatch:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers.inotify import InotifyObserver
 
-        directory = os.path.abspath(path)
+        # watchdog watches with IN_DONT_FOLLOW: a symlink to the directory
+        # would be watched itself, not the directory.
+        directory = os.path.realpath(path)
 
         class Forward(FileSystemEventHandler):
             def dispatch(self, event) -> None:  # runs in watchdog's thread
@@ -138,15 +142,18 @@ class DirectoryWatch:
                     return
                 paths = [event.src_path, getattr(event, "dest_path", None)] if event.event_type == "moved" \
                     else [event.src_path]
+                names = []
                 for changed in paths:
                     if not changed:
                         continue  # one side of a move from or to elsewhere
                     changed = os.fsdecode(changed)
                     if changed == directory:
                         if event.event_type == "deleted":
-                            inbox.put(LOST, "")
+                            inbox.put(LOST, ())
                     elif os.path.dirname(changed) == directory:
-                        inbox.put(kind, os.path.basename(changed))
+                        names.append(os.path.basename(changed))
+                if names:
+                    inbox.put(kind, tuple(names))
 
         # generate_full_events: a file moved in from elsewhere is a move
         # (read at once), not a creation (read once writes pause).
@@ -155,7 +162,11 @@ class DirectoryWatch:
         self._observer.start()  # arms the watch here, in this thread: errors raise here
 
     def close(self) -> None:
-        """Stop watching; the threads end on their own (daemons)."""
+        """Stop watching, in a thread of its own: stopping joins watchdog's
+        threads, and the loop must never wait on them."""
+        threading.Thread(target=self._stop, name="inotify-stop", daemon=True).start()
+
+    def _stop(self) -> None:
         try:
             self._observer.stop()
         except Exception:  # a watch already gone with its directory

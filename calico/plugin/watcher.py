@@ -99,7 +99,8 @@ class DirectoryWatcher:
         self.inbox: inotify.Inbox | None = None
         self._watch: inotify.DirectoryWatch | None = None
         self._entries: dict[str, _Entry] = {}
-        self._pending: dict[str, None] = {}                 # read these next, oldest first
+        self._pending: dict[str, str | None] = {}           # read these next, oldest first; -> the
+                                                              # other side of a rename, read with it
         self._settling: dict[str, tuple[float, float]] = {}  # name -> (read at, read at the latest)
         self._dir_id: tuple[int, int] | None = None
         self._dir_error: str | None = None
@@ -156,17 +157,20 @@ class DirectoryWatcher:
         if self.inbox is None:
             return
         now = self.clock()
-        for kind, name in self.inbox.take():
+        for kind, names in self.inbox.take():
             if kind == inotify.LOST:
                 self._next_check = 0.0
-            elif not wanted(name):
                 continue
-            elif kind == inotify.NOW:
-                self._settling.pop(name, None)
-                self._pending[name] = None
-            elif name not in self._pending:
-                latest = self._settling.get(name, (now, now + MAX_SETTLE))[1]
-                self._settling[name] = (min(now + SETTLE, latest), latest)
+            names = [name for name in names if wanted(name)]
+            for name in names:
+                if kind == inotify.NOW:
+                    self._settling.pop(name, None)
+                    # Both sides of a rename go to the store in one batch:
+                    # an endpoint moving file must not vanish in between.
+                    self._pending[name] = next((other for other in names if other != name), None)
+                elif name not in self._pending:
+                    latest = self._settling.get(name, (now, now + MAX_SETTLE))[1]
+                    self._settling[name] = (min(now + SETTLE, latest), latest)
 
     def due(self, now: float) -> float:
         """Seconds until ``batch`` has work (0: now)."""
@@ -197,17 +201,24 @@ class DirectoryWatcher:
         if self.mode == "inotify" and now >= self._next_rescan:
             self._full_scan()
         changed: dict[str, ParsedFile | None] = {}
-        while self._pending and (limit is None or len(changed) < limit):
+        read = 0
+        while self._pending and (limit is None or read < limit):
             name = next(iter(self._pending))
-            del self._pending[name]
-            try:
-                result = self._read(name)
-            except _Retry:
-                log.debug("%s: changed while being read; reading it again", name)
-                self._settling[name] = (now + RETRY_DELAY, now + RETRY_DELAY)
-                continue
-            if result is not False:
-                changed[name] = result
+            names = [name]
+            other = self._pending.pop(name)
+            if other is not None and other in self._pending:
+                del self._pending[other]
+                names.append(other)
+            for name in names:
+                read += 1
+                try:
+                    result = self._read(name)
+                except _Retry:
+                    log.debug("%s: changed while being read; reading it again", name)
+                    self._settling[name] = (now + RETRY_DELAY, now + RETRY_DELAY)
+                    continue
+                if result is not False:
+                    changed[name] = result
         return changed
 
     @property

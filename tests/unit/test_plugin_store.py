@@ -354,3 +354,32 @@ def test_endpoints_on_host_sorted():
                       "b.txt": ep_text("aa", "192.168.1.2", mac="aa:bb:cc:00:00:02"),
                       "c.txt": ep_text("mm", "192.168.1.3", host="h2", mac="aa:bb:cc:00:00:03")})
     assert [e.endpoint_id for e in state.endpoints_on("h1")] == ["aa", "zz"]
+
+
+@pytest.mark.parametrize("change", ["rewrite", "readdress", "remove", "add"])
+def test_one_changed_file_decides_the_same_few_claimants_at_any_directory_size(monkeypatch, change):
+    decided = []
+    real = store.Arbiter._conflict
+    monkeypatch.setattr(store.Arbiter, "_conflict", lambda self, claimant: decided.append(claimant) or
+                        real(self, claimant))
+
+    def cost(size):
+        files = {f"e{n}.txt": ep_text(f"e{n}", f"10.1.{n // 250}.{n % 250 + 1}", group=f"g{n % 10}")
+                 for n in range(size)}
+        # A contested address: two losers wait for e0's.
+        files["x.txt"] = ep_text("x", "10.1.0.1", mac="aa:bb:cc:00:00:02")
+        files["y.txt"] = ep_text("y", "10.1.0.1", mac="aa:bb:cc:00:00:03")
+        data = Dir().set(files)
+        if change == "rewrite":
+            files["e5.txt"] = ep_text("e5", "10.1.0.6", mac="aa:bb:cc:00:00:55", group="g5")
+        elif change == "readdress":
+            files["e5.txt"] = ep_text("e5", "10.2.0.1", group="g5")
+        elif change == "remove":
+            del files["e0.txt"]
+        else:
+            files["new.txt"] = ep_text("new", "10.9.0.1")
+        decided.clear()
+        data.set(files)
+        return len(decided)
+
+    assert cost(200) == cost(2000) <= 4

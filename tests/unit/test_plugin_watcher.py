@@ -158,6 +158,30 @@ def test_deleted_moved_away_and_moved_in(tmp_path, inotify_watcher):
     assert sources(got) == {"c.txt": None, "d.txt": ["b"]}
 
 
+def test_a_rename_within_the_directory_is_one_batch_even_at_the_limit(tmp_path, inotify_watcher):
+    (tmp_path / "a.txt").write_text(EP)
+    (tmp_path / "z.txt").write_text(EP.replace("=e\n", "=z\n"))
+    w = inotify_watcher()
+    w.batch()
+    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
+    (tmp_path / "z.txt").unlink()
+    polling.wait_until(lambda: drain(w, 0.02) or w.pending == 3, what="three names to read", interval=0)
+    # Never one side of the rename without the other (the endpoint would go
+    # and come back).
+    assert sources(w.batch(1)) == {"a.txt": None, "b.txt": ["e"]}
+    assert w.batch(1) == {"z.txt": None}
+
+
+def test_a_symlink_to_the_directory_watches_the_directory(tmp_path, inotify_watcher):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    w = inotify_watcher(tmp_path / "link")
+    w.batch()
+    write_file_atomically(str(real / "e.txt"), EP)
+    assert sources(collect(w, lambda got: "e.txt" in got, "the file in the linked directory")) == {"e.txt": ["e"]}
+
+
 def test_unchanged_content_is_no_change(tmp_path, inotify_watcher):
     path = tmp_path / "e.txt"
     path.write_text(EP)
