@@ -15,19 +15,21 @@ host must exist,) its addresses and its interface name.  When deciding, the
 store prefers claimants that are unchanged since the previous state, then
 ones that changed but come from the same file as the previous holder of
 their id, then new ones in sorted (file name, position) order; a claimant
-that finds a resource taken is reported once and skipped.  So a newly
+that finds a resource taken is skipped, and reported once with the first of
+its checks that fails against the current holders.  So a newly
 written file can never steal an address, an endpoint id or an interface
 name from a running endpoint, a fresh start picks the same winners as a
 sorted listing of the directory, and when a holder goes away the first
 skipped claimant in that order gets its resources.
 
 A batch is decided incrementally, with the same outcome as deciding every
-claimant again (the tests hold a from-scratch rebuild as the oracle): every
-holder that is unchanged keeps what it holds, so only claimants that touch
-a resource whose holder may change (released, or wanted by a changed or
-newly decided claimant), or whose host appeared or vanished, are decided
-again.  One changed endpoint file costs the claimants of its own resources,
-not the directory.
+claimant again (the tests keep the old from-scratch rebuild as the oracle):
+every unchanged holder keeps what it holds, so only the batch's new
+claimants, the claimants of a resource let go (its holder's file changed or
+went, or its host vanished) and those needing a host that appeared or
+vanished can win or lose; the reasons of losers are restated only where a
+holder changed.  One changed endpoint file costs the claimants of its own
+resources, not the directory.
 
 A ``[felix]`` section that still holds the seed's IP1/HOST1 placeholders is
 not an error but "not configured": it is left out with a note, so the
@@ -218,9 +220,6 @@ class Arbiter:
         self.skipped: dict[Claimant, str] = {}  # claimant -> its error line
         self._claimants: dict[Resource, set[Claimant]] = {}
         self._needing: dict[Hashable, set[Claimant]] = {}
-
-    def winner(self, ident: Resource) -> Claimant | None:
-        return self.holder.get(ident)
 
     def update(self, removed: Iterable[Claimant], added: Iterable[Claimant], needs_changed: Iterable[Hashable] = ()
                ) -> tuple[dict[Resource, tuple[Claimant | None, Claimant | None]], list[str], list[str]]:
@@ -450,7 +449,7 @@ class Store:
         for name in rules_changed:
             group_tracker.touch(name)
         endpoint_changes = []
-        for (_, endpoint_id), (was, now) in sorted(changes.items()):
+        for _, (was, now) in sorted(changes.items(), key=lambda item: item[0]):
             before = was.item if was is not None else None
             after = now.item if now is not None else None
             if before == after:

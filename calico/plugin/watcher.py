@@ -174,7 +174,9 @@ class DirectoryWatcher:
 
     def due(self, now: float) -> float:
         """Seconds until ``batch`` has work (0: now)."""
-        if self._pending and self._dir_error is None:
+        if self._dir_error is not None:
+            return max(0.0, self._next_check - now)  # only the check can end it
+        if self._pending:
             return 0.0
         deadlines = [self._next_check]
         if self.mode == "inotify":
@@ -240,7 +242,8 @@ class DirectoryWatcher:
             return False
         ident = (st.st_dev, st.st_ino)
         if ident == self._dir_id:
-            return True
+            # Back after a spell of errors: what changed meanwhile is unknown.
+            return self._dir_error is None or self._full_scan()
         if self._dir_id is not None:
             log.warning("data directory %s is another directory now; reading it afresh", self.path)
         if self.mode == "inotify":

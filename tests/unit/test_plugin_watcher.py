@@ -259,6 +259,9 @@ def test_directory_removed_keeps_the_last_state_and_is_read_when_back(tmp_path, 
             clock.now += 1.0
             drain(w, 0.05)
             assert w.batch() == {}
+            assert w.due(clock.now) > 0  # waiting, not spinning
+        clock.now += watcher.RESCAN_INTERVAL
+        assert w.batch() == {} and w.due(clock.now) > 0
         data.mkdir()
         (data / "b.txt").write_text(EP.replace("=e\n", "=b\n"))
         clock.now += 1.0
