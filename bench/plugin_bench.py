@@ -17,7 +17,10 @@ timestamp every message) and the ACL manager (a SUB socket).  It measures:
    at a time; the new endpoints join group g000 (``--group-size`` members);
 4. a burst of ``--burst`` new files renamed in at once (into a group of their
    own): time until the Felixes have every ENDPOINTCREATED and until a
-   GROUPUPDATE lists every member.
+   GROUPUPDATE lists every member;
+5. in this process, without sockets (this tree's code only): one file
+   renamed in to the StateChange that the APIs would send, through the real
+   watcher (inotify) and store, over the same directory.
 
 ``--src DIR`` runs the calico package found in DIR instead of this tree's,
 e.g. an export of an older commit for a before/after comparison:
@@ -285,7 +288,34 @@ def main() -> None:
         watching = [line.split("] ", 1)[-1] for line in plugin.log().splitlines() if "data directory" in line]
         if watching:
             print(f"  {api:8s} log: {watching[0][:150]}")
+    if src == REPO:
+        in_process(data_dir, args.changes)
     subprocess.run(["rm", "-rf", work], check=False)
+
+
+def in_process(data_dir: str, changes: int) -> None:
+    from calico.common.zmqloop import EventLoop
+    from calico.plugin.watcher import DataDirectory
+
+    data = DataDirectory(data_dir)
+    data.load()
+    loop = EventLoop()
+    seen: dict[str, float] = {}
+    data.attach(loop, lambda state, change: [seen.setdefault(c.endpoint.endpoint_id, time.perf_counter())
+                                             for c in change.endpoints])
+    times = []
+    try:
+        for k in range(changes):
+            eid, n = f"inproc{k:03d}", 300_000 + k
+            start = rename_in(data_dir, f"{eid}.txt", endpoint_text(eid, nth_ip(n), "h1", "g000", nth_mac(n)))
+            deadline = time.monotonic() + 30
+            while eid not in seen and time.monotonic() < deadline:
+                loop.run_once(0.05)
+            times.append(seen[eid] - start)
+    finally:
+        data.close()
+    print(f"  in process: one file renamed in -> StateChange   {spread(times)}  "
+          f"({len(data.state.endpoints)} endpoints)")
 
 
 if __name__ == "__main__":
