@@ -161,6 +161,11 @@ def parse_file(source: str, text: str) -> ParsedFile:
         contents = parse_data_text(text, source)
     except DataFileError as exc:
         return ParsedFile(source, None, (str(exc),))
+    except ValueError as exc:
+        # A fault the section checks let through (int('²') after a
+        # str.isdigit() check, say) must not take the plugin down.
+        reason = " ".join(str(exc).split())
+        return ParsedFile(source, None, (f"{source}: cannot be parsed ({reason}); skipped",))
     placeholders = _placeholder_sections(text) if "felix" in text else {}
     notes = []
     if placeholders:

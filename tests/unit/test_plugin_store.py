@@ -79,6 +79,18 @@ def test_bad_file_content_is_one_error_naming_file_and_skipped(text, reason):
     assert list(state.endpoints) == ["good"]
 
 
+@pytest.mark.parametrize("text", [
+    "[global]\nas=\u00b2\n",
+    "[group web]\ninbound = 0.0.0.0/0 tcp \u00b2\n",
+    "[group web]\ninbound = 0.0.0.0/0 \u00b2 80\n",
+])
+def test_a_fault_the_section_checks_miss_skips_the_file_and_nothing_else(text):
+    state = state_of({"bad.txt": text, "good.txt": ep_text("good", "192.168.1.9")})
+    assert only_error(state) == ("bad.txt: cannot be parsed (invalid literal for int() with base 10: '\u00b2'); "
+                                 "skipped")
+    assert list(state.endpoints) == ["good"]
+
+
 def test_bad_section_does_not_spoil_the_rest_of_its_file():
     text = ep_text("ok", "192.168.1.1") + "\n" + ep_text("bad", "nope", name="bad")
     state = state_of({"two.txt": text})
