@@ -13,6 +13,7 @@ setup(
         "netaddr>=0.8.0",
         "python-iptables>=1.0.1",
         "pyroute2>=0.7.2,<0.8",
+        "watchdog>=2.2.1",
         "docker",
     ],
     extras_require={"test": ["pytest"]},

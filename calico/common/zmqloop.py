@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from typing import Any, Callable
 
@@ -55,11 +56,13 @@ class EventLoop:
         self._timers: list[Timer] = []
         self.stopped = False
 
-    def add_socket(self, sock: zmq.Socket, handler: Handler) -> None:
+    def add_socket(self, sock: zmq.Socket | int, handler: Handler) -> None:
+        """Call ``handler`` when ``sock`` is readable: a ZeroMQ socket or a
+        plain file descriptor (the poller takes both)."""
         self._handlers[sock] = handler
         self._poller.register(sock, zmq.POLLIN)
 
-    def remove_socket(self, sock: zmq.Socket) -> None:
+    def remove_socket(self, sock: zmq.Socket | int) -> None:
         if self._handlers.pop(sock, None) is not None:
             self._poller.unregister(sock)
 
@@ -79,7 +82,9 @@ class EventLoop:
             due = timer(now)
             if due is not None:
                 wait = min(wait, max(due, 0.0))
-        for sock, _ in self._poller.poll(int(wait * 1000)):
+        # Rounded up: waking a fraction of a millisecond early would spin
+        # (poll(0)) until the deadline.
+        for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
             handler = self._handlers.get(sock)
             if handler is not None:
                 handler()

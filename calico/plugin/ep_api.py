@@ -30,7 +30,7 @@ from calico.common.datafiles import Host
 from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
 from calico.common.validation import short_hostname
 from calico.plugin import store
-from calico.plugin.store import DataState
+from calico.plugin.store import DataState, StateChange
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class EndpointApi:
         self.context = context
         self.timeout_ms = timeout_ms
         self.keepalive_ms = keepalive_ms
-        self.state: DataState = store.EMPTY_STATE
+        self.state = DataState()
         self.links: dict[str, FelixLink] = {}
         self.address = tcp_address(bind, messages.PORT_EP_RESYNC)
         self.socket = make_socket(context, zmq.REP)
@@ -122,26 +122,25 @@ class EndpointApi:
 
     # --- data directory changes --------------------------------------------
 
-    def apply(self, old: DataState, new: DataState) -> None:
-        self.state = new
-        fresh_links = self._update_links(new)
-        initial = old is store.EMPTY_STATE
-        for change in store.endpoint_changes(old, new):
-            ep = change.endpoint
-            level = logging.DEBUG if initial else logging.INFO
+    def apply(self, state: DataState, change: StateChange) -> None:
+        self.state = state
+        fresh_links = self._update_links(state) if change.hosts_changed else []
+        level = logging.DEBUG if change.initial else logging.INFO
+        for item in change.endpoints:
+            ep = item.endpoint
             log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, ep.source,
-                    change.msg_type.removeprefix("ENDPOINT").lower(), change.host)
-            link = self.links.get(change.host)
-            if link is not None and change.host not in fresh_links:
-                link.push(store.endpoint_message(change.msg_type, ep))
+                    item.msg_type.removeprefix("ENDPOINT").lower(), item.host)
+            link = self.links.get(item.host)
+            if link is not None and item.host not in fresh_links:
+                link.push(store.endpoint_message(item.msg_type, ep))
         for host in fresh_links:
             # A Felix we have just started talking to hears everything (its
             # own resync will replace this if it asks for one).
-            for ep in new.endpoints_on(host):
+            for ep in state.endpoints_on(host):
                 self.links[host].push(ep.message(messages.ENDPOINTCREATED))
-        if initial:
+        if change.initial:
             log.info("data directory: %d hosts, %d endpoints, %d groups, %d problems",
-                     len(new.hosts), len(new.endpoints), len(new.groups), len(new.errors) + len(new.notes))
+                     len(state.hosts), len(state.endpoints), len(state.groups), state.problems)
 
     def _update_links(self, new: DataState) -> list[str]:
         fresh = []

@@ -1,12 +1,12 @@
 """``calico-plugin ep|network``: the plugin's two APIs as processes.
 
 One process per API, as the seed ran them (``plugin.py ep`` and
-``plugin.py network``), each a single event loop: a timer polls the data
-directory (every 100 ms by default, so a change reaches Felix or the ACL
-manager well within half a second) and hands each change to the API, and
-the API's sockets are served in between.  The directory is read once before
-the sockets are served, so the first RESYNCSTATE or GETGROUPS already sees
-every file.
+``plugin.py network``), each a single event loop: the kernel says which
+files of the data directory changed (inotify, polling as the fallback; see
+calico/plugin/watcher.py), each loop wake-up applies one batch of them to
+the store and hands the change to the API, and the API's sockets are served
+in between.  The directory is read once before the sockets are served, so
+the first RESYNCSTATE or GETGROUPS already sees every file.
 
 The timing flags exist for tests and unusual networks; the defaults are the
 config defaults of the other components (timeout 6000 ms, keepalive 2000 ms).
@@ -25,7 +25,7 @@ from calico.common.logs import setup_logging
 from calico.common.zmqloop import EventLoop
 from calico.plugin.ep_api import EndpointApi
 from calico.plugin.network_api import NetworkApi
-from calico.plugin.watcher import DataDirectory
+from calico.plugin.watcher import WATCH_MODES, DataDirectory
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a Felix silent this long gets a fresh socket (%(default)s)")
     parser.add_argument("--keepalive-ms", type=_positive_ms, default=2000,
                         help="heartbeat after this much quiet (%(default)s)")
+    parser.add_argument("--watch", choices=WATCH_MODES, default="auto",
+                        help="how to notice changed files: inotify, except on network and FUSE file systems "
+                             "(auto), inotify anywhere, or poll (%(default)s)")
     parser.add_argument("--poll-interval-ms", type=_positive_ms, default=100,
-                        help="how often to look at the data directory (%(default)s)")
+                        help="how often to poll when polling, and to check the directory itself (%(default)s)")
     args = parser.parse_args(argv)
     if args.log_file is None:
         args.log_file = DEFAULT_LOG_FILES[args.api]
@@ -75,7 +78,7 @@ def run(argv: list[str] | None = None) -> int:
     _setup_logging(args)
     loop = EventLoop()
     context = zmq.Context()
-    data = DataDirectory(args.data_dir)
+    data = DataDirectory(args.data_dir, args.watch, args.poll_interval_ms / 1000.0)
     try:
         if args.api == "ep":
             api = EndpointApi(loop, context, args.bind, args.connection_timeout_ms, args.keepalive_ms)
@@ -88,19 +91,7 @@ def run(argv: list[str] | None = None) -> int:
         context.destroy(linger=0)  # closes the socket that failed to bind (term() would wait for it)
         return 1
 
-    interval = args.poll_interval_ms / 1000.0
-    next_poll = loop.clock()
-
-    def poll(now: float) -> float:
-        nonlocal next_poll
-        if now >= next_poll:
-            change = data.refresh()
-            if change is not None:
-                api.apply(*change)
-            next_poll = loop.clock() + interval
-        return next_poll - now
-
-    poll(loop.clock())  # the directory before the first request
+    api.apply(data.state, data.load())  # the directory before the first request
     log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
 
     def stop(signum: int, _frame: object) -> None:
@@ -109,10 +100,11 @@ def run(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    loop.add_timer(poll)
+    data.attach(loop, api.apply)
     try:
         loop.run()
     finally:
+        data.close()
         api.close()
         context.term()
     return 0

@@ -16,8 +16,7 @@ import zmq
 
 from calico.common import messages
 from calico.common.zmqloop import EventLoop, make_socket, tcp_address
-from calico.plugin import store
-from calico.plugin.store import DataState, Group
+from calico.plugin.store import DataState, Group, StateChange
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ REQUEST_TYPES = frozenset({messages.GETGROUPS, messages.HEARTBEAT})
 class NetworkApi:
     def __init__(self, loop: EventLoop, context: zmq.Context, bind: str, keepalive_ms: int):
         self.loop = loop
-        self.state: DataState = store.EMPTY_STATE
+        self.state = DataState()
         self.keepalive = keepalive_ms / 1000.0
         self.rep_address = tcp_address(bind, messages.PORT_NET_REQ)
         self.pub_address = tcp_address(bind, messages.PORT_NET_PUB)
@@ -42,18 +41,16 @@ class NetworkApi:
         self._next_heartbeat = loop.clock()
         loop.add_timer(self._heartbeat)
 
-    def apply(self, old: DataState, new: DataState) -> None:
-        self.state = new
-        initial = old is store.EMPTY_STATE
-        changed = store.group_changes(old, new)
-        for group in changed:
-            level = logging.DEBUG if initial else logging.INFO
+    def apply(self, state: DataState, change: StateChange) -> None:
+        self.state = state
+        level = logging.DEBUG if change.initial else logging.INFO
+        for group in change.groups:
             log.log(level, "group %s: %s", group.name,
                     f"{len(group.members)} members" if group.members else "no members left: deleted")
             self._publish(group)
-        if initial:
+        if change.initial:
             log.info("data directory: %d groups, %d endpoints, %d problems",
-                     len(new.groups), len(new.endpoints), len(new.errors) + len(new.notes))
+                     len(state.groups), len(state.endpoints), state.problems)
 
     def _publish(self, group: Group) -> None:
         self.pub.send_multipart([messages.TOPIC_GROUPS, messages.encode(group.message())])

@@ -1,19 +1,35 @@
 """The data directory as a model: what the files say, checked across files.
 
 Pure code, no I/O.  ``parse_file`` turns one file's text into a
-``ParsedFile``; ``build_state`` turns every parsed file into a ``DataState``
-(valid hosts, endpoints, groups, plus one error line per thing skipped);
-``endpoint_changes`` and ``group_changes`` diff two states into what the
-endpoint and network APIs must send.  The shell around it (watcher, APIs)
-only reads files and moves bytes.
+``ParsedFile``.  A ``Store`` holds every file's parse and the ``DataState``
+they describe (valid hosts, endpoints, groups, plus one line per thing
+skipped); ``Store.apply`` takes a batch of changed files and returns a
+``StateChange``: exactly what the endpoint and network APIs must send.  The
+shell around it (watcher, APIs) only reads files and moves bytes.
 
 Cross-file checks settle conflicts deterministically: whoever held a
-resource first keeps it.  When building a new state the store prefers, in
-order, endpoints (and hosts, and group sections) that are unchanged since the
-previous state, then ones that changed but come from the same file, then new
-ones in sorted file name order.  So a newly written file can never steal an
-address, an endpoint id or an interface name from a running endpoint, and a
-fresh start picks the same winners as a sorted listing of the directory.
+resource first keeps it.  Every section that wants something is a claimant
+of resources, checked in a fixed order: a ``[felix]`` host its name and
+address; a ``[group]`` section its group's name; an endpoint its id, (its
+host must exist,) its addresses and its interface name.  When deciding, the
+store prefers claimants that are unchanged since the previous state, then
+ones that changed but come from the same file as the previous holder of
+their id, then new ones in sorted (file name, position) order; a claimant
+that finds a resource taken is skipped, and reported once with the first of
+its checks that fails against the current holders.  So a newly
+written file can never steal an address, an endpoint id or an interface
+name from a running endpoint, a fresh start picks the same winners as a
+sorted listing of the directory, and when a holder goes away the first
+skipped claimant in that order gets its resources.
+
+A batch is decided incrementally, with the same outcome as deciding every
+claimant again (the tests keep the old from-scratch rebuild as the oracle):
+every unchanged holder keeps what it holds, so only the batch's new
+claimants, the claimants of a resource let go (its holder's file changed or
+went, or its host vanished) and those needing a host that appeared or
+vanished can win or lose; the reasons of losers are restated only where a
+holder changed.  One changed endpoint file costs the claimants of its own
+resources, not the directory.
 
 A ``[felix]`` section that still holds the seed's IP1/HOST1 placeholders is
 not an error but "not configured": it is left out with a note, so the
@@ -22,9 +38,10 @@ shipped felix.txt can sit in the directory before the operator edits it.
 
 from __future__ import annotations
 
+import collections
 import configparser
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from calico.common import messages
 from calico.common.config import PLACEHOLDER_RE
@@ -44,7 +61,10 @@ class ParsedFile:
 
 @dataclass(frozen=True)
 class Group:
-    """A security group as published: members with their addresses, rules."""
+    """A security group as published: members with their addresses, rules.
+
+    In a store's state ``members`` is the store's live mapping, changed in
+    place by later batches: read it when handed the group, do not keep it."""
 
     name: str
     members: Mapping[str, tuple[str, ...]]
@@ -62,20 +82,55 @@ class Group:
 
 @dataclass
 class DataState:
+    """The valid cluster the files describe, and why anything was left out.
+
+    ``errors`` and ``notes`` count each line (a line can occur twice, e.g.
+    two sections of one file naming the same host)."""
+
     hosts: dict[str, Host] = field(default_factory=dict)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # Where each accepted host and group section came from (for priority).
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    notes: collections.Counter[str] = field(default_factory=collections.Counter)
+    # Where each accepted host and group section came from.
     host_sources: dict[str, str] = field(default_factory=dict)
     group_sections: dict[str, tuple[str, GroupRules]] = field(default_factory=dict)
+    by_host: dict[str, dict[str, Endpoint]] = field(default_factory=dict)
 
     def endpoints_on(self, host: str) -> list[Endpoint]:
-        return sorted((ep for ep in self.endpoints.values() if ep.host == host), key=lambda ep: ep.endpoint_id)
+        return sorted(self.by_host.get(host, {}).values(), key=lambda ep: ep.endpoint_id)
+
+    @property
+    def problems(self) -> int:
+        return self.errors.total() + self.notes.total()
 
 
-EMPTY_STATE = DataState()
+@dataclass(frozen=True)
+class EndpointChange:
+    host: str
+    msg_type: str  # ENDPOINTCREATED, ENDPOINTUPDATED or ENDPOINTDESTROYED
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """What one batch changed, in the order the APIs send it.
+
+    ``endpoints``: what each Felix must hear: destroys first, then updates,
+    then creates (each by endpoint id), so an address moving between
+    endpoints is released before it is reused; an endpoint moving host is
+    destroyed on the old host and created on the new; a change of groups
+    only is not Felix's business.  ``groups``: every group whose members or
+    rules changed, by name; a group left with no members comes out once with
+    empty members (deleted).  ``new_notes`` / ``new_errors``: lines that
+    were not there before the batch (to be logged once)."""
+
+    endpoints: list[EndpointChange]
+    groups: list[Group]
+    hosts_changed: bool
+    new_notes: list[str]
+    new_errors: list[str]
+    initial: bool = False
 
 
 # --- one file ---------------------------------------------------------------
@@ -106,6 +161,11 @@ def parse_file(source: str, text: str) -> ParsedFile:
         contents = parse_data_text(text, source)
     except DataFileError as exc:
         return ParsedFile(source, None, (str(exc),))
+    except ValueError as exc:
+        # A fault the section checks let through (int('²') after a
+        # str.isdigit() check, say) must not take the plugin down.
+        reason = " ".join(str(exc).split())
+        return ParsedFile(source, None, (f"{source}: cannot be parsed ({reason}); skipped",))
     placeholders = _placeholder_sections(text) if "felix" in text else {}
     notes = []
     if placeholders:
@@ -123,133 +183,402 @@ def unreadable_file(source: str, reason: str) -> ParsedFile:
     return ParsedFile(source, None, (f"{source}: {reason}",))
 
 
-# --- every file -------------------------------------------------------------
+# --- claims -------------------------------------------------------------------
 
-def _priority(unchanged: bool, same_source: bool, source: str, index: int) -> tuple:
-    return (not unchanged, not same_source, source, index)
+Resource = tuple[str, Hashable]  # (kind, key)
 
-
-def _accept_hosts(files: list[ParsedFile], previous: DataState, state: DataState) -> None:
-    candidates = []
-    for parsed in files:
-        for index, host in enumerate(parsed.contents.hosts if parsed.contents else ()):
-            old_source = previous.host_sources.get(host.name)
-            same_source = old_source == parsed.source
-            unchanged = same_source and previous.hosts.get(host.name) == host
-            candidates.append((_priority(unchanged, same_source, parsed.source, index), parsed.source, host))
-    candidates.sort(key=lambda c: c[0])
-    ip_owner: dict[str, str] = {}
-    for _, source, host in candidates:
-        if host.name in state.hosts:
-            state.errors.append(f"{source}: [felix {host.name}]: host {host.name} is already defined "
-                                f"in {state.host_sources[host.name]}; skipped")
-        elif host.ip in ip_owner:
-            state.errors.append(f"{source}: [felix {host.name}]: address {host.ip} is already used by "
-                                f"host {ip_owner[host.ip]}; skipped")
-        else:
-            state.hosts[host.name] = host
-            state.host_sources[host.name] = source
-            ip_owner[host.ip] = host.name
-
-
-def _accept_group_sections(files: list[ParsedFile], previous: DataState, state: DataState) -> None:
-    candidates = []
-    for parsed in files:
-        for index, rules in enumerate(parsed.contents.groups if parsed.contents else ()):
-            old = previous.group_sections.get(rules.name)
-            same_source = old is not None and old[0] == parsed.source
-            unchanged = same_source and old[1] == rules
-            candidates.append((_priority(unchanged, same_source, parsed.source, index), parsed.source, rules))
-    candidates.sort(key=lambda c: c[0])
-    for _, source, rules in candidates:
-        if rules.name in state.group_sections:
-            state.errors.append(f"{source}: [group {rules.name}]: group {rules.name} is already defined "
-                                f"in {state.group_sections[rules.name][0]}; skipped")
-        else:
-            state.group_sections[rules.name] = (source, rules)
-
-
-def _endpoint_conflict(ep: Endpoint, state: DataState, ip_owner: dict[str, str],
-                       iface_owner: dict[tuple[str, str], str]) -> str | None:
-    if ep.endpoint_id in state.endpoints:
-        return f"endpoint id {ep.endpoint_id} is already used in {state.endpoints[ep.endpoint_id].source}"
-    if ep.host not in state.hosts:
-        return f"host {ep.host} is not a [felix] host of the cluster file"
-    for addr in ep.addrs:
-        if addr in ip_owner:
-            owner = state.endpoints[ip_owner[addr]]
-            return f"address {addr} is already used by endpoint {owner.endpoint_id} in {owner.source}"
-    iface = (ep.host, interface_name(ep.endpoint_id))
-    if iface in iface_owner:
-        return (f"interface {iface[1]} on host {ep.host} would also belong to endpoint {iface_owner[iface]} "
-                "(ids share their first 11 characters)")
-    return None
-
-
-def _accept_endpoints(files: list[ParsedFile], previous: DataState, state: DataState) -> None:
-    candidates = []
-    for parsed in files:
-        for index, ep in enumerate(parsed.contents.endpoints if parsed.contents else ()):
-            old = previous.endpoints.get(ep.endpoint_id)
-            same_source = old is not None and old.source == ep.source
-            candidates.append((_priority(old == ep, same_source, parsed.source, index), ep))
-    candidates.sort(key=lambda c: c[0])
-    ip_owner: dict[str, str] = {}
-    iface_owner: dict[tuple[str, str], str] = {}
-    for _, ep in candidates:
-        conflict = _endpoint_conflict(ep, state, ip_owner, iface_owner)
-        if conflict is not None:
-            state.errors.append(f"{ep.source}: [endpoint {ep.name}]: {conflict}; skipped")
-            continue
-        state.endpoints[ep.endpoint_id] = ep
-        for addr in ep.addrs:
-            ip_owner[addr] = ep.endpoint_id
-        iface_owner[(ep.host, interface_name(ep.endpoint_id))] = ep.endpoint_id
-
-
-def _build_groups(state: DataState) -> None:
-    members: dict[str, dict[str, tuple[str, ...]]] = {}
-    for ep in state.endpoints.values():
-        for group in ep.groups:
-            members.setdefault(group, {})[ep.endpoint_id] = ep.addrs
-    for name in sorted(members):
-        section = state.group_sections.get(name)
-        rules = section[1] if section else default_group_rules(name)
-        state.groups[name] = Group(name, dict(sorted(members[name].items())), rules)
-
-
-def build_state(files: Iterable[ParsedFile], previous: DataState = EMPTY_STATE) -> DataState:
-    """The valid cluster the files describe, and why anything was left out."""
-    ordered = sorted(files, key=lambda f: f.source)
-    state = DataState()
-    for parsed in ordered:
-        state.errors.extend(parsed.errors)
-        state.notes.extend(parsed.notes)
-    _accept_hosts(ordered, previous, state)
-    _accept_group_sections(ordered, previous, state)
-    _accept_endpoints(ordered, previous, state)
-    _build_groups(state)
-    return state
-
-
-# --- diffs ------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class EndpointChange:
-    host: str
-    msg_type: str  # ENDPOINTCREATED, ENDPOINTUPDATED or ENDPOINTDESTROYED
-    endpoint: Endpoint
+class Need:
+    """A condition a claimant needs, checked in its place among the resources."""
+
+    key: Hashable
 
 
-def endpoint_changes(old: DataState, new: DataState) -> list[EndpointChange]:
-    """What each Felix must hear: destroys first, then updates, then creates,
-    so an address moving between endpoints is released before it is reused.
-    An endpoint moving host is destroyed on the old host, created on the new.
-    Group membership is not Felix's business (GROUPUPDATE carries it)."""
+@dataclass(eq=False)  # compared and hashed by identity: one per section per parse
+class Claimant:
+    source: str
+    index: int
+    item: Any  # Host, GroupRules or Endpoint
+    checks: tuple[Resource | Need, ...]  # checks[0] is the identity: (kind, id)
+
+    @property
+    def ident(self) -> Resource:
+        return self.checks[0]
+
+    @property
+    def resources(self) -> Iterable[Resource]:
+        return (c for c in self.checks if not isinstance(c, Need))
+
+
+ConflictText = Callable[[Claimant, "Resource | Need", "Claimant | None"], str]
+
+
+class Arbiter:
+    """Claimants of exclusive resources and who holds what, decided
+    incrementally by the priority rule (module docstring)."""
+
+    def __init__(self, conflict_text: ConflictText, need_met: Callable[[Hashable], bool] = lambda key: True):
+        self.conflict_text = conflict_text
+        self.need_met = need_met
+        self.holder: dict[Resource, Claimant] = {}
+        self.skipped: dict[Claimant, str] = {}  # claimant -> its error line
+        self._claimants: dict[Resource, set[Claimant]] = {}
+        self._needing: dict[Hashable, set[Claimant]] = {}
+
+    def update(self, removed: Iterable[Claimant], added: Iterable[Claimant], needs_changed: Iterable[Hashable] = ()
+               ) -> tuple[dict[Resource, tuple[Claimant | None, Claimant | None]], list[str], list[str]]:
+        """Take claimants away and add new ones (a batch); decide again what
+        may have changed.  Returns {identity: (previous holder, holder)} for
+        every identity whose holder may differ, and the error lines removed
+        and added."""
+        before: dict[Resource, Claimant | None] = {}
+        released: list[Resource] = []
+        undecided: set[Claimant] = set()
+        lines_gone: list[str] = []
+        lines_new: list[str] = []
+
+        def release(claimant: Claimant) -> None:
+            before.setdefault(claimant.ident, claimant)
+            for resource in claimant.resources:
+                if self.holder.get(resource) is claimant:
+                    del self.holder[resource]
+                    released.append(resource)
+
+        for claimant in removed:
+            self._forget(claimant)
+            if self.holder.get(claimant.ident) is claimant:
+                release(claimant)
+            line = self.skipped.pop(claimant, None)
+            if line is not None:
+                lines_gone.append(line)
+
+        def previous(ident: Resource) -> Claimant | None:
+            return before[ident] if ident in before else self.holder.get(ident)
+
+        # Unchanged claimants keep what they held: in a full decision they
+        # come first and never conflict with each other.
+        for claimant in sorted(added, key=lambda c: (c.source, c.index)):
+            self._remember(claimant)
+            was = previous(claimant.ident)
+            if (was is not None and was.source == claimant.source and was.item == claimant.item
+                    and self._conflict(claimant) is None):
+                self._take(claimant)
+            else:
+                undecided.add(claimant)
+
+        for key in needs_changed:
+            for claimant in self._needing.get(key, ()):
+                if self.holder.get(claimant.ident) is not claimant:
+                    undecided.add(claimant)
+                elif not self.need_met(key):
+                    release(claimant)
+                    undecided.add(claimant)
+
+        # Every other holder keeps what it holds, so only a claimant of a
+        # resource let go can win where it lost.
+        changed = {r for r in released if r not in self.holder}
+        for resource in changed:
+            undecided.update(c for c in self._claimants.get(resource, ()) if self.holder.get(c.ident) is not c)
+
+        def priority(claimant: Claimant) -> tuple:
+            was = previous(claimant.ident)
+            same_source = was is not None and was.source == claimant.source
+            unchanged = same_source and was.item == claimant.item
+            return (not unchanged, not same_source, claimant.source, claimant.index)
+
+        losers = set()
+        for claimant in sorted(undecided, key=priority):
+            if self._conflict(claimant) is None:
+                before.setdefault(claimant.ident, None)
+                self._take(claimant)
+                changed.update(claimant.resources)
+                line = self.skipped.pop(claimant, None)
+                if line is not None:
+                    lines_gone.append(line)
+            else:
+                losers.add(claimant)
+
+        # A loser's reason names its first check that fails against the
+        # holders as they now are, so it changes only when one of those does.
+        for resource in changed:
+            losers.update(c for c in self._claimants.get(resource, ()) if self.holder.get(c.ident) is not c)
+        for claimant in losers:
+            line = self.skipped.pop(claimant, None)
+            if line is not None:
+                lines_gone.append(line)
+            line = self._conflict(claimant)
+            assert line is not None, "a loser conflicts with a holder that stays"
+            self.skipped[claimant] = line
+            lines_new.append(line)
+
+        changes = {ident: (was, self.holder.get(ident)) for ident, was in before.items()
+                   if was is not self.holder.get(ident)}
+        return changes, lines_gone, lines_new
+
+    def _conflict(self, claimant: Claimant) -> str | None:
+        for check in claimant.checks:
+            if isinstance(check, Need):
+                if not self.need_met(check.key):
+                    return self.conflict_text(claimant, check, None)
+            elif check in self.holder:
+                return self.conflict_text(claimant, check, self.holder[check])
+        return None
+
+    def _take(self, claimant: Claimant) -> None:
+        for resource in claimant.resources:
+            self.holder[resource] = claimant
+
+    def _remember(self, claimant: Claimant) -> None:
+        for check in claimant.checks:
+            if isinstance(check, Need):
+                self._needing.setdefault(check.key, set()).add(claimant)
+            else:
+                self._claimants.setdefault(check, set()).add(claimant)
+
+    def _forget(self, claimant: Claimant) -> None:
+        for check in claimant.checks:
+            index, key = (self._needing, check.key) if isinstance(check, Need) else (self._claimants, check)
+            claimants = index.get(key)
+            if claimants is not None:
+                claimants.discard(claimant)
+                if not claimants:
+                    del index[key]
+
+
+def _host_conflict(claimant: Claimant, check: Resource | Need, holder: Claimant | None) -> str:
+    host: Host = claimant.item
+    if check[0] == "host":
+        reason = f"host {host.name} is already defined in {holder.source}"
+    else:
+        reason = f"address {host.ip} is already used by host {holder.item.name}"
+    return f"{claimant.source}: [felix {host.name}]: {reason}; skipped"
+
+
+def _section_conflict(claimant: Claimant, check: Resource | Need, holder: Claimant | None) -> str:
+    name = claimant.item.name
+    return f"{claimant.source}: [group {name}]: group {name} is already defined in {holder.source}; skipped"
+
+
+def _endpoint_conflict(claimant: Claimant, check: Resource | Need, holder: Claimant | None) -> str:
+    ep: Endpoint = claimant.item
+    if isinstance(check, Need):
+        reason = f"host {ep.host} is not a [felix] host of the cluster file"
+    elif check[0] == "id":
+        reason = f"endpoint id {ep.endpoint_id} is already used in {holder.source}"
+    elif check[0] == "addr":
+        reason = f"address {check[1]} is already used by endpoint {holder.item.endpoint_id} in {holder.source}"
+    else:
+        reason = (f"interface {check[1][1]} on host {ep.host} would also belong to endpoint "
+                  f"{holder.item.endpoint_id} (ids share their first 11 characters)")
+    return f"{claimant.source}: [endpoint {ep.name}]: {reason}; skipped"
+
+
+def _claimants(parsed: ParsedFile | None) -> tuple[list[Claimant], list[Claimant], list[Claimant]]:
+    if parsed is None or parsed.contents is None:
+        return [], [], []
+    contents, source = parsed.contents, parsed.source
+    hosts = [Claimant(source, i, h, (("host", h.name), ("hostip", h.ip))) for i, h in enumerate(contents.hosts)]
+    sections = [Claimant(source, i, g, (("group", g.name),)) for i, g in enumerate(contents.groups)]
+    endpoints = [Claimant(source, i, ep, (("id", ep.endpoint_id), Need(ep.host),
+                                          *(("addr", a) for a in ep.addrs),
+                                          ("iface", (ep.host, interface_name(ep.endpoint_id)))))
+                 for i, ep in enumerate(contents.endpoints)]
+    return hosts, sections, endpoints
+
+
+# --- every file -------------------------------------------------------------
+
+class _Lines:
+    """A multiset of log lines that tells which lines a batch made appear."""
+
+    def __init__(self, counter: collections.Counter[str]):
+        self.counter = counter
+        self._before: dict[str, int] = {}
+
+    def add(self, lines: Iterable[str], delta: int) -> None:
+        for line in lines:
+            self._before.setdefault(line, self.counter[line])
+            self.counter[line] += delta
+            if self.counter[line] <= 0:
+                del self.counter[line]
+
+    def appeared(self) -> list[str]:
+        new = [line for line, count in self._before.items() if count == 0 and line in self.counter]
+        self._before = {}
+        return new
+
+
+class Store:
+    """Every file's parse and the DataState they describe, kept current one
+    batch at a time."""
+
+    def __init__(self) -> None:
+        self.state = DataState()
+        self.files: dict[str, ParsedFile] = {}
+        self._file_claimants: dict[str, tuple[list[Claimant], list[Claimant], list[Claimant]]] = {}
+        self._hosts = Arbiter(_host_conflict)
+        self._sections = Arbiter(_section_conflict)
+        self._endpoints = Arbiter(_endpoint_conflict, need_met=lambda host: host in self.state.hosts)
+        self._errors = _Lines(self.state.errors)
+        self._notes = _Lines(self.state.notes)
+        self._applied = False
+
+    def apply(self, batch: Mapping[str, ParsedFile | None]) -> StateChange:
+        """Files changed (name -> new parse, None when gone), all at once."""
+        removed: tuple[list[Claimant], list[Claimant], list[Claimant]] = ([], [], [])
+        added: tuple[list[Claimant], list[Claimant], list[Claimant]] = ([], [], [])
+        for name, parsed in batch.items():
+            old = self.files.pop(name, None)
+            if old is not None:
+                self._errors.add(old.errors, -1)
+                self._notes.add(old.notes, -1)
+            for kept, gone in zip(removed, self._file_claimants.pop(name, ([], [], []))):
+                kept.extend(gone)
+            if parsed is not None:
+                self.files[name] = parsed
+                self._errors.add(parsed.errors, +1)
+                self._notes.add(parsed.notes, +1)
+                claimants = _claimants(parsed)
+                self._file_claimants[name] = claimants
+                for kept, new in zip(added, claimants):
+                    kept.extend(new)
+
+        hosts_changed, needs_changed = self._apply_hosts(removed[0], added[0])
+        rules_changed = self._apply_sections(removed[1], added[1])
+        changes, gone, new = self._endpoints.update(removed[2], added[2], needs_changed)
+        self._errors.add(gone, -1)
+        self._errors.add(new, +1)
+
+        group_tracker = _GroupTracker(self.state)
+        for name in rules_changed:
+            group_tracker.touch(name)
+        endpoint_changes = []
+        for _, (was, now) in sorted(changes.items(), key=lambda item: item[0]):
+            before = was.item if was is not None else None
+            after = now.item if now is not None else None
+            if before == after:
+                continue
+            self._move_endpoint(before, after, group_tracker)
+            endpoint_changes.append((before, after))
+
+        initial = not self._applied
+        self._applied = True
+        return StateChange(
+            endpoints=_order_endpoint_changes(endpoint_changes),
+            groups=group_tracker.finish(self._rules_for),
+            hosts_changed=hosts_changed,
+            new_notes=self._notes.appeared(),
+            new_errors=self._errors.appeared(),
+            initial=initial,
+        )
+
+    def _apply_hosts(self, removed: list[Claimant], added: list[Claimant]) -> tuple[bool, set[str]]:
+        if not removed and not added:
+            return False, set()
+        changes, gone, new = self._hosts.update(removed, added)
+        self._errors.add(gone, -1)
+        self._errors.add(new, +1)
+        hosts, sources = self.state.hosts, self.state.host_sources
+        changed, existence = False, set()
+        for (_, name), (was, now) in changes.items():
+            if now is None:
+                hosts.pop(name, None)
+                sources.pop(name, None)
+            else:
+                hosts[name] = now.item
+                sources[name] = now.source
+            changed |= was is None or now is None or was.item != now.item
+            if (was is None) != (now is None):
+                existence.add(name)
+        return changed, existence
+
+    def _apply_sections(self, removed: list[Claimant], added: list[Claimant]) -> list[str]:
+        if not removed and not added:
+            return []
+        changes, gone, new = self._sections.update(removed, added)
+        self._errors.add(gone, -1)
+        self._errors.add(new, +1)
+        changed = []
+        for (_, name), (was, now) in changes.items():
+            if now is None:
+                del self.state.group_sections[name]
+            else:
+                self.state.group_sections[name] = (now.source, now.item)
+            changed.append(name)
+        return changed
+
+    def _rules_for(self, group: str) -> GroupRules:
+        section = self.state.group_sections.get(group)
+        return section[1] if section else default_group_rules(group)
+
+    def _move_endpoint(self, before: Endpoint | None, after: Endpoint | None, groups: "_GroupTracker") -> None:
+        state = self.state
+        if before is not None:
+            del state.endpoints[before.endpoint_id]
+            on_host = state.by_host[before.host]
+            del on_host[before.endpoint_id]
+            if not on_host:
+                del state.by_host[before.host]
+            for group in before.groups:
+                groups.set_member(group, before.endpoint_id, None)
+        if after is not None:
+            state.endpoints[after.endpoint_id] = after
+            state.by_host.setdefault(after.host, {})[after.endpoint_id] = after
+            for group in after.groups:
+                groups.set_member(group, after.endpoint_id, after.addrs)
+
+
+class _GroupTracker:
+    """The groups one batch touches: what they were, to say which changed."""
+
+    def __init__(self, state: DataState):
+        self.state = state
+        self.before: dict[str, Group | None] = {}
+        self.members_before: dict[str, dict[str, tuple[str, ...] | None]] = {}
+
+    def touch(self, name: str) -> None:
+        if name not in self.before:
+            self.before[name] = self.state.groups.get(name)
+            self.members_before[name] = {}
+
+    def set_member(self, name: str, endpoint_id: str, addrs: tuple[str, ...] | None) -> None:
+        self.touch(name)
+        group = self.state.groups.get(name)
+        members = group.members if group is not None else {}
+        self.members_before[name].setdefault(endpoint_id, members.get(endpoint_id))
+        if addrs is None:
+            members.pop(endpoint_id, None)
+        else:
+            members[endpoint_id] = addrs
+        if group is None:
+            # Rules are settled in finish(); a placeholder holds the members.
+            self.state.groups[name] = Group(name, members, default_group_rules(name))
+
+    def finish(self, rules_for: Callable[[str], GroupRules]) -> list[Group]:
+        changed = []
+        for name in sorted(self.before):
+            was = self.before[name]
+            group = self.state.groups.get(name)
+            if group is None or not group.members:
+                if group is not None:
+                    del self.state.groups[name]
+                if was is not None:
+                    changed.append(Group(name, {}, was.rules))
+                continue
+            rules = rules_for(name)
+            if group.rules != rules:
+                group = self.state.groups[name] = Group(name, group.members, rules)
+            members_changed = any(group.members.get(eid) != addrs
+                                  for eid, addrs in self.members_before[name].items())
+            if was is None or was.rules != rules or members_changed:
+                changed.append(group)
+        return changed
+
+
+def _order_endpoint_changes(pairs: list[tuple[Endpoint | None, Endpoint | None]]) -> list[EndpointChange]:
     destroyed, updated, created = [], [], []
-    for endpoint_id in sorted(old.endpoints.keys() | new.endpoints.keys()):
-        before = old.endpoints.get(endpoint_id)
-        after = new.endpoints.get(endpoint_id)
+    for before, after in pairs:
         if before is not None and (after is None or after.host != before.host):
             destroyed.append(EndpointChange(before.host, messages.ENDPOINTDESTROYED, before))
         if after is not None and (before is None or after.host != before.host):
@@ -257,20 +586,6 @@ def endpoint_changes(old: DataState, new: DataState) -> list[EndpointChange]:
         elif after is not None and before is not None and not after.same_dataplane(before):
             updated.append(EndpointChange(after.host, messages.ENDPOINTUPDATED, after))
     return destroyed + updated + created
-
-
-def group_changes(old: DataState, new: DataState) -> list[Group]:
-    """Every group whose members or rules changed; a group left with no
-    members comes out once with empty members (deleted)."""
-    changed = []
-    for name in sorted(old.groups.keys() | new.groups.keys()):
-        before = old.groups.get(name)
-        after = new.groups.get(name)
-        if after is None:
-            changed.append(Group(name, {}, before.rules))
-        elif after != before:
-            changed.append(after)
-    return changed
 
 
 def endpoint_message(change_type: str, endpoint: Endpoint, resync_id: str | None = None) -> dict:

@@ -302,3 +302,82 @@ def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_
     got = wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "again"],
                      timeout=20, what="resync after Felix restart")
     assert got[0]["endpoint_id"] == "ep1"
+
+
+def exact(msgs):
+    """Messages without their send time (checked to be there)."""
+    for msg in msgs:
+        assert isinstance(msg["issued"], int)
+    return [{k: v for k, v in msg.items() if k != "issued"} for msg in msgs]
+
+
+def created_or_updated(msg_type, eid, ip, mac, state="enabled"):
+    return {"type": msg_type, "endpoint_id": eid, "mac": mac, "state": state,
+            "addrs": [{"addr": a} for a in ip.split(",")]}
+
+
+def test_every_kind_of_file_change_reaches_felix_as_exactly_one_message(data_dir, start_plugin, peers, wait_until):
+    felix1 = peers.rep(felix_address("h1"))
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    assert plugin.count(f"data directory {data_dir}: watching with inotify") == 1
+    path = data_dir / "web1.txt"
+    ep = Endpoint("web1", ("192.168.1.21",), "aa:bb:cc:00:00:21", "h1", ("web",))
+
+    def messages_for_web1(count):
+        return wait_until(lambda: (lambda m: m if len(m) >= count else None)(endpoint_msgs(felix1, "web1")),
+                          what=f"{count} messages for web1")
+
+    # Written in place, not renamed: read once the writer closes it, whole.
+    path.write_text(endpoint_file_text(ep))
+    messages_for_web1(1)
+    # Replaced by rename, with a new MAC.
+    write_file_atomically(str(path), endpoint_file_text(Endpoint("web1", ("192.168.1.21",), "aa:bb:cc:00:00:22",
+                                                                 "h1", ("web",))))
+    messages_for_web1(2)
+    # Edited in place: disabled, and a second address.
+    path.write_text(endpoint_file_text(Endpoint("web1", ("192.168.1.21", "fd00::21"), "aa:bb:cc:00:00:22", "h1",
+                                                ("web",), "disabled")))
+    messages_for_web1(3)
+    path.unlink()
+    got = messages_for_web1(4)
+    # A marker written after everything: nothing more came for web1.
+    write_endpoint(data_dir, "marker", "192.168.1.99", "h1")
+    wait_until(lambda: endpoint_msgs(felix1, "marker"), what="the marker")
+    assert endpoint_msgs(felix1, "web1") == got
+    assert exact(got) == [
+        created_or_updated("ENDPOINTCREATED", "web1", "192.168.1.21", "aa:bb:cc:00:00:21"),
+        created_or_updated("ENDPOINTUPDATED", "web1", "192.168.1.21", "aa:bb:cc:00:00:22"),
+        created_or_updated("ENDPOINTUPDATED", "web1", "192.168.1.21,fd00::21", "aa:bb:cc:00:00:22", "disabled"),
+        {"type": "ENDPOINTDESTROYED", "endpoint_id": "web1"},
+    ]
+    assert plugin.count("web1.txt") == 4  # one log line per change
+
+
+def test_conflict_resolved_by_deleting_the_owner(data_dir, start_plugin, peers, wait_until):
+    felix1 = peers.rep(felix_address("h1"))
+    write_endpoint(data_dir, "owner", "192.168.1.30", "h1", mac="aa:bb:cc:00:00:30", name="owner")
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    wait_until(lambda: endpoint_msgs(felix1, "owner"), what="the owner")
+    write_endpoint(data_dir, "claimant", "192.168.1.30", "h1", mac="aa:bb:cc:00:00:31", name="claimant")
+    wait_until(lambda: plugin.count("claimant.txt: [endpoint 192_168_1_30]: address 192.168.1.30 is already used by "
+                                    "endpoint owner in owner.txt; skipped") == 1, what="the conflict reported")
+    (data_dir / "owner.txt").unlink()
+    got = wait_until(lambda: (lambda m: m if len(m) >= 3 else None)(
+        [m for m in felix1.snapshot() if isinstance(m, dict) and m.get("endpoint_id") in ("owner", "claimant")]),
+        what="the owner destroyed and the claimant created")
+    assert exact(got) == [
+        created_or_updated("ENDPOINTCREATED", "owner", "192.168.1.30", "aa:bb:cc:00:00:30"),
+        {"type": "ENDPOINTDESTROYED", "endpoint_id": "owner"},
+        created_or_updated("ENDPOINTCREATED", "claimant", "192.168.1.30", "aa:bb:cc:00:00:31"),
+    ]
+    assert plugin.count("already used") == 1
+
+
+def test_polling_when_asked_still_delivers_changes(data_dir, start_plugin, peers, wait_until):
+    felix1 = peers.rep(felix_address("h1"))
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST, "--watch", "poll")
+    assert plugin.count(f"data directory {data_dir}: polling every 50 ms (--watch poll)") == 1
+    (data_dir / "e.txt").write_text(endpoint_file_text(Endpoint("e", ("192.168.1.40",), "aa:bb:cc:00:00:40", "h1",
+                                                                ("web",))))
+    got = wait_until(lambda: endpoint_msgs(felix1, "e"), what="the endpoint")
+    assert exact(got) == [created_or_updated("ENDPOINTCREATED", "e", "192.168.1.40", "aa:bb:cc:00:00:40")]

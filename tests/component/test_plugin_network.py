@@ -173,3 +173,54 @@ def test_heartbeats_and_malformed_requests(data_dir, start_plugin, acl_manager):
         assert reply["type"] == want_type and reply["rc"] == "INVALID" and reason in reply["message"], reply
         assert req.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
     assert plugin.alive and plugin.count("bad request") == 4
+
+
+def exact(group, members, rules=SEED_RULES):
+    return {"type": "GROUPUPDATE", "group": group, "members": members, "rules": rules}
+
+
+def test_every_kind_of_file_change_reaches_the_acl_manager_as_the_exact_group(data_dir, start_plugin, acl_manager,
+                                                                              wait_until):
+    start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, _ = acl_manager()
+
+    def nth_update(group, n):
+        return wait_until(lambda: (lambda u: u if len(u) >= n else None)(updates(sub, group)),
+                          what=f"update {n} of {group}")[n - 1]
+
+    write_endpoint(data_dir, "a", "192.168.1.1")                                     # renamed into place
+    assert without_issued(nth_update("web", 1)) == exact("web", {"a": ["192.168.1.1"]})
+    (data_dir / "b.txt").write_text(endpoint_file_text(Endpoint("b", ("192.168.1.2",), "aa:bb:cc:00:00:02", "h1",
+                                                                ("web",))))          # written in place
+    assert without_issued(nth_update("web", 2)) == exact("web", {"a": ["192.168.1.1"], "b": ["192.168.1.2"]})
+    (data_dir / "b.txt").write_text(endpoint_file_text(Endpoint("b", ("192.168.1.3",), "aa:bb:cc:00:00:02", "h1",
+                                                                ("web",))))          # edited in place
+    assert without_issued(nth_update("web", 3)) == exact("web", {"a": ["192.168.1.1"], "b": ["192.168.1.3"]})
+    write_endpoint(data_dir, "a", "192.168.1.1", groups=("db",))                     # replaced by rename
+    assert without_issued(nth_update("web", 4)) == exact("web", {"b": ["192.168.1.3"]})
+    db = dict(SEED_RULES, inbound=[dict(r, group="db") for r in SEED_RULES["inbound"]],
+              outbound=[dict(r, group="db" if r["group"] else None) for r in SEED_RULES["outbound"]])
+    assert without_issued(nth_update("db", 1)) == exact("db", {"a": ["192.168.1.1"]}, db)
+    (data_dir / "b.txt").unlink()                                                    # deleted
+    assert without_issued(nth_update("web", 5)) == exact("web", {})
+    # Nothing more for web after a later change elsewhere.
+    write_endpoint(data_dir, "c", "192.168.1.4", groups=("db",))
+    nth_update("db", 2)
+    assert len(updates(sub, "web")) == 5
+
+
+def test_conflict_resolved_by_deleting_the_owner_reaches_the_acl_manager(data_dir, start_plugin, acl_manager,
+                                                                        wait_until):
+    write_endpoint(data_dir, "owner", "192.168.1.1", groups=("web",))
+    plugin = start_plugin("network", data_dir, PLUGIN, *FAST)
+    sub, req = acl_manager()
+    write_endpoint(data_dir, "claimant", "192.168.1.1", groups=("ops",))
+    wait_until(lambda: "claimant.txt: [endpoint 192_168_1_1]: address 192.168.1.1 is already used" in plugin.log(),
+               what="the conflict reported")
+    (data_dir / "owner.txt").unlink()
+    ops = wait_until(lambda: updates(sub, "ops"), what="ops published")
+    web = wait_until(lambda: updates(sub, "web"), what="web deleted")
+    assert [without_issued(m) for m in web] == [exact("web", {})]
+    ops_rules = dict(SEED_RULES, inbound=[dict(r, group="ops") for r in SEED_RULES["inbound"]],
+                     outbound=[dict(r, group="ops" if r["group"] else None) for r in SEED_RULES["outbound"]])
+    assert [without_issued(m) for m in ops] == [exact("ops", {"claimant": ["192.168.1.1"]}, ops_rules)]

@@ -10,13 +10,15 @@ def test_main_defaults_and_flags():
     assert (args.data_dir, args.bind, args.log_file, args.log_level) == (
         "/opt/plugin/data", "*", "/var/log/calico/plugin_ep.log", "INFO")
     assert (args.connection_timeout_ms, args.keepalive_ms, args.poll_interval_ms) == (6000, 2000, 100)
+    assert args.watch == "auto" and parse_args(["ep", "--watch", "poll"]).watch == "poll"
     args = parse_args(["network", "--log-file", "", "--log-level", "debug", "--keepalive-ms", "250"])
     assert (args.log_file, args.log_level, args.keepalive_ms) == ("", "DEBUG", 250)
     assert parse_args(["network"]).log_file == "/var/log/calico/plugin_net.log"
 
 
 def test_main_rejects_bad_flags(capsys):
-    for argv in (["nope"], ["ep", "--poll-interval-ms", "0"], ["ep", "--keepalive-ms", "-5"]):
+    for argv in (["nope"], ["ep", "--poll-interval-ms", "0"], ["ep", "--keepalive-ms", "-5"],
+                 ["ep", "--watch", "fanotify"]):
         with pytest.raises(SystemExit) as exc:
             parse_args(argv)
         assert exc.value.code == 2
