@@ -89,18 +89,21 @@ class Inbox:
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._events: collections.deque[tuple[str, tuple[str, ...]]] = collections.deque()
+        self._events: collections.deque[tuple[str, tuple[str, ...], tuple[str, ...]]] = collections.deque()
         self._lock = threading.Lock()  # the fd is not written after close
 
-    def put(self, kind: str, names: tuple[str, ...]) -> None:
+    def put(self, kind: str, names: tuple[str, ...], present: tuple[str, ...] = ()) -> None:
         """One event; a rename within the directory names both sides, in
-        one item, so the loop never sees one side without the other."""
-        self._events.append((kind, names))
+        one item, so the loop never sees one side without the other.
+        ``present``: the names the event says exist now (a rename's
+        destination, a file written): if one is missing when it is read, it
+        has moved on again, and a later event says where."""
+        self._events.append((kind, names, present))
         with self._lock:
             if self.fd >= 0:
                 os.eventfd_write(self.fd, 1)
 
-    def take(self) -> list[tuple[str, tuple[str, ...]]]:
+    def take(self) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
         """Every event waiting, oldest first; clears the fd."""
         try:
             os.eventfd_read(self.fd)
@@ -143,7 +146,8 @@ class DirectoryWatch:
                 paths = [event.src_path, getattr(event, "dest_path", None)] if event.event_type == "moved" \
                     else [event.src_path]
                 names = []
-                for changed in paths:
+                present = []
+                for side, changed in enumerate(paths):
                     if not changed:
                         continue  # one side of a move from or to elsewhere
                     changed = os.fsdecode(changed)
@@ -152,8 +156,12 @@ class DirectoryWatch:
                             inbox.put(LOST, ())
                     elif os.path.dirname(changed) == directory:
                         names.append(os.path.basename(changed))
+                        # Which names the event says exist now: a move's
+                        # destination, a file written or closed.
+                        if event.event_type != "deleted" and (event.event_type != "moved" or side == 1):
+                            present.append(names[-1])
                 if names:
-                    inbox.put(kind, tuple(names))
+                    inbox.put(kind, tuple(names), tuple(present))
 
         # generate_full_events: a file moved in from elsewhere is a move
         # (read at once), not a creation (read once writes pause).

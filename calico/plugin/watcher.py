@@ -102,6 +102,10 @@ class DirectoryWatcher:
         self._pending: dict[str, str | None] = {}           # read these next, oldest first; -> the
                                                               # other side of a rename, read with it
         self._settling: dict[str, tuple[float, float]] = {}  # name -> (read at, read at the latest)
+        # Names an event said exist: one missing when read has been renamed
+        # or removed since, and the event saying so is still on its way; a
+        # removal now would take an endpoint down for the moment in between.
+        self._expected: set[str] = set()
         self._dir_id: tuple[int, int] | None = None
         self._dir_error: str | None = None
         self._dir_key: StatKey | None = None                 # polling: the directory's own stat
@@ -157,12 +161,16 @@ class DirectoryWatcher:
         if self.inbox is None:
             return
         now = self.clock()
-        for kind, names in self.inbox.take():
+        for kind, names, present in self.inbox.take():
             if kind == inotify.LOST:
                 self._next_check = 0.0
                 continue
             names = [name for name in names if wanted(name)]
             for name in names:
+                if name in present:
+                    self._expected.add(name)
+                else:
+                    self._expected.discard(name)
                 if kind == inotify.NOW:
                     self._settling.pop(name, None)
                     # Both sides of a rename go to the store in one batch:
@@ -214,7 +222,7 @@ class DirectoryWatcher:
             for name in names:
                 read += 1
                 try:
-                    result = self._read(name)
+                    result = self._read(name, expected=name in self._expected)
                 except _Retry:
                     log.debug("%s: changed while being read; reading it again", name)
                     self._settling[name] = (now + RETRY_DELAY, now + RETRY_DELAY)
@@ -311,8 +319,10 @@ class DirectoryWatcher:
 
     # --- one file ----------------------------------------------------------
 
-    def _read(self, name: str) -> ParsedFile | None | bool:
-        """The file's new parse, None when it is gone, False when unchanged."""
+    def _read(self, name: str, expected: bool = False) -> ParsedFile | None | bool:
+        """The file's new parse, None when it is gone, False when unchanged
+        (or, when ``expected``, missing: the next event tells what became of it)."""
+        self._expected.discard(name)
         path = os.path.join(self.path, name)
         data, reason, key = None, None, (0, 0, -1, 0)
         try:
@@ -323,6 +333,9 @@ class DirectoryWatcher:
             key = _stat_key(st)
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
+            if expected and self.mode == "inotify":
+                log.debug("%s: moved on before it was read; waiting for the event that says where", name)
+                return False
             return self._gone(name)
         except OSError as exc:
             reason = f"cannot read: {exc.strerror}"

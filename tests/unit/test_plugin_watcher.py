@@ -471,3 +471,27 @@ def test_data_directory_in_a_loop_applies_one_bounded_batch_per_wake_up(tmp_path
         data.close()
     assert max(changes) == 100 and len(changes) >= 5
     assert len(data.state.groups["web"].members) == 450
+
+
+def test_a_file_renamed_on_before_its_event_is_read_is_not_taken_for_removed(tmp_path, inotify_watcher):
+    # Written into place, then renamed again before the first event was read
+    # (the rename's event still on its way): the endpoint must not vanish in
+    # between, which would tear down a working container for a moment.
+    write_file_atomically(str(tmp_path / "a.txt"), EP)
+    w = inotify_watcher()
+    assert sources(w.batch()) == {"a.txt": ["e"]}
+    w.inbox.put(inotify.NOW, ("a.txt",), ("a.txt",))        # "a.txt written", seen late
+    os.rename(tmp_path / "a.txt", tmp_path / "b.txt")
+    w.on_events()
+    assert w.batch() == {}                                     # not "a.txt: gone"
+    w.inbox.put(inotify.NOW, ("a.txt", "b.txt"), ("b.txt",))  # the rename's own event
+    w.on_events()
+    assert sources(w.batch()) == {"a.txt": None, "b.txt": ["e"]}
+
+
+def test_a_removed_file_is_removed_at_once(tmp_path, inotify_watcher):
+    write_file_atomically(str(tmp_path / "a.txt"), EP)
+    w = inotify_watcher()
+    w.batch()
+    os.unlink(tmp_path / "a.txt")
+    assert sources(collect(w, lambda got: "a.txt" in got, "the removal")) == {"a.txt": None}
