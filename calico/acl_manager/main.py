@@ -39,11 +39,12 @@ from typing import Any, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.config import Config, ConfigError, load_config, resolve_peers
 from calico.common.logs import setup_logging
-from calico.common.validation import ValidationError, parse_ip
-from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
+from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
+from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
 from calico.acl_manager.publisher import AclPublisher
 from calico.acl_manager.rule_processor import RuleProcessor
@@ -52,28 +53,31 @@ log = logging.getLogger("calico.acl_manager")
 
 DEFAULT_CONFIG_FILE = "/etc/calico/acl_manager.cfg"
 DEFAULT_LOG_FILE = "/var/log/calico/acl_manager.log"
+INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
 SUB_HWM = 100_000
 SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's requests still get turns
 
 
 class AclManager:
-    def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0):
+    def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0,
+                 keys: ClusterKeys | None = None):
         self.config = config
         self.context = context or zmq.Context.instance()
         self.loop = EventLoop()
+        self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
         self.store = NetworkStore()
         self.processor = RuleProcessor()
         self.snapshot = SnapshotTracker(snapshot_quiet)
         self.timeout = config.connection_timeout_millis / 1000.0
-        self.publisher = AclPublisher(self.loop, self.context, config.local_address, self.processor.acls_for,
+        self.publisher = AclPublisher(self.loop, self.transport, config.local_address, self.processor.acls_for,
                                       config.connection_keepalive_interval_millis)
 
-        self.sub = make_socket(self.context, zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
+        self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
+        self.sub = self.transport.client(zmq.SUB, security.ROLE_ACL_MANAGER, security.ROLE_PLUGIN_NETWORK,
+                                         options={zmq.RCVHWM: SUB_HWM})
         self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
         self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
         self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
         self.sub.connect(self.sub_address)
         self.subscribed = False
         self.proven = False  # a publication has arrived on the current subscription
@@ -82,7 +86,10 @@ class AclManager:
         self.loop.add_socket(self.monitor, self._on_monitor)
         self.loop.add_socket(self.sub, self._on_publication)
 
-        self.channel = ReqChannel(self.loop, self.context, tcp_address(config.plugin_address, messages.PORT_NET_REQ),
+        self.channel = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, tcp_address(config.plugin_address,
+                                                                                         messages.PORT_NET_REQ),
+                                                                   security.ROLE_ACL_MANAGER,
+                                                                   security.ROLE_PLUGIN_NETWORK),
                                   "network API", config.connection_timeout_millis,
                                   config.connection_keepalive_interval_millis,
                                   on_reply=self._on_reply, on_reset=self._on_reset)
@@ -246,6 +253,7 @@ class AclManager:
         self.monitor.close(linger=0)
         self.sub.close(linger=0)
         self.publisher.close()
+        self.transport.close()
 
 
 # --- command line -------------------------------------------------------------
@@ -257,12 +265,12 @@ def _override_address(value: str, flag: str) -> str:
     try:
         return str(parse_ip(value, allow_loopback=True))
     except ValidationError as exc:
-        raise ConfigError(f"{flag} {value!r}: {exc}") from None
+        raise ConfigError(f"{flag} {shown(value)}: {exc}") from None
 
 
 def _override_ms(value: str, flag: str) -> int:
-    if not value.strip().isdigit() or int(value) <= 0:
-        raise ConfigError(f"{flag} {value!r}: not a positive integer")
+    if not DECIMAL_RE.fullmatch(value.strip()) or int(value) <= 0:
+        raise ConfigError(f"{flag} {shown(value)}: not a positive integer")
     return int(value)
 
 
@@ -305,14 +313,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calico-acl-manager: {exc}", file=sys.stderr)
         return 2
     try:
+        credentials = load_credentials(config.cluster_secret_file, config.insecure, INSECURE_SETTING)
+    except SecurityError as exc:
+        print(f"calico-acl-manager: {exc}", file=sys.stderr)
+        return 2
+    try:
         setup_logging("acl_manager", config.log_file_path, config.log_severity_file,
                       config.log_severity_screen, config.log_severity_sys)
     except OSError as exc:
         print(f"calico-acl-manager: [log] LogFilePath {config.log_file_path!r}: {exc.strerror}", file=sys.stderr)
         return 2
+    for warning in credentials.warnings:
+        log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        manager = AclManager(config)
+        manager = AclManager(config, keys=credentials.keys)
     except zmq.ZMQError as exc:
         log.error("cannot start: %s (LocalAddress %r, PluginAddress %r)", exc, config.local_address,
                   config.plugin_address)

@@ -33,8 +33,10 @@ from calico.common.validation import (
     check_hostname,
     parse_cidr,
     parse_ip,
+    parse_decimal,
     parse_mac,
     short_hostname,
+    shown,
 )
 
 DEFAULT_AS = 64511
@@ -149,7 +151,7 @@ def _parse_endpoint(name: str, section: configparser.SectionProxy, source: str) 
     groups = tuple(check_group_name(g) for g in _split_list(_get(section, "group")))
     state = section.get("state", "enabled").strip()
     if state not in messages.ENDPOINT_STATES:
-        raise ValidationError(f"state {state!r} is not enabled or disabled")
+        raise ValidationError(f"state {shown(state)} is not enabled or disabled")
     return Endpoint(endpoint_id, addrs, mac, host, groups, state, name, source)
 
 
@@ -173,12 +175,13 @@ def _parse_global(section: configparser.SectionProxy) -> GlobalSettings:
     if ":" not in pool6:
         raise ValidationError(f"pool6 {pool6} is not IPv6")
     as_text = section.get("as", str(DEFAULT_AS)).strip()
-    if not as_text.isdigit() or not 0 < int(as_text) < 2**32:
-        raise ValidationError(f"as {as_text!r} is not an AS number")
+    as_number = parse_decimal(as_text, "as")
+    if not 0 < as_number < 2**32:
+        raise ValidationError(f"as {shown(as_text)} is not an AS number")
     plugin_host = section.get("plugin_host", "").strip() or None
     if plugin_host is not None:
         plugin_host = check_hostname(short_hostname(plugin_host))
-    return GlobalSettings(pool, int(as_text), plugin_host, pool6)
+    return GlobalSettings(pool, as_number, plugin_host, pool6)
 
 
 def parse_data_text(text: str, source: str) -> FileContents:

@@ -29,7 +29,6 @@ growing back-off, so a persistent fault is neither a busy loop nor a crash.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 import zlib
@@ -38,9 +37,10 @@ from typing import Any, Mapping, Protocol
 
 import zmq
 
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.config import Config
-from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.common.security import ClusterKeys, Transport
+from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.felix.endpoints import Change, EndpointTable, Resync, acls_from_wire, describe_acls, spec_from_message
 from calico.felix.state import EndpointSpec
 
@@ -84,12 +84,15 @@ class Addresses:
 
 class Agent:
     def __init__(self, config: Config, dataplane: Dataplane, *, addresses: Addresses | None = None,
-                 context: zmq.Context | None = None, loop: EventLoop | None = None):
+                 context: zmq.Context | None = None, loop: EventLoop | None = None,
+                 keys: ClusterKeys | None = None):
         self.config = config
         self.dataplane = dataplane
         self.addresses = addresses or Addresses.from_config(config)
         self.context = context or zmq.Context.instance()
         self.loop = loop or EventLoop()
+        self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
+        own_role = security.felix_host_role(config.felix_hostname)
         self.table = EndpointTable()
         self.timeout = config.connection_timeout_millis / 1000.0
         self.retry_interval = config.endpoint_retry_time_millis / 1000.0
@@ -124,20 +127,23 @@ class Agent:
         self._failures = 0
         self._last_apply_end = now
 
-        self.plugin = ReqChannel(self.loop, self.context, self.addresses.plugin, "plugin",
+        self.plugin = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, self.addresses.plugin, own_role,
+                                                                  security.ROLE_PLUGIN_EP), "plugin",
                                  config.connection_timeout_millis, config.connection_keepalive_interval_millis,
                                  on_reply=self._on_plugin_reply, on_reset=self._on_plugin_reset,
                                  retry_lost_request=False)
-        self.endpoint_socket = make_socket(self.context, zmq.REP)
-        self.endpoint_socket.bind(self.addresses.endpoints)
+        self.endpoint_socket = self.transport.listen(zmq.REP, self.addresses.endpoints, own_role,
+                                                     security.DOMAIN_FELIX_ENDPOINTS)
         self.loop.add_socket(self.endpoint_socket, self._on_endpoint_requests)
-        self.acl_manager = ReqChannel(self.loop, self.context, self.addresses.acl_req, "acl-manager",
+        self.acl_manager = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, self.addresses.acl_req,
+                                                                       security.ROLE_FELIX,
+                                                                       security.ROLE_ACL_MANAGER), "acl-manager",
                                       config.connection_timeout_millis,
                                       config.connection_keepalive_interval_millis,
                                       on_reply=self._on_acl_reply, on_reset=self._on_acl_reset,
                                       retry_lost_request=False)
-        self.acl_socket = make_socket(self.context, zmq.SUB)
-        self.acl_socket.connect(self.addresses.acl_pub)
+        self.acl_socket = self.transport.connect(zmq.SUB, self.addresses.acl_pub, security.ROLE_FELIX,
+                                                 security.ROLE_ACL_MANAGER)
         self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
         self.loop.add_socket(self.acl_socket, self._on_acl_publications)
         self.loop.add_timer(self._resync_timer)
@@ -169,6 +175,7 @@ class Agent:
         for sock in (self.endpoint_socket, self.acl_socket):
             self.loop.remove_socket(sock)
             sock.close(linger=0)
+        self.transport.close()
 
     # --- resync with the plugin -----------------------------------------------
 
@@ -201,7 +208,7 @@ class Agent:
             return
         count = reply.get("endpoint_count")
         if reply.get("rc", messages.RC_SUCCESS) != messages.RC_SUCCESS or count is None:
-            log.warning("Resync %s refused by the plugin (rc %s: %s); retrying in %.1fs", resync.resync_id,
+            log.warning("Resync %s refused by the plugin (rc %s: %r); retrying in %.1fs", resync.resync_id,
                         reply.get("rc"), reply.get("message") or "no endpoint_count", self.timeout)
             self.resync = None
             self._resync_retry_at = self.loop.clock() + self.timeout
@@ -333,11 +340,8 @@ class Agent:
         is no reason to tear down its old ones."""
         if self.resync is None:
             return
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(msg, dict) or msg.get("type") != messages.ENDPOINTCREATED:
+        msg = messages.peek(raw)
+        if msg is None or msg.get("type") != messages.ENDPOINTCREATED:
             return
         endpoint_id = msg.get("endpoint_id")
         known = endpoint_id if isinstance(endpoint_id, str) and endpoint_id in self.table else None
@@ -399,7 +403,7 @@ class Agent:
             # Asked again every timeout while it has none: say it once.
             level = logging.DEBUG if endpoint_id in self._acl_refused else logging.INFO
             self._acl_refused.add(endpoint_id)
-            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc,
+            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %r)", endpoint_id, rc,
                     reply.get("message"))
 
     def _on_acl_publications(self) -> None:
