@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 from calico.common.datafiles import DataFileError, Host, load_cluster
 from calico.common.security import DEFAULT_SECRET_FILE, parse_flag
 from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
-from calico.common.validation import ValidationError, check_hostname, parse_decimal, parse_ip, short_hostname, shown
+from calico.common.validation import ValidationError, check_hostname, parse_decimal, parse_ip, printable, short_hostname, shown
 
 DEFAULT_CLUSTER_FILE = "/opt/plugin/data/felix.txt"
 PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
@@ -154,12 +154,12 @@ def load_config(path: str | None, env: dict[str, str] | None = None) -> Config:
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not UTF-8 text") from None
         except configparser.Error as exc:
-            raise ConfigError(f"{path}: not a valid INI file: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"{path}: not a valid INI file: {shown(' '.join(str(exc).split()))[1:-1]}") from None
     known = {(section, key) for section, key, _, _ in _KEYS}
     for section in parser.sections():
         for key in parser[section]:
             if (section, key) not in known:
-                raise ConfigError(f"{path}: [{section}] {key}: unknown key")
+                raise ConfigError(f"{path}: [{printable(section)}] {printable(key)}: unknown key")
     from_file = set()
     for section, key, attr, parse in _KEYS:
         if not parser.has_option(section, key):

@@ -35,6 +35,7 @@ from calico.common.validation import (
     parse_ip,
     parse_decimal,
     parse_mac,
+    printable,
     short_hostname,
     shown,
 )
@@ -189,11 +190,12 @@ def parse_data_text(text: str, source: str) -> FileContents:
     section is recorded in ``errors`` and skipped so the file's other
     sections still count."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
+    where = printable(source)
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
         reason = " ".join(str(exc).split())
-        raise DataFileError(f"{source}: not a valid INI file: {reason}") from None
+        raise DataFileError(f"{where}: not a valid INI file: {shown(reason)[1:-1]}") from None
     contents = FileContents(source)
     for section_name in parser.sections():
         section = parser[section_name]
@@ -211,7 +213,7 @@ def parse_data_text(text: str, source: str) -> FileContents:
             else:
                 raise ValidationError("unknown section (want felix NAME, endpoint NAME, group NAME or global)")
         except ValidationError as exc:
-            contents.errors.append(f"{source}: [{section_name}]: {exc}")
+            contents.errors.append(f"{where}: [{printable(section_name)}]: {exc}")
     return contents
 
 
@@ -221,9 +223,9 @@ def parse_data_file(path: str) -> FileContents:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except UnicodeDecodeError:
-        raise DataFileError(f"{source}: not UTF-8 text") from None
+        raise DataFileError(f"{printable(source)}: not UTF-8 text") from None
     except OSError as exc:
-        raise DataFileError(f"{source}: cannot read: {exc.strerror}") from None
+        raise DataFileError(f"{printable(source)}: cannot read: {exc.strerror}") from None
     return parse_data_text(text, source)
 
 

@@ -279,8 +279,10 @@ class ZapAuthenticator(Authenticator):
         return self.keys.role_of(z85.encode(client_public_key)) or ""
 
     def handle_zap_message(self, msg: list[bytes]) -> None:
-        # The address is only in the request; remember it for the refusal line.
-        self.peer = msg[3].decode("ascii", "replace") if len(msg) > 3 else "?"
+        # The address is only in the request; remember it for the refusal line
+        # (IPv4 peers of our dual-stack sockets come as ::ffff:a.b.c.d).
+        peer = msg[3].decode("ascii", "replace") if len(msg) > 3 else "?"
+        self.peer = peer.removeprefix("::ffff:") if "." in peer else peer
         super().handle_zap_message(msg)
 
     def serve(self) -> None:
@@ -348,7 +350,7 @@ class Transport:
             sock.close(linger=0)
             raise
         if self.keys is not None:
-            self._watch_handshakes(sock, address)
+            self._watch_handshakes(sock, sock.getsockopt_string(zmq.LAST_ENDPOINT))
         return sock
 
     def client(self, kind: int, as_role: str, server_role: str,

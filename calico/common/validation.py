@@ -49,6 +49,12 @@ def shown(value: object) -> str:
     return _SHOWN.repr(value)
 
 
+def printable(text: str, limit: int = 80) -> str:
+    """``text`` itself if it is short printable ASCII (a file or section
+    name, kept as the user knows it), else its bounded repr."""
+    return text if len(text) <= limit and re.fullmatch(r"[\x20-\x7e]*", text) else shown(text)
+
+
 def parse_decimal(text: object, what: str = "number") -> int:
     """A non-negative integer written in ASCII digits, nothing else."""
     if not isinstance(text, str) or not DECIMAL_RE.fullmatch(text):

@@ -41,10 +41,12 @@ Handler = Callable[[], None]
 Timer = Callable[[float], float | None]
 
 # The largest message a socket accepts unless MaxMessageBytes says otherwise.
-# The largest message of a real cluster is a GROUPUPDATE of a big group:
-# 10,000 members with 64-character ids and an IPv4 and an IPv6 address each
-# encode to 0.9 MB (bench/message_size_bench.py), so 16 MiB leaves room for
-# groups far beyond that while bounding what one peer can make us hold.
+# The largest messages of a real cluster are those of a big group: for
+# 10,000 members with 64-character ids and an IPv4 and an IPv6 address each,
+# its GROUPUPDATE is 0.97 MB and a member's ACLUPDATE (every member's
+# addresses, both directions) 2.7 MB (bench/message_size_bench.py).  16 MiB
+# passes groups of up to about 60,000 such members, while bounding what one
+# peer can make us hold.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Below this even ordinary requests could be refused; a setting smaller
 # than this is a mistake, not a policy.
@@ -129,8 +131,8 @@ class EventLoop:
             try:
                 handler()
             except Exception as exc:
-                self._failed(f"the handler of a {sock.socket_type.name} socket", exc)
-                if sock.socket_type == zmq.REP and not sock.closed:
+                self._failed(f"the handler of a {zmq.SocketType(sock.type).name} socket", exc)
+                if sock.type == zmq.REP and not sock.closed:
                     _answer_if_owed(sock)
 
     @staticmethod

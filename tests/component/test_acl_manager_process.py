@@ -24,6 +24,7 @@ import time
 import pytest
 import zmq
 
+import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free
 from calico.common import messages
 from calico.common.datafiles import default_group_rules
@@ -90,11 +91,14 @@ class FakePlugin:
     def _run(self):
         rep = self.context.socket(zmq.REP)
         pub = self.context.socket(zmq.PUB)
-        for sock in (rep, pub):
+        rep_address = f"tcp://{self.host}:{messages.PORT_NET_REQ}"
+        pub_address = f"tcp://{self.host}:{messages.PORT_NET_PUB}"
+        for sock, address in ((rep, rep_address), (pub, pub_address)):
             sock.setsockopt(zmq.LINGER, 0)
+            testkeys.as_server(sock, address)
         try:
-            bind_when_free(rep, f"tcp://{self.host}:{messages.PORT_NET_REQ}")
-            bind_when_free(pub, f"tcp://{self.host}:{messages.PORT_NET_PUB}")
+            bind_when_free(rep, rep_address)
+            bind_when_free(pub, pub_address)
         except zmq.ZMQError as exc:
             self.error = exc
             rep.close(linger=0)
@@ -169,13 +173,15 @@ def fake_plugin():
 
 
 @pytest.fixture
-def acl_manager(spawn, tmp_path, wait_until):
-    """Start the real process: addresses from the config file, timings from flags."""
+def acl_manager(spawn, tmp_path, wait_until, cluster_secret_file):
+    """Start the real process: addresses and the test secret from the config
+    file, timings from flags."""
 
-    def start():
+    def start(security=None):
         config = tmp_path / "acl_manager.cfg"
         config.write_text(f"[global]\nPluginAddress = {PLUGIN_HOST}\nLocalAddress = {ACL_HOST}\n"
-                          "[log]\nLogSeverityFile = DEBUG\n")
+                          "[log]\nLogSeverityFile = DEBUG\n"
+                          + (security or f"[security]\nClusterSecretFile = {cluster_secret_file}\n"))
         log_file = str(tmp_path / "acl_manager.log")
         manager = spawn(["-m", "calico.acl_manager.main", "--config-file", str(config), "--log-file", log_file,
                          "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS)],

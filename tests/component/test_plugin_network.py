@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+import testkeys
+
 from calico.common import messages
 from calico.common.datafiles import Endpoint, endpoint_file_text, write_file_atomically
 
@@ -98,6 +100,7 @@ def test_raw_frames_are_topic_then_json(data_dir, start_plugin, peers, wait_unti
     sub = peers.context.socket(zmq.SUB)
     try:
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        testkeys.as_client(sub, NET_PUB)
         sub.connect(NET_PUB)
         req = peers.req(NET_REQ)
         frames = None

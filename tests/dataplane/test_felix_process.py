@@ -38,6 +38,7 @@ import pytest
 import zmq
 
 import polling
+import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
 from calico.common import messages
@@ -49,6 +50,7 @@ LOOPBACK = "127.0.0.1"
 TIMEOUT_MS = 1500
 KEEPALIVE_MS = 300
 RETRY_MS = 200
+FELIX_HOST = "host-1"  # Felix's short host name: its keys are felix/host-1's
 WAIT = 30.0  # generous: a wait for a condition, never a timing assertion
 
 FELIX_ARGV = [os.path.join(os.path.dirname(sys.executable), "calico-felix")]
@@ -174,11 +176,15 @@ class ControlPlane:
 
     def _socket(self, kind: int, bind: int | None = None, connect: int | None = None,
                 ctx: zmq.Context | None = None) -> zmq.Socket:
+        """A socket with the keys of the role the fake plays on that port
+        (tests/testkeys.py): the plugin's or the ACL manager's."""
         sock = (ctx or self.ctx).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if bind is not None:
+            testkeys.as_server(sock, f"tcp://{LOOPBACK}:{bind}")
             bind_when_free(sock, f"tcp://{LOOPBACK}:{bind}")
         if connect is not None:
+            testkeys.as_client(sock, f"tcp://{LOOPBACK}:{connect}", host=FELIX_HOST)
             sock.connect(f"tcp://{LOOPBACK}:{connect}")
         return sock
 
@@ -355,8 +361,10 @@ class FelixProcess:
         self.log_file = str(tmp_path / f"felix-{run}.log")
         self.out_file = str(tmp_path / f"felix-{run}.out")
         self.config_file = str(tmp_path / "felix.cfg")
+        secret_file = testkeys.write_secret_file(str(tmp_path / "cluster.secret"))
         with open(self.config_file, "w") as cfg:
-            cfg.write("[global]\nResyncIntervalSecs = 3600\n[log]\nLogSeverityScreen = WARNING\n")
+            cfg.write("[global]\nResyncIntervalSecs = 3600\n[log]\nLogSeverityScreen = WARNING\n"
+                      f"[security]\nClusterSecretFile = {secret_file}\n")
         self.args = ["--config-file", self.config_file,
                      "--plugin-address", LOOPBACK, "--acl-address", LOOPBACK, "--local-address", LOOPBACK,
                      "--hostname", "host-1.example.com", "--log-file", self.log_file,
