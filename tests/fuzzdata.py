@@ -102,3 +102,15 @@ def mutations(message: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def encode(message: Any) -> bytes:
     return json.dumps(message).encode("utf-8", "surrogatepass")
+
+
+def barrage(*valid: dict[str, Any], oversize: int | None = None) -> list[bytes]:
+    """Everything a process's request socket should survive: the raw
+    payloads, the mutations of each valid request, and (given the limit)
+    messages just over MaxMessageBytes."""
+    payloads = raw_payloads(count=100)
+    for message in valid:
+        payloads += [encode(m) for m in mutations(message)]
+    if oversize is not None:
+        payloads += [b"x" * (oversize + 1), encode({"type": "HEARTBEAT", "pad": "x" * oversize})]
+    return payloads

@@ -84,3 +84,16 @@ def as_client(sock: zmq.Socket, address: str, role: str | None = None, host: str
         security.curve_client(sock, keys, role or client_role(address, host), server)
         # A stranger may well know the server's public key: it is no secret.
         sock.curve_serverkey = KEYS.pair(server).public
+
+
+# Roles a peer of the cluster may hold; an intruder holds one of the wrong ones.
+KNOWN_ROLES = (security.ROLE_PLUGIN_EP, security.ROLE_PLUGIN_NETWORK, security.ROLE_ACL_MANAGER,
+               security.ROLE_FELIX, felix_host_role("h1"), felix_host_role("h9"))
+
+
+def intruders(rightful: str) -> list[tuple[str, str, ClusterKeys | None]]:
+    """(label, role, keys) of every peer that must not get through where
+    ``rightful`` may: each other role of the cluster, the rightful role
+    with another secret's keys, and a client without CURVE."""
+    wrong = [(f"role {role}", role, KEYS) for role in KNOWN_ROLES if role != rightful]
+    return wrong + [("another secret", rightful, OTHER_KEYS), ("no CURVE", rightful, None)]

@@ -63,6 +63,9 @@ ROLE_ACL_MANAGER = "acl-manager"
 ROLE_FELIX = "felix"
 
 
+FIXED_ROLES = (ROLE_PLUGIN_EP, ROLE_PLUGIN_NETWORK, ROLE_ACL_MANAGER, ROLE_FELIX)
+
+
 def felix_host_role(hostname: str) -> str:
     """The role of one host's Felix (its short host name)."""
     return f"{ROLE_FELIX}/{hostname}"
@@ -258,7 +261,7 @@ class _Admission:
         known = keys.role_of(client_key)
         self.authenticator.refusals(
             "refused a connection from %s on %s: %s is not admitted there", self.authenticator.peer, domain,
-            f"the key of role {known!r}" if known else "an unknown key")
+            f"the key of role {known!r}" if known else "an unknown key (another secret, or a host not in the cluster file)")
         return False
 
 
@@ -269,6 +272,8 @@ class ZapAuthenticator(Authenticator):
     def __init__(self, context: zmq.Context, keys: ClusterKeys, refusals: RateLimitedLog):
         super().__init__(context, log=log.getChild("zap"))
         self.keys = keys
+        for role in FIXED_ROLES:  # so that a refusal can name the role it met
+            keys.pair(role)
         self.refusals = refusals
         self.peer = "?"
 
@@ -350,7 +355,7 @@ class Transport:
             sock.close(linger=0)
             raise
         if self.keys is not None:
-            self._watch_handshakes(sock, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+            self._watch_handshakes(sock, address)
         return sock
 
     def client(self, kind: int, as_role: str, server_role: str,
@@ -387,7 +392,11 @@ class Transport:
                     event = recv_monitor_message(monitor, zmq.NOBLOCK)
                 except zmq.Again:
                     return
-                fault = _HANDSHAKE_FAULTS.get(event["value"], f"error {event['value']:#x}")
+                value = int(event["value"])
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    fault = f"the connection ended during the handshake ({os.strerror(value)})"
+                else:
+                    fault = _HANDSHAKE_FAULTS.get(value, f"protocol error {value:#x}")
                 # libzmq names the listening address here, not the peer's.
                 self.refusals("refused a connection on %s at the handshake: %s", address, fault)
 

@@ -31,8 +31,8 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
     ``peers.rep(address, responder=None, role=None, host=None)`` -> ``RepPeer``: binds a REP
         socket served by a thread (a failed bind raises in the test).
         ``.received`` is the list of decoded requests (raw bytes if not
-        JSON); ``responder(msg)`` returns the reply dict (default: same
-        type, rc SUCCESS).  ``.of_type(t)``
+        JSON); ``responder(msg)`` returns the reply dict, or raw bytes
+        (default: same type, rc SUCCESS).  ``.of_type(t)``
         filters ``.received``; ``.close()`` unbinds (a dead peer).
     ``peers.req(address, timeout=5.0, role=None, host=None, keys=KEYS)`` -> ``ReqPeer``: ``.request(msg)``
         sends a dict (or raw bytes, or a list of frames) and returns the
@@ -56,6 +56,16 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
 
 ``zmq_request(msg_type, **fields)`` builds a request dict stamped with
 ``issued`` (it is ``calico.common.messages.make``).
+
+``intruders`` -> ``Intruders``: the peers that must get nothing from a
+port (``testkeys.intruders``: every wrong role, a stranger's keys, no CURVE).
+    ``.ask(address, msg, rightful, host=None)`` -> ``{label: reply}``, each
+        None if nothing came back (1 s each).
+    ``.subscribe(address, topics, rightful)`` -> ``{label: SubPeer}``.
+
+``barrage(req, payloads)`` -> ``[(payload, reply)]``: send every payload
+(bytes, or a list of frames) through ``req`` in turn, 2 s each; a reply
+None means none came (oversized: the socket dropped the connection).
 """
 
 from __future__ import annotations
@@ -293,7 +303,8 @@ class RepPeer(_Threaded):
     def _serve(self, sock: zmq.Socket) -> None:
         msg = _decode(sock.recv())
         self._record(msg)
-        sock.send(json.dumps(self.responder(msg)).encode())
+        reply = self.responder(msg)
+        sock.send(reply if isinstance(reply, bytes) else json.dumps(reply).encode())
 
     def of_type(self, msg_type: str) -> list[dict[str, Any]]:
         return [m for m in self.snapshot() if isinstance(m, dict) and m.get("type") == msg_type]
@@ -424,3 +435,28 @@ def peers():
 @pytest.fixture
 def zmq_request():
     return messages.make
+
+
+class Intruders:
+    def __init__(self, peers: Peers):
+        self.peers = peers
+
+    def ask(self, address: str, msg: dict, rightful: str, host: str | None = None) -> dict[str, Any]:
+        return {label: self.peers.req(address, timeout=1.0, role=role, host=host, keys=keys).request(msg)
+                for label, role, keys in testkeys.intruders(rightful)}
+
+    def subscribe(self, address: str, topics: list[bytes], rightful: str) -> dict[str, SubPeer]:
+        return {label: self.peers.sub(address, topics, role=role, keys=keys)
+                for label, role, keys in testkeys.intruders(rightful)}
+
+
+@pytest.fixture
+def intruders(peers):
+    return Intruders(peers)
+
+
+@pytest.fixture
+def barrage():
+    def send(req: ReqPeer, payloads: list[bytes | list[bytes]]) -> list[tuple[Any, Any]]:
+        return [(payload, req.request(payload, timeout=2.0)) for payload in payloads]
+    return send

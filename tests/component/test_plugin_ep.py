@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+import fuzzdata
 import testkeys
 from binding import bind_when_free, close_and_wait
 from calico.common import messages
@@ -305,3 +306,91 @@ def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_
     got = wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "again"],
                      timeout=20, what="resync after Felix restart")
     assert got[0]["endpoint_id"] == "ep1"
+
+
+# --- who may talk to the endpoint API, and what it survives (issue 9) -----------
+
+def test_only_the_cluster_hosts_felixes_are_answered(data_dir, start_plugin, peers, intruders, wait_until):
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    heartbeat = messages.make(messages.HEARTBEAT)
+    for host in ("h1", "h2"):
+        assert peers.req(EP_REQ, host=host).request(heartbeat)["rc"] == "SUCCESS"
+    # Refusals are logged (a refused client retries every 0.1 s: the log is
+    # rate-limited, so look at the first of each kind).
+    assert peers.req(EP_REQ, host="h1", keys=None, timeout=1.0).request(heartbeat) is None
+    wait_until(lambda: "refused a connection on tcp://127.0.1.1:9901 at the handshake: the peer does not use CURVE"
+               in plugin.log(), what="the plain client's refusal logged")
+    assert peers.req(EP_REQ, role="acl-manager", timeout=1.0).request(heartbeat) is None
+    wait_until(lambda: "refused a connection from 127.0.0.1 on plugin-ep-9901: the key of role 'acl-manager' is "
+               "not admitted there" in plugin.log(), what="the wrong role's refusal logged")
+    refused = intruders.ask(EP_REQ, heartbeat, rightful="felix/h1")
+    assert refused == {label: None for label in refused}, refused
+    assert set(refused) >= {"role felix", "role felix/h9", "role acl-manager", "another secret", "no CURVE"}
+    assert "similar lines suppressed" in plugin.log() or plugin.count("refused a connection") <= 10
+    # A host the cluster file gains is admitted at once: its keys follow from the secret.
+    with open(data_dir / "felix.txt", "a") as handle:
+        handle.write("[felix h9]\nip=127.0.1.9\nhost=h9\n")
+    wait_until(lambda: "host h9: talking to its Felix" in plugin.log(), what="h9 added")
+    assert peers.req(EP_REQ, host="h9").request(heartbeat)["rc"] == "SUCCESS"
+
+
+def test_a_felix_cannot_resync_for_another_host(data_dir, start_plugin, peers, wait_until):
+    write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    wait_until(lambda: endpoint_msgs(felix1, "ep1"), what="h1's endpoint")
+    forged = resync(peers.req(EP_REQ, host="h2"), "h1", "forged")
+    assert forged["type"] == "RESYNCSTATE" and forged["rc"] == "INVALID"
+    assert forged["message"] == "a RESYNCSTATE for host 'h1' must come with that host's key, not 'felix/h2''s"
+    assert plugin.count("RESYNCSTATE 'forged' refused") == 1
+    # The rightful one still works, and only it reaches h1's Felix.
+    assert resync(peers.req(EP_REQ, host="h1"), "h1", "mine")["endpoint_count"] == 1
+    wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "mine"],
+               what="the rightful resync")
+    assert not [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "forged"]
+
+
+def test_the_plugin_talks_only_to_the_felix_holding_that_hosts_key(data_dir, start_plugin, peers, wait_until):
+    impostor = peers.rep(felix_address("h1"), role="felix/h2")  # h1's address, h2's key
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
+    wait_until(lambda: plugin.count("endpoint ep1 (192_168_1_1.txt): created") == 1, what="ep1 seen")
+    impostor.close()
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    wait_until(lambda: endpoint_msgs(felix1, "ep1"), what="ep1 at the real Felix")
+    assert impostor.snapshot() == []
+
+
+def test_a_barrage_of_bad_requests_leaves_the_endpoint_api_serving(data_dir, start_plugin, peers, barrage,
+                                                                    wait_until):
+    limit = 262144
+    felix1 = peers.rep(felix_address("h1"), host="h1",
+                       responder=lambda msg: fuzzdata.encode(fuzzdata.deep_list()) if msg.get("type") ==
+                       "ENDPOINTCREATED" and msg.get("endpoint_id") == "garbled" else success_reply_for(msg))
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST, "--max-message-bytes", str(limit))
+    valid = messages.make(messages.RESYNCSTATE, resync_id="r-1", hostname="h1")
+    payloads = fuzzdata.barrage(valid, messages.make(messages.HEARTBEAT), oversize=limit)
+    payloads += [[b"one", b"two"], [b""] * 50, [fuzzdata.deep_list().encode()] * 2]
+    answered = barrage(peers.req(EP_REQ, host="h1"), payloads)
+    for payload, reply in answered:
+        size = sum(map(len, payload)) if isinstance(payload, list) else len(payload)
+        if size > limit:
+            assert reply is None, "an oversized message was read"
+        else:
+            assert isinstance(reply, dict) and reply["rc"] in ("SUCCESS", "INVALID"), (payload[:200], reply)
+    # Unauthenticated senders of the same get nothing at all.
+    for keys in (None, testkeys.OTHER_KEYS):
+        stranger = peers.req(EP_REQ, host="h1", keys=keys, timeout=1.0)
+        assert all(reply is None for _, reply in barrage(stranger, payloads[:2]))
+    # A Felix answering garbage does not stop the plugin either.
+    write_endpoint(data_dir, "garbled", "192.168.1.7", "h1")
+    wait_until(lambda: plugin.count("bad reply from"), what="the garbled reply to be noticed")
+    # Still answering correctly, and still passing changes on.
+    assert resync(peers.req(EP_REQ, host="h1"), "h1", "after")["endpoint_count"] == 1
+    write_endpoint(data_dir, "good", "192.168.1.8", "h1")
+    wait_until(lambda: endpoint_msgs(felix1, "good"), what="a good change, end to end")
+    assert plugin.alive and "carrying on" not in plugin.log()
+
+
+def success_reply_for(msg):
+    return messages.reply(msg.get("type", "UNKNOWN") if isinstance(msg, dict) else "UNKNOWN")

@@ -190,7 +190,7 @@ def test_only_the_admitted_role_gets_an_answer_and_its_role_is_the_user_id(serve
     lines = [r.getMessage() for r in caplog.records]
     assert any("refused a connection from 127.0.0.1 on acl-manager-9905: the key of role 'felix/h1'" in line
                for line in lines), lines
-    assert any("from 127.0.0.1 on acl-manager-9905: an unknown key" in line for line in lines), lines
+    assert any("from 127.0.0.1 on acl-manager-9905: an unknown key (another secret" in line for line in lines), lines
     assert any("at the handshake: the peer does not use CURVE" in line for line in lines), lines
 
 
