@@ -9,6 +9,11 @@ One thread, one ``EventLoop`` over four sockets:
 * ROUTER and PUB on LocalAddress:9905/9906 for Felix (``publisher``);
 * a monitor of the SUB socket, which tells when the subscription (re)connects.
 
+A connection libzmq drops for a protocol error (such as a publication over
+MaxMessageBytes) is never made again by that socket: when the subscription
+is down and nothing has come for ConnectionTimeoutMillis, the SUB socket is
+made afresh.
+
 When we ask for every group (GETGROUPS):
 * whenever the SUB socket completes a handshake with the plugin's PUB: at
   start, and after the plugin restarted (however quickly);
@@ -73,18 +78,10 @@ class AclManager:
                                       config.connection_keepalive_interval_millis)
 
         self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
-        self.sub = self.transport.client(zmq.SUB, security.ROLE_ACL_MANAGER, security.ROLE_PLUGIN_NETWORK,
-                                         options={zmq.RCVHWM: SUB_HWM})
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
-        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.sub.connect(self.sub_address)
-        self.subscribed = False
+        self._open_subscription()
         self.proven = False  # a publication has arrived on the current subscription
         self.answered_unproven = False  # a GETGROUPS was answered before that
         self.last_published_heard = self.loop.clock()
-        self.loop.add_socket(self.monitor, self._on_monitor)
-        self.loop.add_socket(self.sub, self._on_publication)
 
         self.channel = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, tcp_address(config.plugin_address,
                                                                                          messages.PORT_NET_REQ),
@@ -97,6 +94,24 @@ class AclManager:
         self.last_request_reason = ""
         self.loop.add_timer(self._tick)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
+
+    def _open_subscription(self) -> None:
+        self.sub = self.transport.client(zmq.SUB, security.ROLE_ACL_MANAGER, security.ROLE_PLUGIN_NETWORK,
+                                         options={zmq.RCVHWM: SUB_HWM})
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
+        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sub.connect(self.sub_address)
+        self.subscribed = False
+        self.loop.add_socket(self.monitor, self._on_monitor)
+        self.loop.add_socket(self.sub, self._on_publication)
+
+    def _close_subscription(self) -> None:
+        self.loop.remove_socket(self.sub)
+        self.loop.remove_socket(self.monitor)
+        self.sub.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sub.close(linger=0)
 
     # --- asking for groups ---------------------------------------------------
 
@@ -148,6 +163,13 @@ class AclManager:
         waits = []
         if now - self.last_published_heard >= self.timeout:
             self.last_published_heard = now
+            if not self.subscribed:
+                # libzmq does not reconnect a connection it dropped for a
+                # protocol error (a publication over MaxMessageBytes, say):
+                # only a new socket does.
+                log.debug("subscription to %s down: opening it afresh", self.sub_address)
+                self._close_subscription()
+                self._open_subscription()
             self.request_groups(f"nothing from {self.sub_address} for {self.timeout:.1f}s")
         waits.append(self.last_published_heard + self.timeout - now)
         if self.retry_getgroups_at is not None:
@@ -247,11 +269,7 @@ class AclManager:
 
     def close(self) -> None:
         self.channel.close()
-        self.loop.remove_socket(self.sub)
-        self.loop.remove_socket(self.monitor)
-        self.sub.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sub.close(linger=0)
+        self._close_subscription()
         self.publisher.close()
         self.transport.close()
 

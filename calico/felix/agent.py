@@ -142,16 +142,31 @@ class Agent:
                                       config.connection_keepalive_interval_millis,
                                       on_reply=self._on_acl_reply, on_reset=self._on_acl_reset,
                                       retry_lost_request=False)
-        self.acl_socket = self.transport.connect(zmq.SUB, self.addresses.acl_pub, security.ROLE_FELIX,
-                                                 security.ROLE_ACL_MANAGER)
-        self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
-        self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+        self._open_acl_socket()
+        self._acl_reopen_at = now + self.timeout
         self.loop.add_timer(self._resync_timer)
         self.loop.add_timer(self._acl_timer)
         self.loop.add_timer(self._apply_timer)  # last: runs after the others marked work
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
                  self.addresses.acl_req, self.addresses.acl_pub)
+
+    def _open_acl_socket(self) -> None:
+        self.acl_socket = self.transport.connect(zmq.SUB, self.addresses.acl_pub, security.ROLE_FELIX,
+                                                 security.ROLE_ACL_MANAGER)
+        self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
+        for endpoint_id in self._subscribed:
+            self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
+        self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+
+    def _reopen_acl_socket(self) -> None:
+        """libzmq never reconnects a connection it dropped for a protocol
+        error (a publication over MaxMessageBytes, a failed handshake): a
+        subscription silent for ConnectionTimeoutMillis is made afresh."""
+        log.debug("ACL manager: opening the subscription to %s afresh", self.addresses.acl_pub)
+        self.loop.remove_socket(self.acl_socket)
+        self.acl_socket.close(linger=0)
+        self._open_acl_socket()
 
     # --- life cycle -----------------------------------------------------------
 
@@ -467,6 +482,9 @@ class Agent:
             log.warning("ACL manager: nothing heard on %s for %.1fs; asking again for every endpoint's ACLs",
                         self.addresses.acl_pub, now - self._acl_heard_at)
             self._request_all_acls(self.table.ids(), "ACL manager silent")
+        if not self._acl_live and now >= self._acl_reopen_at:
+            self._reopen_acl_socket()
+            self._acl_reopen_at = now + self.timeout
         # An answer published before our subscription reached the publisher
         # is lost; ask again for endpoints still waiting, soon at first.
         next_due = self.timeout
