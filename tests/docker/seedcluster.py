@@ -108,6 +108,8 @@ class SeedCluster:
     build_seconds: float = 0.0
     load_seconds: float = 0.0
     setup_seconds: float = 0.0
+    key_step_output: str = ""
+    tree: Path | None = None
 
     def diagnostics(self) -> str:
         out = []
