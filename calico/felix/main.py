@@ -40,6 +40,7 @@ OVERRIDES = {
     "endpoint_retry_time_millis": "--endpoint-retry-ms",
     "max_message_bytes": "--max-message-bytes",
     "cluster_secret_file": "--secret-file",
+    "insecure": "--insecure",
 }
 
 

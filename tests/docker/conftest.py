@@ -119,13 +119,13 @@ def seed_cluster():
         cluster = SeedCluster(hosts, tmp)
         # Prerequisites, steps 1 and 2: the repository at "/opt/demo", sed'ed.
         tree = prepare_build_tree(tmp / "demo", host_ip(1), host_ip(2), host_name(1), host_name(2))
-        # The key step, on host 1 before building; the copy to host 2 is
+        # Step 3, the key step, on host 1 before building; the copy to host 2 is
         # implicit: both dockerds get the same images.
         cluster.key_step_output = run_key_step(tree)
         cluster.tree = tree
         _images(tree, tmp, [h.engine for h in hosts.values()], cluster)
 
-        # Prerequisites, step 5 and 6.
+        # Prerequisites, steps 6 and 7.
         for module in SEED_MODULES:
             subprocess.run(["modprobe", module], check=False, capture_output=True)
         for host in hosts.values():
