@@ -63,9 +63,13 @@ port (``testkeys.intruders``: every wrong role, a stranger's keys, no CURVE).
         None if nothing came back (1 s each).
     ``.subscribe(address, topics, rightful)`` -> ``{label: SubPeer}``.
 
-``barrage(req, payloads)`` -> ``[(payload, reply)]``: send every payload
-(bytes, or a list of frames) through ``req`` in turn, 2 s each; a reply
-None means none came (oversized: the socket dropped the connection).
+``peers.socket(kind, address, role=None, host=None, keys=KEYS)``: a plain
+pyzmq socket of any kind (DEALER, XSUB...), with the keys, connected.
+
+``barrage(req, payloads, limit)``: send every payload (bytes, or a list of
+frames) through ``req`` in turn and check each answer: nothing for a
+message over ``limit`` bytes (the socket must drop it unread), else a
+reply whose rc is SUCCESS or INVALID (or one of ``rcs``).
 """
 
 from __future__ import annotations
@@ -417,6 +421,14 @@ class Peers:
     def pub(self, address: str, role: str | None = None) -> PubPeer:
         return self._keep(PubPeer(address, role))
 
+    def socket(self, kind: int, address: str, role: str | None = None, host: str | None = None,
+               keys: ClusterKeys | None = testkeys.KEYS) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        testkeys.as_client(sock, address, role, host, keys)
+        sock.connect(address)
+        return sock
+
     def close(self) -> None:
         for peer in reversed(self._made):
             peer.close()
@@ -457,6 +469,13 @@ def intruders(peers):
 
 @pytest.fixture
 def barrage():
-    def send(req: ReqPeer, payloads: list[bytes | list[bytes]]) -> list[tuple[Any, Any]]:
-        return [(payload, req.request(payload, timeout=2.0)) for payload in payloads]
+    def send(req: ReqPeer, payloads: list[bytes | list[bytes]], limit: int,
+             rcs: tuple[str, ...] = (messages.RC_SUCCESS, messages.RC_INVALID)) -> None:
+        for payload in payloads:
+            size = sum(map(len, payload)) if isinstance(payload, list) else len(payload)
+            reply = req.request(payload, timeout=2.0)
+            if size > limit:
+                assert reply is None, f"a message of {size} bytes was read"
+            else:
+                assert isinstance(reply, dict) and reply.get("rc") in rcs, (payload[:200], reply)
     return send

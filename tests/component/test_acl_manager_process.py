@@ -514,22 +514,12 @@ def test_a_barrage_on_every_input_leaves_the_acl_manager_serving(fake_plugin, ac
     wait_until(lambda: "group web: 2 members" in manager.log(), what="the group")
     # Requests on 9905, from a Felix's REQ and from a DEALER (no envelope rules).
     payloads = fuzzdata.barrage(messages.make(messages.GETACLSTATE, endpoint_id="a"), oversize=limit)
-    for payload, reply in barrage(peers.req(ACL_REQ), payloads + [[b"a", b"b"], [b""] * 20]):
-        if not isinstance(payload, list) and len(payload) > limit:
-            assert reply is None, "an oversized message was read"
-        else:
-            assert isinstance(reply, dict) and reply["rc"] in ("SUCCESS", "INVALID"), (payload[:200], reply)
-    dealer = peers.context.socket(zmq.DEALER)
-    dealer.linger = 0
-    testkeys.as_client(dealer, ACL_REQ)
-    dealer.connect(ACL_REQ)
+    barrage(peers.req(ACL_REQ), payloads + [[b"a", b"b"], [b""] * 20], limit)
+    dealer = peers.socket(zmq.DEALER, ACL_REQ)
     for frames in ([b""], [b"", b""], [b"x"] * 100, [b"", fuzzdata.deep_list().encode()], [b"\x00" * 1000]):
         dealer.send_multipart(frames)
     # Subscriptions on 9906.
-    xsub = peers.context.socket(zmq.XSUB)
-    xsub.linger = 0
-    testkeys.as_client(xsub, ACL_PUB)
-    xsub.connect(ACL_PUB)
+    xsub = peers.socket(zmq.XSUB, ACL_PUB)
     for frame in [f for f in fuzzdata.raw_payloads(count=50) if f]:  # (see test_plugin_network)
         xsub.send(frame)
     # Publications from the plugin: malformed, deep, oversized.

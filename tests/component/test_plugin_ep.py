@@ -371,17 +371,11 @@ def test_a_barrage_of_bad_requests_leaves_the_endpoint_api_serving(data_dir, sta
     valid = messages.make(messages.RESYNCSTATE, resync_id="r-1", hostname="h1")
     payloads = fuzzdata.barrage(valid, messages.make(messages.HEARTBEAT), oversize=limit)
     payloads += [[b"one", b"two"], [b""] * 50, [fuzzdata.deep_list().encode()] * 2]
-    answered = barrage(peers.req(EP_REQ, host="h1"), payloads)
-    for payload, reply in answered:
-        size = sum(map(len, payload)) if isinstance(payload, list) else len(payload)
-        if size > limit:
-            assert reply is None, "an oversized message was read"
-        else:
-            assert isinstance(reply, dict) and reply["rc"] in ("SUCCESS", "INVALID"), (payload[:200], reply)
+    barrage(peers.req(EP_REQ, host="h1"), payloads, limit)
     # Unauthenticated senders of the same get nothing at all.
     for keys in (None, testkeys.OTHER_KEYS):
         stranger = peers.req(EP_REQ, host="h1", keys=keys, timeout=1.0)
-        assert all(reply is None for _, reply in barrage(stranger, payloads[:2]))
+        assert [stranger.request(payload) for payload in payloads[:2]] == [None, None]
     # A Felix answering garbage does not stop the plugin either.
     write_endpoint(data_dir, "garbled", "192.168.1.7", "h1")
     wait_until(lambda: plugin.count("bad reply from"), what="the garbled reply to be noticed")

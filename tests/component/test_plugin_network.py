@@ -208,16 +208,9 @@ def test_a_barrage_of_bad_requests_leaves_the_network_api_serving(data_dir, star
     plugin = start_plugin("network", data_dir, PLUGIN, *FAST, "--max-message-bytes", str(limit))
     sub, req = acl_manager()
     payloads = fuzzdata.barrage(messages.make(messages.GETGROUPS), oversize=limit)
-    for payload, reply in barrage(peers.req(NET_REQ), payloads + [[b"a", b"b"]]):
-        if len(payload) > limit:
-            assert reply is None, "an oversized message was read"
-        else:
-            assert isinstance(reply, dict) and reply["rc"] in ("SUCCESS", "INVALID"), (payload[:200], reply)
+    barrage(peers.req(NET_REQ), payloads + [[b"a", b"b"]], limit)
     # What a subscriber may send a PUB socket (subscriptions) is bounded too.
-    xsub = peers.context.socket(zmq.XSUB)
-    xsub.linger = 0
-    testkeys.as_client(xsub, NET_PUB)
-    xsub.connect(NET_PUB)
+    xsub = peers.socket(zmq.XSUB, NET_PUB)
     # (Neither empty frames nor huge subscriptions: libzmq 4.3.4's XSUB
     # itself crashes sending those, in its own subscription trie.  A PUB
     # takes a 10 MB subscription from a hand-made ZMTP peer in its stride.)
