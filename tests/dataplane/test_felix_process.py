@@ -636,13 +636,19 @@ def test_live_endpoint_messages_get_exact_replies(env):
     env.check([(a, a.v4, "ping", True), (b, a.v4, "ping", False)])
 
 
-def test_malformed_requests_get_invalid_and_felix_keeps_serving(env):
+def one_endpoint_programmed(env: Env, *felix_args: str) -> tuple[EndpointNs, dict[str, str]]:
+    """Felix running with one endpoint ``a`` (open ACLs) programmed; ``a``
+    and the kernel state then."""
     a = env.topo.endpoint("a", "192.168.10.1")
     env.cp.set_acls(a.endpoint_id, OPEN, publish=False)
     env.cp.set_endpoint(a)
-    env.start_felix()
+    env.start_felix(*felix_args)
     env.wait_programmed(a)
-    before = env.topo.kernel_state()
+    return a, env.topo.kernel_state()
+
+
+def test_malformed_requests_get_invalid_and_felix_keeps_serving(env):
+    a, before = one_endpoint_programmed(env)
     good = a.fields()
     cases = [
         (b"this is not json", "UNKNOWN", "not JSON"),
@@ -864,12 +870,7 @@ def ask_from_namespace(ns: str, address: str, msg: dict[str, Any], role: str | N
 
 
 def test_only_the_plugin_gets_answers_on_9902(env):
-    a = env.topo.endpoint("a", "192.168.10.1")
-    env.cp.set_acls(a.endpoint_id, OPEN, publish=False)
-    env.cp.set_endpoint(a)
-    env.start_felix()
-    env.wait_programmed(a)
-    before = env.topo.kernel_state()
+    a, before = one_endpoint_programmed(env)
     address = f"tcp://{LOOPBACK}:{messages.PORT_EP_FELIX}"
     destroy = messages.make(messages.ENDPOINTDESTROYED, endpoint_id=a.endpoint_id)
     replies = {label: ask_from_namespace(env.topo.host, address, destroy, role, keys)
@@ -885,14 +886,9 @@ def test_only_the_plugin_gets_answers_on_9902(env):
 
 def test_a_barrage_on_every_input_leaves_felix_serving(env):
     limit = 262144
-    a = env.topo.endpoint("a", "192.168.10.1")
+    a, before = one_endpoint_programmed(env, "--max-message-bytes", str(limit))
     b = env.topo.endpoint("b", "192.168.10.2")
-    for ep in (a, b):
-        env.cp.set_acls(ep.endpoint_id, OPEN, publish=False)
-    env.cp.set_endpoint(a)
-    env.start_felix("--max-message-bytes", str(limit))
-    env.wait_programmed(a)
-    before = env.topo.kernel_state()
+    env.cp.set_acls(b.endpoint_id, OPEN, publish=False)
     valid = messages.make(messages.ENDPOINTCREATED, **b.fields())
     for raw in fuzzdata.barrage(valid, messages.make(messages.ENDPOINTDESTROYED, endpoint_id="x"), oversize=limit):
         reply = env.cp.request(raw, timeout=3.0 if len(raw) > limit else 10.0)
