@@ -20,6 +20,7 @@ import zmq
 from zmq.utils import z85
 
 from calico.common import security
+from calico.common.config import ConfigError, load_config
 from calico.common.logs import RateLimitedLog
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials, read_secret, write_secret
 from calico.common.zmqloop import EventLoop
@@ -273,4 +274,62 @@ def test_a_failing_handler_is_logged_and_its_rep_socket_still_answers(caplog):
     finally:
         req.close(linger=0)
         rep.close(linger=0)
+        context.term()
+
+
+# --- the settings ---------------------------------------------------------------------------------------
+
+def write_cfg(tmp_path, text):
+    path = tmp_path / "x.cfg"
+    path.write_text(text)
+    return str(path)
+
+
+def test_security_settings_default_to_secure_and_the_images_path(tmp_path):
+    config = load_config(write_cfg(tmp_path, "[global]\n"), env={})
+    assert (config.cluster_secret_file, config.insecure, config.max_message_bytes) == (
+        "/etc/calico/cluster.secret", False, 16 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("text, env, want", [
+    ("[security]\nClusterSecretFile = /a\nInsecure = yes\n", {}, ("/a", True)),
+    ("[security]\nClusterSecretFile = /a\nInsecure = false\n", {"CALICO_SECRET_FILE": "/b", "CALICO_INSECURE": "1"},
+     ("/a", False)),                       # the file's value wins ...
+    ("[security]\nClusterSecretFile =\nInsecure =\n", {"CALICO_SECRET_FILE": "/b", "CALICO_INSECURE": "1"},
+     ("/b", True)),                        # ... an empty one leaves it to the environment
+    ("", {"CALICO_SECRET_FILE": "/b"}, ("/b", False)),
+])
+def test_security_settings_from_file_then_environment(tmp_path, text, env, want):
+    config = load_config(write_cfg(tmp_path, text), env=env)
+    assert (config.cluster_secret_file, config.insecure) == want
+
+
+@pytest.mark.parametrize("text, env, named", [
+    ("[security]\nInsecure = perhaps\n", {}, "[security] Insecure = 'perhaps'"),
+    ("", {"CALICO_INSECURE": "2"}, "environment CALICO_INSECURE = '2'"),
+    ("[connection]\nMaxMessageBytes = 1000\n", {}, "below the minimum of 65536"),
+    ("[connection]\nMaxMessageBytes = ١٠٠٠٠٠٠\n", {}, "[connection] MaxMessageBytes"),
+    ("[security]\nSecret = x\n", {}, "[security] Secret: unknown key"),
+])
+def test_bad_security_settings_are_one_line(tmp_path, text, env, named):
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_cfg(tmp_path, text), env=env)
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_every_socket_gets_the_message_size_limit():
+    context = zmq.Context()
+    loop = EventLoop()
+    transport = Transport(context, loop, ClusterKeys(SECRET), max_message_bytes=70000)
+    sockets = [transport.listen(zmq.REP, "tcp://127.0.0.1:*", "plugin-ep", security.DOMAIN_EP_RESYNC),
+               transport.connect(zmq.SUB, "tcp://127.0.0.1:1", "felix", "acl-manager"),
+               transport.dialer(zmq.REQ, "tcp://127.0.0.1:1", "felix", "acl-manager").open()]
+    try:
+        assert [s.getsockopt(zmq.MAXMSGSIZE) for s in sockets] == [70000] * 3
+        assert sockets[0].getsockopt(zmq.CURVE_SERVER) == 1 and sockets[1].getsockopt(zmq.CURVE_SERVER) == 0
+        assert sockets[0].getsockopt(zmq.ZAP_ENFORCE_DOMAIN) == 1
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        transport.close()
         context.term()
