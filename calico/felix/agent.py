@@ -17,7 +17,10 @@ the moment between learning an endpoint and hearing its ACLs.
 Lost peers are rebuilt, never waited for: the plugin's REQ channel resets
 into a new resync; the ACL manager, on a reset or when its heartbeat topic
 goes quiet, is asked again for every endpoint's ACLs, while the ACLs already
-programmed stay in force.  A SUB socket silently drops what was published
+programmed stay in force; a subscription quiet that long is also made
+afresh, as libzmq never reconnects a connection it dropped for a protocol
+error (an ACLUPDATE over MaxMessageBytes).  Every socket speaks CURVE with
+this host's keys (``calico.common.security``).  A SUB socket silently drops what was published
 before it (re)connected, so when publications start arriving again the
 agent asks once more.
 
