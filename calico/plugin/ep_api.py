@@ -34,7 +34,7 @@ from calico.common import messages, security
 from calico.common.datafiles import Host
 from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
-from calico.common.validation import short_hostname
+from calico.common.validation import printable, short_hostname
 from calico.plugin import store
 from calico.plugin.store import DataState
 
@@ -138,7 +138,7 @@ class EndpointApi:
         for change in store.endpoint_changes(old, new):
             ep = change.endpoint
             level = logging.DEBUG if initial else logging.INFO
-            log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, ep.source,
+            log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, printable(ep.source),
                     change.msg_type.removeprefix("ENDPOINT").lower(), change.host)
             link = self.links.get(change.host)
             if link is not None and change.host not in fresh_links:
