@@ -33,7 +33,7 @@ import time
 from calico.acl_manager.network_store import parse_group_update
 from calico.acl_manager.publisher import aclupdate_body
 from calico.acl_manager.rule_processor import RuleProcessor
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.datafiles import default_group_rules
 from calico.common.rules import parse_rule_list
 
@@ -125,6 +125,10 @@ def bench_core() -> dict:
 
 def bench_process(expected_join: int) -> None:
     import zmq
+    tmp = tempfile.mkdtemp(prefix="acl-bench-")
+    secret_file = os.path.join(tmp, "cluster.secret")
+    security.write_secret(secret_file)
+    keys = security.ClusterKeys(security.read_secret(secret_file))
     context = zmq.Context()
     rep = context.socket(zmq.REP)
     pub = context.socket(zmq.PUB)
@@ -133,13 +137,16 @@ def bench_process(expected_join: int) -> None:
         sock.setsockopt(zmq.LINGER, 0)
     pub.setsockopt(zmq.SNDHWM, 0)
     felix.setsockopt(zmq.RCVHWM, 0)
+    # As the real peers: CURVE with keys derived from the cluster secret.
+    for sock in (rep, pub):
+        security.curve_server(sock, keys, security.ROLE_PLUGIN_NETWORK)
+    security.curve_client(felix, keys, security.ROLE_FELIX, security.ROLE_ACL_MANAGER)
     rep.bind(f"tcp://{PLUGIN_HOST}:{messages.PORT_NET_REQ}")
     pub.bind(f"tcp://{PLUGIN_HOST}:{messages.PORT_NET_PUB}")
-    tmp = tempfile.mkdtemp(prefix="acl-bench-")
     config = os.path.join(tmp, "acl_manager.cfg")
     with open(config, "w") as handle:
         handle.write(f"[global]\nPluginAddress = {PLUGIN_HOST}\nLocalAddress = {ACL_HOST}\n"
-                     "[log]\nLogSeverityScreen = NONE\n")
+                     f"[log]\nLogSeverityScreen = NONE\n[security]\nClusterSecretFile = {secret_file}\n")
     proc = subprocess.Popen([sys.executable, "-m", "calico.acl_manager.main", "--config-file", config,
                              "--log-file", os.path.join(tmp, "acl_manager.log")])
     try:
@@ -152,10 +159,18 @@ def bench_process(expected_join: int) -> None:
         getgroups = 0
         received: dict[str, int] = {}
 
+        next_heartbeat = 0.0
+
         def pump(until, deadline=60.0):
-            nonlocal got_heartbeat, getgroups
+            nonlocal got_heartbeat, getgroups, next_heartbeat
             end = time.monotonic() + deadline
             while not until() and time.monotonic() < end:
+                # As the real plugin does: a burst that takes longer than the
+                # manager's timeout must not look like a plugin gone away.
+                if time.monotonic() >= next_heartbeat:
+                    pub.send_multipart([messages.TOPIC_NETWORK_HEARTBEAT,
+                                        messages.encode(messages.make(messages.HEARTBEAT))])
+                    next_heartbeat = time.monotonic() + 1.0
                 for sock, _ in poller.poll(100):
                     if sock is rep:
                         msg = json.loads(rep.recv())

@@ -46,3 +46,12 @@ def _machine_wide_root_lock(request):
         _root_lock_handle = open(ROOT_LOCK_PATH, "w")
         fcntl.flock(_root_lock_handle, fcntl.LOCK_EX)
     yield
+
+
+@pytest.fixture(scope="session")
+def cluster_secret_file(tmp_path_factory):
+    """The test cluster's secret (tests/testkeys.py) as a file, mode 0600,
+    for the real processes; the fake peers derive their keys from it."""
+    import testkeys
+
+    return testkeys.write_secret_file(str(tmp_path_factory.mktemp("secret") / "cluster.secret"))

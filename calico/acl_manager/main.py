@@ -9,6 +9,11 @@ One thread, one ``EventLoop`` over four sockets:
 * ROUTER and PUB on LocalAddress:9905/9906 for Felix (``publisher``);
 * a monitor of the SUB socket, which tells when the subscription (re)connects.
 
+A connection libzmq drops for a protocol error (such as a publication over
+MaxMessageBytes) is never made again by that socket: when the subscription
+is down and nothing has come for ConnectionTimeoutMillis, the SUB socket is
+made afresh.
+
 When we ask for every group (GETGROUPS):
 * whenever the SUB socket completes a handshake with the plugin's PUB: at
   start, and after the plugin restarted (however quickly);
@@ -39,11 +44,12 @@ from typing import Any, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.config import Config, ConfigError, load_config, resolve_peers
 from calico.common.logs import setup_logging
-from calico.common.validation import ValidationError, parse_ip
-from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
+from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
+from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
 from calico.acl_manager.publisher import AclPublisher
 from calico.acl_manager.rule_processor import RuleProcessor
@@ -52,37 +58,35 @@ log = logging.getLogger("calico.acl_manager")
 
 DEFAULT_CONFIG_FILE = "/etc/calico/acl_manager.cfg"
 DEFAULT_LOG_FILE = "/var/log/calico/acl_manager.log"
+INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
 SUB_HWM = 100_000
 SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's requests still get turns
 
 
 class AclManager:
-    def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0):
+    def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0,
+                 keys: ClusterKeys | None = None):
         self.config = config
         self.context = context or zmq.Context.instance()
         self.loop = EventLoop()
+        self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
         self.store = NetworkStore()
         self.processor = RuleProcessor()
         self.snapshot = SnapshotTracker(snapshot_quiet)
         self.timeout = config.connection_timeout_millis / 1000.0
-        self.publisher = AclPublisher(self.loop, self.context, config.local_address, self.processor.acls_for,
+        self.publisher = AclPublisher(self.loop, self.transport, config.local_address, self.processor.acls_for,
                                       config.connection_keepalive_interval_millis)
 
-        self.sub = make_socket(self.context, zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, SUB_HWM)
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
-        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
-        self.sub.connect(self.sub_address)
-        self.subscribed = False
+        self._open_subscription()
         self.proven = False  # a publication has arrived on the current subscription
         self.answered_unproven = False  # a GETGROUPS was answered before that
         self.last_published_heard = self.loop.clock()
-        self.loop.add_socket(self.monitor, self._on_monitor)
-        self.loop.add_socket(self.sub, self._on_publication)
 
-        self.channel = ReqChannel(self.loop, self.context, tcp_address(config.plugin_address, messages.PORT_NET_REQ),
+        self.channel = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, tcp_address(config.plugin_address,
+                                                                                         messages.PORT_NET_REQ),
+                                                                   security.ROLE_ACL_MANAGER,
+                                                                   security.ROLE_PLUGIN_NETWORK),
                                   "network API", config.connection_timeout_millis,
                                   config.connection_keepalive_interval_millis,
                                   on_reply=self._on_reply, on_reset=self._on_reset)
@@ -90,6 +94,24 @@ class AclManager:
         self.last_request_reason = ""
         self.loop.add_timer(self._tick)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
+
+    def _open_subscription(self) -> None:
+        self.sub = self.transport.client(zmq.SUB, security.ROLE_ACL_MANAGER, security.ROLE_PLUGIN_NETWORK,
+                                         options={zmq.RCVHWM: SUB_HWM})
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
+        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
+        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.sub.connect(self.sub_address)
+        self.subscribed = False
+        self.loop.add_socket(self.monitor, self._on_monitor)
+        self.loop.add_socket(self.sub, self._on_publication)
+
+    def _close_subscription(self) -> None:
+        self.loop.remove_socket(self.sub)
+        self.loop.remove_socket(self.monitor)
+        self.sub.disable_monitor()
+        self.monitor.close(linger=0)
+        self.sub.close(linger=0)
 
     # --- asking for groups ---------------------------------------------------
 
@@ -141,6 +163,13 @@ class AclManager:
         waits = []
         if now - self.last_published_heard >= self.timeout:
             self.last_published_heard = now
+            if not self.subscribed:
+                # libzmq does not reconnect a connection it dropped for a
+                # protocol error (a publication over MaxMessageBytes, say):
+                # only a new socket does.
+                log.debug("subscription to %s down: opening it afresh", self.sub_address)
+                self._close_subscription()
+                self._open_subscription()
             self.request_groups(f"nothing from {self.sub_address} for {self.timeout:.1f}s")
         waits.append(self.last_published_heard + self.timeout - now)
         if self.retry_getgroups_at is not None:
@@ -240,12 +269,9 @@ class AclManager:
 
     def close(self) -> None:
         self.channel.close()
-        self.loop.remove_socket(self.sub)
-        self.loop.remove_socket(self.monitor)
-        self.sub.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sub.close(linger=0)
+        self._close_subscription()
         self.publisher.close()
+        self.transport.close()
 
 
 # --- command line -------------------------------------------------------------
@@ -257,12 +283,12 @@ def _override_address(value: str, flag: str) -> str:
     try:
         return str(parse_ip(value, allow_loopback=True))
     except ValidationError as exc:
-        raise ConfigError(f"{flag} {value!r}: {exc}") from None
+        raise ConfigError(f"{flag} {shown(value)}: {exc}") from None
 
 
 def _override_ms(value: str, flag: str) -> int:
-    if not value.strip().isdigit() or int(value) <= 0:
-        raise ConfigError(f"{flag} {value!r}: not a positive integer")
+    if not DECIMAL_RE.fullmatch(value.strip()) or int(value) <= 0:
+        raise ConfigError(f"{flag} {shown(value)}: not a positive integer")
     return int(value)
 
 
@@ -305,14 +331,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calico-acl-manager: {exc}", file=sys.stderr)
         return 2
     try:
+        credentials = load_credentials(config.cluster_secret_file, config.insecure, INSECURE_SETTING)
+    except SecurityError as exc:
+        print(f"calico-acl-manager: {exc}", file=sys.stderr)
+        return 2
+    try:
         setup_logging("acl_manager", config.log_file_path, config.log_severity_file,
                       config.log_severity_screen, config.log_severity_sys)
     except OSError as exc:
         print(f"calico-acl-manager: [log] LogFilePath {config.log_file_path!r}: {exc.strerror}", file=sys.stderr)
         return 2
+    for warning in credentials.warnings:
+        log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        manager = AclManager(config)
+        manager = AclManager(config, keys=credentials.keys)
     except zmq.ZMQError as exc:
         log.error("cannot start: %s (LocalAddress %r, PluginAddress %r)", exc, config.local_address,
                   config.plugin_address)

@@ -81,11 +81,13 @@ class BadRuleReporter:
         except (TypeError, ValueError):
             text = repr(wire)
         key = (group, direction, text)
+        # JSON escapes every control character: one line, but of any length.
+        shown = text if len(text) <= 200 else text[:200] + "..."
         if key in self._reported:
-            log.debug("group %s: %s rule %s skipped again: %s", group, direction, text, reason)
+            log.debug("group %s: %s rule %s skipped again: %s", group, direction, shown, reason)
             return
         self._reported.add(key)
-        log.warning("group %s: %s rule %s skipped: %s", group, direction, text, reason)
+        log.warning("group %s: %s rule %s skipped: %s", group, direction, shown, reason)
 
 
 def parse_group_update(msg: Mapping[str, Any], reporter: BadRuleReporter | None = None) -> GroupSpec:

@@ -9,6 +9,10 @@ joiner): Felix subscribes first, then asks, so the answer to its question is
 the copy that arrives.  An endpoint we do not know gets nothing now; its
 ACLs are published when a group first names it.
 
+Only Felixes (the role every Felix shares, ``calico.common.security``) may
+connect to either socket: the ACLs say who may reach whom, which is for
+the hosts to know and nobody else.
+
 A ROUTER socket lets one loop serve many Felixes without a REP socket's
 strict request/reply lock-step: each request carries its envelope and the
 reply goes back with it.  Bad requests (not JSON, unknown type, missing or
@@ -26,8 +30,9 @@ from typing import Callable
 
 import zmq
 
-from calico.common import messages
-from calico.common.zmqloop import EventLoop, make_socket, tcp_address
+from calico.common import messages, security
+from calico.common.security import Transport
+from calico.common.zmqloop import EventLoop, tcp_address
 from calico.acl_manager.rule_processor import EndpointAcls
 
 log = logging.getLogger(__name__)
@@ -45,16 +50,15 @@ def aclupdate_body(acls: EndpointAcls, issued: int) -> bytes:
 
 
 class AclPublisher:
-    def __init__(self, loop: EventLoop, context: zmq.Context, bind_address: str,
+    def __init__(self, loop: EventLoop, transport: Transport, bind_address: str,
                  lookup: Callable[[str], EndpointAcls | None], keepalive_ms: int):
         self.loop = loop
         self.lookup = lookup
         self.keepalive = keepalive_ms / 1000.0
-        self.router = make_socket(context, zmq.ROUTER)
-        self.router.bind(tcp_address(bind_address, messages.PORT_ACL_REQ))
-        self.pub = make_socket(context, zmq.PUB)
-        self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self.pub.bind(tcp_address(bind_address, messages.PORT_ACL_PUB))
+        self.router = transport.listen(zmq.ROUTER, tcp_address(bind_address, messages.PORT_ACL_REQ),
+                                       security.ROLE_ACL_MANAGER, security.DOMAIN_ACL_REQ)
+        self.pub = transport.listen(zmq.PUB, tcp_address(bind_address, messages.PORT_ACL_PUB),
+                                    security.ROLE_ACL_MANAGER, security.DOMAIN_ACL_PUB, options={zmq.SNDHWM: PUB_HWM})
         self.next_heartbeat = loop.clock()
         self.published = 0
         loop.add_socket(self.router, self._on_readable)

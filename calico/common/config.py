@@ -11,6 +11,11 @@ or the cluster file so that one Docker image serves every site:
    the cluster file (``CALICO_CLUSTER_FILE``, default
    /opt/plugin/data/felix.txt).
 
+The ``[security]`` keys (ClusterSecretFile, Insecure) left empty or out
+come from ``CALICO_SECRET_FILE`` and ``CALICO_INSECURE``, then their
+defaults (/etc/calico/cluster.secret; secure), so that a Docker run can set
+them with ``-e``.
+
 A bad value stops start-up with ``ConfigError``, one line naming the file,
 key and value.
 """
@@ -25,7 +30,9 @@ from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 from calico.common.datafiles import DataFileError, Host, load_cluster
-from calico.common.validation import ValidationError, check_hostname, parse_ip, short_hostname
+from calico.common.security import DEFAULT_SECRET_FILE, parse_flag
+from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
+from calico.common.validation import ValidationError, check_hostname, parse_decimal, parse_ip, printable, short_hostname, shown
 
 DEFAULT_CLUSTER_FILE = "/opt/plugin/data/felix.txt"
 PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
@@ -50,13 +57,24 @@ class Config:
     log_severity_screen: str = "INFO"
     connection_timeout_millis: int = 6000
     connection_keepalive_interval_millis: int = 2000
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    cluster_secret_file: str = DEFAULT_SECRET_FILE
+    insecure: bool = False
     source: str = "<defaults>"
 
 
 def _positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) <= 0:
+    value = parse_decimal(text.strip(), "value")
+    if value <= 0:
         raise ValueError("not a positive integer")
-    return int(text)
+    return value
+
+
+def _message_bytes(text: str) -> int:
+    value = _positive_int(text)
+    if value < MIN_MAX_MESSAGE_BYTES:
+        raise ValueError(f"below the minimum of {MIN_MAX_MESSAGE_BYTES}")
+    return value
 
 
 def _level(text: str) -> str:
@@ -70,7 +88,7 @@ def _address(text: str) -> str:
     text = text.strip()
     if text == "*":
         return text
-    if re.match(r"^[A-Za-z][A-Za-z0-9.-]{0,252}$", text):
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9.-]{0,252}", text):
         return text  # a DNS name; ZeroMQ resolves it on connect
     return str(parse_ip(text, allow_loopback=True))
 
@@ -97,12 +115,21 @@ _KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
     ("log", "LogSeverityScreen", "log_severity_screen", _level),
     ("connection", "ConnectionTimeoutMillis", "connection_timeout_millis", _positive_int),
     ("connection", "ConnectionKeepaliveIntervalMillis", "connection_keepalive_interval_millis", _positive_int),
+    ("connection", "MaxMessageBytes", "max_message_bytes", _message_bytes),
+    ("security", "ClusterSecretFile", "cluster_secret_file", _path),
+    ("security", "Insecure", "insecure", parse_flag),
 ]
 
 _ENV = {
     "plugin_address": "CALICO_PLUGIN_ADDRESS",
     "acl_address": "CALICO_ACL_ADDRESS",
     "felix_hostname": "CALICO_FELIX_HOSTNAME",
+}
+# Keys with a default of their own that the environment may still set when
+# the file leaves them empty or out.
+_ENV_UNLESS_SET = {
+    "cluster_secret_file": "CALICO_SECRET_FILE",
+    "insecure": "CALICO_INSECURE",
 }
 
 
@@ -124,23 +151,29 @@ def load_config(path: str | None, env: dict[str, str] | None = None) -> Config:
                 parser.read_file(handle, source=path)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
         except configparser.Error as exc:
-            raise ConfigError(f"{path}: not a valid INI file: {' '.join(str(exc).split())}") from None
+            raise ConfigError(f"{path}: not a valid INI file: {shown(' '.join(str(exc).split()))[1:-1]}") from None
     known = {(section, key) for section, key, _, _ in _KEYS}
     for section in parser.sections():
         for key in parser[section]:
             if (section, key) not in known:
-                raise ConfigError(f"{path}: [{section}] {key}: unknown key")
+                raise ConfigError(f"{path}: [{printable(section)}] {printable(key)}: unknown key")
+    from_file = set()
     for section, key, attr, parse in _KEYS:
         if not parser.has_option(section, key):
             continue
         raw = parser.get(section, key)
         if attr in _ENV and (not raw.strip() or is_placeholder(raw)):
             continue
+        if attr in _ENV_UNLESS_SET and not raw.strip():
+            continue
+        from_file.add(attr)
         try:
             setattr(config, attr, parse(raw))
         except (ValueError, ValidationError) as exc:
-            raise ConfigError(f"{path}: [{section}] {key} = {raw!r}: {exc}") from None
+            raise ConfigError(f"{path}: [{section}] {key} = {shown(raw)}: {exc}") from None
     for attr, var in _ENV.items():
         value = env.get(var, "").strip()
         if not getattr(config, attr) and value and not is_placeholder(value):
@@ -148,7 +181,15 @@ def load_config(path: str | None, env: dict[str, str] | None = None) -> Config:
             try:
                 setattr(config, attr, parse(value))
             except (ValueError, ValidationError) as exc:
-                raise ConfigError(f"environment {var} = {value!r}: {exc}") from None
+                raise ConfigError(f"environment {var} = {shown(value)}: {exc}") from None
+    for attr, var in _ENV_UNLESS_SET.items():
+        value = env.get(var, "").strip()
+        if attr not in from_file and value:
+            parse = next(p for _, _, a, p in _KEYS if a == attr)
+            try:
+                setattr(config, attr, parse(value))
+            except (ValueError, ValidationError) as exc:
+                raise ConfigError(f"environment {var} = {shown(value)}: {exc}") from None
     return config
 
 
@@ -165,7 +206,7 @@ def hosts_from_env(env: dict[str, str]) -> list[Host]:
                 raise ValidationError("want name=ip")
             hosts.append(Host(check_hostname(short_hostname(name)), str(parse_ip(ip, allow_loopback=True))))
         except ValidationError as exc:
-            raise ConfigError(f"environment CALICO_HOSTS item {item!r}: {exc}") from None
+            raise ConfigError(f"environment CALICO_HOSTS item {shown(item)}: {exc}") from None
     return hosts
 
 

@@ -36,8 +36,11 @@ from calico.common.validation import (
     check_hostname,
     parse_cidr,
     parse_ip,
+    parse_decimal,
     parse_mac,
+    printable,
     short_hostname,
+    shown,
 )
 
 DEFAULT_AS = 64511
@@ -105,7 +108,6 @@ SETTINGS_ENV = {"nat_outgoing": "CALICO_NAT_OUTGOING", "ipip": "CALICO_IPIP",
                 "route_reflectors": "CALICO_ROUTE_REFLECTORS"}
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True,
                "false": False, "no": False, "off": False, "0": False}
-_AS_RE = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _parse_endpoint(name: str, section: configparser.SectionProxy, source: str) 
     groups = tuple(check_group_name(g) for g in _split_list(_get(section, "group")))
     state = section.get("state", "enabled").strip()
     if state not in messages.ENDPOINT_STATES:
-        raise ValidationError(f"state {state!r} is not enabled or disabled")
+        raise ValidationError(f"state {shown(state)} is not enabled or disabled")
     return Endpoint(endpoint_id, addrs, mac, host, groups, state, name, source)
 
 
@@ -239,16 +241,17 @@ def _parse_global(section: configparser.SectionProxy) -> GlobalSettings:
     if ":" not in pool6:
         raise ValidationError(f"pool6 {pool6} is not IPv6")
     as_text = section.get("as", str(DEFAULT_AS)).strip()
-    if not _AS_RE.fullmatch(as_text) or not 0 < int(as_text) < 2**32:
-        raise ValidationError(f"as {as_text!r} is not an AS number")
+    as_number = parse_decimal(as_text, "as")
+    if not 0 < as_number < 2**32:
+        raise ValidationError(f"as {shown(as_text)} is not an AS number")
     plugin_host = section.get("plugin_host", "").strip() or None
     if plugin_host is not None:
         plugin_host = check_hostname(short_hostname(plugin_host))
     known = {"pool", "pool6", "as", "plugin_host", "nat_outgoing", "ipip", "route_reflectors"}
     unknown = sorted(set(section) - known)
     if unknown:
-        raise ValidationError(f"unknown key {unknown[0]!r} (want {', '.join(sorted(known))})")
-    return GlobalSettings(pool, int(as_text), plugin_host, pool6,
+        raise ValidationError(f"unknown key {shown(unknown[0])} (want {', '.join(sorted(known))})")
+    return GlobalSettings(pool, as_number, plugin_host, pool6,
                           nat_outgoing=parse_nat_outgoing(section.get("nat_outgoing", "false")),
                           ipip=parse_ipip(section.get("ipip", IPIP_NEVER)),
                           route_reflectors=parse_route_reflectors(section.get("route_reflectors", "")))
@@ -259,11 +262,12 @@ def parse_data_text(text: str, source: str) -> FileContents:
     section is recorded in ``errors`` and skipped so the file's other
     sections still count."""
     parser = configparser.ConfigParser(interpolation=None, strict=True)
+    where = printable(source)
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:
         reason = " ".join(str(exc).split())
-        raise DataFileError(f"{source}: not a valid INI file: {reason}") from None
+        raise DataFileError(f"{where}: not a valid INI file: {shown(reason)[1:-1]}") from None
     contents = FileContents(source)
     for section_name in parser.sections():
         section = parser[section_name]
@@ -281,7 +285,7 @@ def parse_data_text(text: str, source: str) -> FileContents:
             else:
                 raise ValidationError("unknown section (want felix NAME, endpoint NAME, group NAME or global)")
         except ValidationError as exc:
-            contents.errors.append(f"{source}: [{section_name}]: {exc}")
+            contents.errors.append(f"{where}: [{printable(section_name)}]: {exc}")
     return contents
 
 
@@ -291,9 +295,9 @@ def parse_data_file(path: str) -> FileContents:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except UnicodeDecodeError:
-        raise DataFileError(f"{source}: not UTF-8 text") from None
+        raise DataFileError(f"{printable(source)}: not UTF-8 text") from None
     except OSError as exc:
-        raise DataFileError(f"{source}: cannot read: {exc.strerror}") from None
+        raise DataFileError(f"{printable(source)}: cannot read: {exc.strerror}") from None
     return parse_data_text(text, source)
 
 

@@ -11,7 +11,8 @@ import logging
 import logging.handlers
 import os
 import sys
-
+import time
+from typing import Callable
 
 
 def _level(name: str) -> int | None:
@@ -48,3 +49,38 @@ def setup_logging(component: str, log_file: str = "", file_level: str = "INFO",
         syslog.ident = f"calico-{component}: "
         add(syslog, sys_lvl)
     root.setLevel(min(levels) if levels else logging.CRITICAL + 1)
+
+
+class RateLimitedLog:
+    """One kind of log line that a stranger can cause (a refused handshake):
+    at most ``burst`` lines per ``period`` seconds, the rest counted and the
+    count given with the next line let through, so a flood costs a few
+    lines a minute rather than the disk."""
+
+    def __init__(self, logger: logging.Logger, level: int = logging.WARNING, burst: int = 10,
+                 period: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.level = level
+        self.burst = burst
+        self.period = period
+        self.clock = clock
+        self._window_start = -period
+        self._in_window = 0
+        self.suppressed = 0
+
+    def __call__(self, fmt: str, *args: object) -> bool:
+        """Log the line unless over the limit; True if it was logged."""
+        now = self.clock()
+        if now - self._window_start >= self.period:
+            self._window_start = now
+            self._in_window = 0
+        if self._in_window >= self.burst:
+            self.suppressed += 1
+            return False
+        self._in_window += 1
+        if self.suppressed:
+            fmt += " (%d similar lines suppressed before this one)"
+            args = (*args, self.suppressed)
+            self.suppressed = 0
+        self.logger.log(self.level, fmt, *args)
+        return True

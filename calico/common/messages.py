@@ -6,6 +6,16 @@ turns raw bytes into a checked ``dict`` or raises ``MessageError`` with a
 one-line reason naming the field; ``make`` builds outgoing messages with the
 ``issued`` timestamp.  Callers never index into unchecked JSON.
 
+Decoding is total: whatever the bytes (not UTF-8, not JSON, nested ten
+thousand deep, numbers of thousands of digits, NaN, strings with NUL or
+newlines), the result is a checked message or ``MessageError``, never
+another exception.  Nesting deeper than any message needs (``MAX_DEPTH``)
+is refused, every string that reaches a log or the kernel is checked in
+full or bounded, untrusted values in reasons are shown with a bounded
+repr, and the checked message holds only the declared fields, so nothing
+unexpected travels past the decoder.  (The size of a message is bounded
+before it gets here, by the socket: MaxMessageBytes.)
+
 Rules inside GROUPUPDATE and ACLUPDATE are deliberately *not* validated here:
 a receiver must keep the good rules of a message that also holds bad ones
 (Felix programs the valid rules and logs the rest), so rule lists are only
@@ -15,10 +25,20 @@ checked for shape and each rule is parsed by ``calico.common.rules``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Callable
 
-from calico.common.validation import ValidationError, check_endpoint_id, check_group_name, parse_ip, parse_mac
+from calico.common.validation import (
+    ValidationError,
+    check_endpoint_id,
+    check_group_name,
+    check_hostname,
+    parse_ip,
+    parse_mac,
+    short_hostname,
+    shown,
+)
 
 # Fixed ports (DESIGN section 4).
 PORT_EP_RESYNC = 9901        # plugin (ep) REP  <- Felix REQ
@@ -49,6 +69,15 @@ RETURN_CODES = (RC_SUCCESS, RC_INVALID, RC_NOTEXIST)
 
 ENDPOINT_STATES = ("enabled", "disabled")
 
+# The deepest a valid message nests: an ACLUPDATE's port range is at depth 6
+# (message, acls, v4, inbound, rule, port).
+MAX_DEPTH = 8
+MAX_TEXT = 1024             # a reply's free-text message
+MAX_INT = 2**63 - 1         # timestamps and counts
+RESYNC_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# A host name as Felix may send it, before it is cut at the first dot.
+FULL_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}")
+
 
 class MessageError(ValueError):
     """A message that cannot be used; ``str()`` is a one-line reason."""
@@ -64,28 +93,47 @@ def now_ms() -> int:
 
 # --- field checkers: each returns the (possibly canonicalised) value ---------
 
-def _str(value: Any) -> str:
+def _text(value: Any) -> str:
+    """Free text (a reply's message): bounded; logged only with %r."""
     if not isinstance(value, str):
         raise ValidationError(f"want a string, got {type(value).__name__}")
+    if len(value) > MAX_TEXT:
+        raise ValidationError(f"longer than {MAX_TEXT} characters")
     return value
 
 
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"want an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_INT:
+        raise ValidationError(f"{shown(value)} is out of range")
     return value
 
 
-def _state(value: Any) -> str:
-    if value not in ENDPOINT_STATES:
-        raise ValidationError(f"{value!r} is not one of {', '.join(ENDPOINT_STATES)}")
+def _resync_id(value: Any) -> str:
+    if not isinstance(value, str) or not RESYNC_ID_RE.fullmatch(value):
+        raise ValidationError(f"{shown(value)} is not 1-64 of A-Z a-z 0-9 _ . : -")
     return value
 
 
-def _rc(value: Any) -> str:
-    if value not in RETURN_CODES:
-        raise ValidationError(f"{value!r} is not one of {', '.join(RETURN_CODES)}")
+def _hostname(value: Any) -> str:
+    if not isinstance(value, str) or not FULL_HOSTNAME_RE.fullmatch(value):
+        raise ValidationError(f"bad host name {shown(value)}")
+    check_hostname(short_hostname(value))
     return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise ValidationError(f"{shown(value)} is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+_state = _one_of(ENDPOINT_STATES)
+_rc = _one_of(RETURN_CODES)
+_default = _one_of(("deny", "allow"))
 
 
 def _addrs(value: Any) -> list[dict[str, str]]:
@@ -94,7 +142,7 @@ def _addrs(value: Any) -> list[dict[str, str]]:
     checked = []
     for item in value:
         if not isinstance(item, dict) or "addr" not in item:
-            raise ValidationError(f"entry {item!r} is not an {{addr}} object")
+            raise ValidationError(f"entry {shown(item)} is not an {{addr}} object")
         checked.append({"addr": str(parse_ip(item["addr"]))})
     return checked
 
@@ -106,7 +154,7 @@ def _members(value: Any) -> dict[str, list[str]]:
     for endpoint_id, ips in value.items():
         check_endpoint_id(endpoint_id)
         if not isinstance(ips, list):
-            raise ValidationError(f"addresses of {endpoint_id!r} are not a list")
+            raise ValidationError(f"addresses of {shown(endpoint_id)} are not a list")
         checked[endpoint_id] = [str(parse_ip(ip)) for ip in ips]
     return checked
 
@@ -115,22 +163,20 @@ def _rule_set(value: Any) -> dict[str, Any]:
     """Shape check only: direction lists and defaults (see module docstring)."""
     if not isinstance(value, dict):
         raise ValidationError("want an object with inbound/outbound rule lists")
+    checked: dict[str, Any] = {}
     for direction in ("inbound", "outbound"):
-        if not isinstance(value.get(direction, []), list):
+        rules = value.get(direction, [])
+        if not isinstance(rules, list):
             raise ValidationError(f"{direction} is not a list")
-        default = value.get(f"{direction}_default", "deny")
-        if default not in ("deny", "allow"):
-            raise ValidationError(f"{direction}_default {default!r} is not deny or allow")
-    return value
+        checked[direction] = rules
+        checked[f"{direction}_default"] = _default(value.get(f"{direction}_default", "deny"))
+    return checked
 
 
 def _acls(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError("want an object with v4 and v6 rule sets")
-    for family in ("v4", "v6"):
-        if family in value:
-            _rule_set(value[family])
-    return value
+    return {family: _rule_set(value[family]) for family in ("v4", "v6") if family in value}
 
 
 Fields = dict[str, tuple[Callable[[Any], Any], bool]]
@@ -140,13 +186,13 @@ _ENDPOINT_FIELDS: Fields = {
     "mac": (parse_mac, True),
     "state": (_state, True),
     "addrs": (_addrs, True),
-    "resync_id": (_str, False),
+    "resync_id": (_resync_id, False),
     "issued": (_int, False),
 }
 
 # Requests: what the sender must supply.  Replies are checked separately.
 REQUEST_FIELDS: dict[str, Fields] = {
-    RESYNCSTATE: {"resync_id": (_str, True), "hostname": (_str, True), "issued": (_int, False)},
+    RESYNCSTATE: {"resync_id": (_resync_id, True), "hostname": (_hostname, True), "issued": (_int, False)},
     ENDPOINTCREATED: _ENDPOINT_FIELDS,
     ENDPOINTUPDATED: _ENDPOINT_FIELDS,
     ENDPOINTDESTROYED: {"endpoint_id": (check_endpoint_id, True), "issued": (_int, False)},
@@ -164,13 +210,13 @@ REQUEST_FIELDS: dict[str, Fields] = {
 
 REPLY_FIELDS: Fields = {
     "rc": (_rc, False),
-    "message": (_str, False),
+    "message": (_text, False),
     "endpoint_count": (_int, False),
 }
 
 
 def _check_fields(msg: dict[str, Any], fields: Fields, msg_type: str) -> dict[str, Any]:
-    checked = dict(msg)
+    checked: dict[str, Any] = {"type": msg_type}  # and the declared fields: nothing else passes
     for name, (check, required) in fields.items():
         if name not in msg:
             if required:
@@ -183,11 +229,37 @@ def _check_fields(msg: dict[str, Any], fields: Fields, msg_type: str) -> dict[st
     return checked
 
 
-def _load(raw: bytes) -> dict[str, Any]:
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _check_depth(value: Any) -> None:
+    """Iteratively, so that checking cannot itself run out of stack."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise MessageError(f"nested deeper than {MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def _parse(raw: bytes) -> Any:
+    """JSON from the wire, within MAX_DEPTH; every fault is a MessageError."""
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise MessageError(f"not bytes but {type(raw).__name__}")
     try:
-        msg = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+        value = json.loads(bytes(raw), parse_constant=_refuse_constant)
+    except RecursionError:  # the C parser's own limit, far beyond MAX_DEPTH
+        raise MessageError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:  # also bad UTF-8, and integers of more than 4300 digits
         raise MessageError("not JSON") from None
+    _check_depth(value)
+    return value
+
+
+def _load(raw: bytes) -> dict[str, Any]:
+    msg = _parse(raw)
     if not isinstance(msg, dict):
         raise MessageError("not a JSON object")
     msg_type = msg.get("type")
@@ -196,6 +268,23 @@ def _load(raw: bytes) -> dict[str, Any]:
     return msg
 
 
+def _total(decode: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The one place a fault while decoding becomes a MessageError, whatever
+    it was (a checker meeting a value nobody thought of): a bad message
+    must never cost the component its loop."""
+    def wrapper(raw: bytes, *args: Any) -> dict[str, Any]:
+        try:
+            return decode(raw, *args)
+        except MessageError:
+            raise
+        except Exception as exc:
+            raise MessageError(f"undecodable message ({type(exc).__name__})") from None
+    wrapper.__doc__ = decode.__doc__
+    wrapper.__name__ = decode.__name__
+    return wrapper
+
+
+@_total
 def decode_request(raw: bytes, allowed: frozenset[str] | set[str]) -> dict[str, Any]:
     """Decode a request (or published message) of one of the allowed types.
 
@@ -205,16 +294,28 @@ def decode_request(raw: bytes, allowed: frozenset[str] | set[str]) -> dict[str, 
     msg = _load(raw)
     msg_type = msg["type"]
     if msg_type not in allowed:
-        raise MessageError(f"unexpected message type {msg_type!r}", msg_type if msg_type in REQUEST_FIELDS else None)
+        raise MessageError(f"unexpected message type {shown(msg_type)}",
+                           msg_type if msg_type in REQUEST_FIELDS else None)
     return _check_fields(msg, REQUEST_FIELDS[msg_type], msg_type)
 
 
+@_total
 def decode_reply(raw: bytes, expected_type: str) -> dict[str, Any]:
     """Decode a reply; it must carry the type of the request it answers."""
     msg = _load(raw)
     if msg["type"] != expected_type:
-        raise MessageError(f"reply of type {msg['type']!r} to a {expected_type} request", expected_type)
+        raise MessageError(f"reply of type {shown(msg['type'])} to a {expected_type} request", expected_type)
     return _check_fields(msg, REPLY_FIELDS, expected_type)
+
+
+def peek(raw: bytes) -> dict[str, Any] | None:
+    """The raw JSON object of a message that failed to decode, if it is one
+    (within the depth limit), for bookkeeping only; never raises."""
+    try:
+        msg = _parse(raw)
+    except Exception:
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 def make(msg_type: str, **fields: Any) -> dict[str, Any]:
@@ -233,7 +334,7 @@ def reply(msg_type: str, rc: str = RC_SUCCESS, message: str = "", **fields: Any)
 
 def invalid_reply(error: MessageError) -> dict[str, Any]:
     """The reply owed to a request that failed to decode."""
-    return reply(error.msg_type or "UNKNOWN", RC_INVALID, str(error))
+    return reply(error.msg_type or "UNKNOWN", RC_INVALID, str(error)[:MAX_TEXT])
 
 
 def encode(msg: dict[str, Any]) -> bytes:

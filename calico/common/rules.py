@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from calico.common.validation import ValidationError, check_group_name, parse_cidr
+from calico.common.validation import DECIMAL_RE, ValidationError, check_group_name, parse_cidr, shown
 
 PROTOCOL_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58, "sctp": 132, "udplite": 136}
 PORT_PROTOCOLS = frozenset({"tcp", "udp", "sctp", "udplite"})
@@ -85,7 +85,7 @@ def protocol_name(protocol: str | int | None) -> str | None:
 
 def _check_port_number(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 65535:
-        raise ValidationError(f"bad port {value!r} (want 1-65535)")
+        raise ValidationError(f"bad port {shown(value)} (want 1-65535)")
     return value
 
 
@@ -102,18 +102,18 @@ def validate_rule(rule: Rule) -> None:
     proto = rule.protocol
     if proto is not None:
         if isinstance(proto, bool) or not isinstance(proto, (str, int)):
-            raise ValidationError(f"bad protocol {proto!r}")
+            raise ValidationError(f"bad protocol {shown(proto)}")
         if isinstance(proto, int):
             if not 0 < proto < 256:
-                raise ValidationError(f"bad protocol number {proto!r}")
+                raise ValidationError(f"bad protocol number {shown(proto)}")
             if proto in _NUMBER_TO_NAME:
                 object.__setattr__(rule, "protocol", _NUMBER_TO_NAME[proto])
         elif proto not in PROTOCOL_NUMBERS:
-            raise ValidationError(f"unknown protocol {proto!r} (want one of {', '.join(PROTOCOL_NUMBERS)} or a number)")
+            raise ValidationError(f"unknown protocol {shown(proto)} (want one of {', '.join(PROTOCOL_NUMBERS)} or a number)")
     name = protocol_name(rule.protocol)
     if rule.port is not None:
         if name not in PORT_PROTOCOLS:
-            raise ValidationError(f"a port needs protocol tcp, udp, sctp or udplite, not {rule.protocol!r}")
+            raise ValidationError(f"a port needs protocol tcp, udp, sctp or udplite, not {shown(rule.protocol)}")
         if isinstance(rule.port, tuple):
             low, high = (_check_port_number(p) for p in rule.port)
             if low > high:
@@ -122,12 +122,12 @@ def validate_rule(rule: Rule) -> None:
             _check_port_number(rule.port)
     if rule.icmp_type is not None or rule.icmp_code is not None:
         if name not in ICMP_PROTOCOLS:
-            raise ValidationError(f"an ICMP type needs protocol icmp or icmpv6, not {rule.protocol!r}")
+            raise ValidationError(f"an ICMP type needs protocol icmp or icmpv6, not {shown(rule.protocol)}")
         if rule.icmp_type is None:
             raise ValidationError("an ICMP code needs an ICMP type")
         for label, value in (("type", rule.icmp_type), ("code", rule.icmp_code)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255):
-                raise ValidationError(f"bad ICMP {label} {value!r} (want 0-255)")
+                raise ValidationError(f"bad ICMP {label} {shown(value)} (want 0-255)")
 
 
 def rule_from_wire(wire: object) -> Rule:
@@ -136,11 +136,11 @@ def rule_from_wire(wire: object) -> Rule:
         raise ValidationError(f"a rule must be an object, not {type(wire).__name__}")
     unknown = set(wire) - {"group", "cidr", "protocol", "port", "icmp_type", "icmp_code"}
     if unknown:
-        raise ValidationError(f"unknown rule field(s) {', '.join(sorted(unknown))}")
+        raise ValidationError(f"unknown rule field(s) {shown(sorted(map(str, unknown)))}")
     port = wire.get("port")
     if isinstance(port, list):
         if len(port) != 2:
-            raise ValidationError(f"bad port range {port!r} (want [low, high])")
+            raise ValidationError(f"bad port range {shown(port)} (want [low, high])")
         port = (port[0], port[1])
     try:
         return Rule(
@@ -152,14 +152,14 @@ def rule_from_wire(wire: object) -> Rule:
             icmp_code=wire.get("icmp_code"),
         )
     except TypeError as exc:  # unhashable or odd types in the fields
-        raise ValidationError(f"bad rule {wire!r}: {exc}") from None
+        raise ValidationError(f"bad rule {shown(wire)}: {exc}") from None
 
 
 def parse_rule_text(text: str) -> Rule:
     """Parse ``SOURCE [PROTOCOL [PORT | LOW-HIGH | TYPE[/CODE]]]``."""
     words = text.split()
     if not words or len(words) > 3:
-        raise ValidationError(f"bad rule {text!r} (want SOURCE [PROTOCOL [PORT | LOW-HIGH]])")
+        raise ValidationError(f"bad rule {shown(text)} (want SOURCE [PROTOCOL [PORT | LOW-HIGH]])")
     source = words[0]
     group = cidr = None
     if source.startswith("group:"):
@@ -168,7 +168,7 @@ def parse_rule_text(text: str) -> Rule:
         cidr = source
     protocol: str | int | None = None
     if len(words) > 1:
-        protocol = int(words[1]) if words[1].isdigit() else words[1].lower()
+        protocol = int(words[1]) if DECIMAL_RE.fullmatch(words[1]) else words[1].lower()
     port: Port = None
     icmp_type = icmp_code = None
     if len(words) > 2:
@@ -185,12 +185,12 @@ def parse_rule_text(text: str) -> Rule:
     try:
         return Rule(group, cidr, protocol, port, icmp_type, icmp_code)
     except ValidationError as exc:
-        raise ValidationError(f"bad rule {text!r}: {exc}") from None
+        raise ValidationError(f"bad rule {shown(text)}: {exc}") from None
 
 
 def _parse_int(word: str, text: str) -> int:
-    if not word.isdigit():
-        raise ValidationError(f"bad rule {text!r}: {word!r} is not a number")
+    if not DECIMAL_RE.fullmatch(word):
+        raise ValidationError(f"bad rule {shown(text)}: {shown(word)} is not a number")
     return int(word)
 
 

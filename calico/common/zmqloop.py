@@ -2,9 +2,18 @@
 
 Every component is a single thread polling its sockets.  ``EventLoop`` holds
 the poller, the per-socket handlers and the timers; handlers run to
-completion, so component state needs no locks.
+completion, so component state needs no locks.  A handler or timer that
+raises is logged in one line and the loop carries on: no message, however
+it is made, ends a component (a REP socket whose handler failed before
+answering still answers, rc INVALID, or it could never take another
+request).
 
-``ReqChannel`` wraps a REQ socket.  A ZeroMQ REQ socket that has sent a
+Every socket is made by ``make_socket``, the one place its options are set,
+among them the largest message it accepts (MaxMessageBytes): a peer that
+sends more is disconnected by ZeroMQ before anything is allocated for it.
+
+``ReqChannel`` wraps a REQ socket, opened (and re-opened) by a ``Dialer``
+(``calico.common.security.Transport`` makes them, with the keys).  A ZeroMQ REQ socket that has sent a
 request and never hears back is stuck for good (it refuses to send again),
 so the channel watches the outstanding request: after
 ConnectionTimeoutMillis without a reply the socket is closed and made afresh
@@ -20,16 +29,37 @@ import collections
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import zmq
 
 from calico.common import messages
+from calico.common.validation import shown
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[], None]
 Timer = Callable[[float], float | None]
+
+# The largest message a socket accepts unless MaxMessageBytes says otherwise.
+# The largest messages of a real cluster are those of a big group: for
+# 10,000 members with 64-character ids and an IPv4 and an IPv6 address each,
+# its GROUPUPDATE is 0.97 MB and a member's ACLUPDATE (every member's
+# addresses, both directions) 2.7 MB (bench/message_size_bench.py).  16 MiB
+# passes groups of up to about 60,000 such members, while bounding what one
+# peer can make us hold.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Below this even ordinary requests could be refused; a setting smaller
+# than this is a mistake, not a policy.
+MIN_MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class Dialer(Protocol):
+    """Opens a fresh client socket to one address (with whatever keys it needs)."""
+
+    address: str
+
+    def open(self) -> zmq.Socket: ...
 
 
 def tcp_address(host: str, port: int) -> str:
@@ -39,11 +69,22 @@ def tcp_address(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def make_socket(context: zmq.Context, kind: int) -> zmq.Socket:
+def make_socket(context: zmq.Context, kind: int, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IPV6, 1)  # harmless for IPv4, needed for v6 peers
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     return sock
+
+
+def _answer_if_owed(sock: zmq.Socket) -> None:
+    """A REP socket that took a request must send a reply before it can take
+    another; sending when nothing is owed fails with EFSM, which is fine."""
+    try:
+        sock.send(messages.encode(messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")), zmq.NOBLOCK)
+    except zmq.ZMQError:
+        return
+    log.warning("answered INVALID for the failed handler")
 
 
 class EventLoop:
@@ -79,15 +120,30 @@ class EventLoop:
         wait = max_wait
         now = self.clock()
         for timer in list(self._timers):
-            due = timer(now)
+            try:
+                due = timer(now)
+            except Exception as exc:  # a bug must not end the component
+                self._failed("a timer", exc)
+                continue
             if due is not None:
                 wait = min(wait, max(due, 0.0))
         # Rounded up: waking a fraction of a millisecond early would spin
         # (poll(0)) until the deadline.
         for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
             handler = self._handlers.get(sock)
-            if handler is not None:
+            if handler is None:
+                continue
+            try:
                 handler()
+            except Exception as exc:
+                self._failed(f"the handler of a {zmq.SocketType(sock.type).name} socket", exc)
+                if sock.type == zmq.REP and not sock.closed:
+                    _answer_if_owed(sock)
+
+    @staticmethod
+    def _failed(what: str, exc: Exception) -> None:
+        log.error("%s failed (%s: %s); carrying on", what, type(exc).__name__, shown(str(exc)))
+        log.debug("failure detail", exc_info=True)
 
     def run(self) -> None:
         while not self.stopped:
@@ -100,14 +156,14 @@ class EventLoop:
 class ReqChannel:
     """A REQ socket to one peer, with timeout, re-creation and keepalive."""
 
-    def __init__(self, loop: EventLoop, context: zmq.Context, address: str, name: str,
+    def __init__(self, loop: EventLoop, dialer: Dialer, name: str,
                  timeout_ms: int, keepalive_ms: int,
                  on_reply: Callable[[dict[str, Any], dict[str, Any]], None],
                  on_reset: Callable[[], None] | None = None,
                  retry_lost_request: bool = True):
         self.loop = loop
-        self.context = context
-        self.address = address
+        self.dialer = dialer
+        self.address = dialer.address
         self.name = name
         self.timeout = timeout_ms / 1000.0
         self.keepalive = keepalive_ms / 1000.0
@@ -124,8 +180,7 @@ class ReqChannel:
         loop.add_timer(self._tick)
 
     def _open(self) -> zmq.Socket:
-        sock = make_socket(self.context, zmq.REQ)
-        sock.connect(self.address)
+        sock = self.dialer.open()
         self.loop.add_socket(sock, self._readable)
         return sock
 

@@ -17,7 +17,10 @@ the moment between learning an endpoint and hearing its ACLs.
 Lost peers are rebuilt, never waited for: the plugin's REQ channel resets
 into a new resync; the ACL manager, on a reset or when its heartbeat topic
 goes quiet, is asked again for every endpoint's ACLs, while the ACLs already
-programmed stay in force.  A SUB socket silently drops what was published
+programmed stay in force; a subscription quiet that long is also made
+afresh, as libzmq never reconnects a connection it dropped for a protocol
+error (an ACLUPDATE over MaxMessageBytes).  Every socket speaks CURVE with
+this host's keys (``calico.common.security``).  A SUB socket silently drops what was published
 before it (re)connected, so when publications start arriving again the
 agent asks once more.
 
@@ -29,7 +32,6 @@ growing back-off, so a persistent fault is neither a busy loop nor a crash.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 import zlib
@@ -38,9 +40,10 @@ from typing import Any, Mapping, Protocol
 
 import zmq
 
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.config import Config
-from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
+from calico.common.security import ClusterKeys, Transport
+from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
 from calico.felix.endpoints import Change, EndpointTable, Resync, acls_from_wire, describe_acls, spec_from_message
 from calico.felix.state import EndpointSpec
@@ -86,12 +89,14 @@ class Addresses:
 class Agent:
     def __init__(self, config: Config, dataplane: Dataplane, *, addresses: Addresses | None = None,
                  context: zmq.Context | None = None, loop: EventLoop | None = None,
-                 cluster: ClusterSource | None = None):
+                 cluster: ClusterSource | None = None, keys: ClusterKeys | None = None):
         self.config = config
         self.dataplane = dataplane
         self.addresses = addresses or Addresses.from_config(config)
         self.context = context or zmq.Context.instance()
         self.loop = loop or EventLoop()
+        self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
+        own_role = security.felix_host_role(config.felix_hostname)
         self.table = EndpointTable()
         self.timeout = config.connection_timeout_millis / 1000.0
         self.retry_interval = config.endpoint_retry_time_millis / 1000.0
@@ -126,22 +131,23 @@ class Agent:
         self._failures = 0
         self._last_apply_end = now
 
-        self.plugin = ReqChannel(self.loop, self.context, self.addresses.plugin, "plugin",
+        self.plugin = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, self.addresses.plugin, own_role,
+                                                                  security.ROLE_PLUGIN_EP), "plugin",
                                  config.connection_timeout_millis, config.connection_keepalive_interval_millis,
                                  on_reply=self._on_plugin_reply, on_reset=self._on_plugin_reset,
                                  retry_lost_request=False)
-        self.endpoint_socket = make_socket(self.context, zmq.REP)
-        self.endpoint_socket.bind(self.addresses.endpoints)
+        self.endpoint_socket = self.transport.listen(zmq.REP, self.addresses.endpoints, own_role,
+                                                     security.DOMAIN_FELIX_ENDPOINTS)
         self.loop.add_socket(self.endpoint_socket, self._on_endpoint_requests)
-        self.acl_manager = ReqChannel(self.loop, self.context, self.addresses.acl_req, "acl-manager",
+        self.acl_manager = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, self.addresses.acl_req,
+                                                                       security.ROLE_FELIX,
+                                                                       security.ROLE_ACL_MANAGER), "acl-manager",
                                       config.connection_timeout_millis,
                                       config.connection_keepalive_interval_millis,
                                       on_reply=self._on_acl_reply, on_reset=self._on_acl_reset,
                                       retry_lost_request=False)
-        self.acl_socket = make_socket(self.context, zmq.SUB)
-        self.acl_socket.connect(self.addresses.acl_pub)
-        self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
-        self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+        self._open_acl_socket()
+        self._acl_reopen_at = now + self.timeout
         # Cluster-wide settings (NAT, IP-in-IP): the dataplane gets each new view.
         self.cluster = cluster
         if cluster is not None:
@@ -152,6 +158,23 @@ class Agent:
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
                  self.addresses.acl_req, self.addresses.acl_pub)
+
+    def _open_acl_socket(self) -> None:
+        self.acl_socket = self.transport.connect(zmq.SUB, self.addresses.acl_pub, security.ROLE_FELIX,
+                                                 security.ROLE_ACL_MANAGER)
+        self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
+        for endpoint_id in self._subscribed:
+            self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
+        self.loop.add_socket(self.acl_socket, self._on_acl_publications)
+
+    def _reopen_acl_socket(self) -> None:
+        """libzmq never reconnects a connection it dropped for a protocol
+        error (a publication over MaxMessageBytes, a failed handshake): a
+        subscription silent for ConnectionTimeoutMillis is made afresh."""
+        log.debug("ACL manager: opening the subscription to %s afresh", self.addresses.acl_pub)
+        self.loop.remove_socket(self.acl_socket)
+        self.acl_socket.close(linger=0)
+        self._open_acl_socket()
 
     # --- life cycle -----------------------------------------------------------
 
@@ -175,6 +198,7 @@ class Agent:
         for sock in (self.endpoint_socket, self.acl_socket):
             self.loop.remove_socket(sock)
             sock.close(linger=0)
+        self.transport.close()
 
     def _cluster_timer(self, now: float) -> float:
         view = self.cluster.poll() if self.cluster is not None else None
@@ -214,7 +238,7 @@ class Agent:
             return
         count = reply.get("endpoint_count")
         if reply.get("rc", messages.RC_SUCCESS) != messages.RC_SUCCESS or count is None:
-            log.warning("Resync %s refused by the plugin (rc %s: %s); retrying in %.1fs", resync.resync_id,
+            log.warning("Resync %s refused by the plugin (rc %s: %r); retrying in %.1fs", resync.resync_id,
                         reply.get("rc"), reply.get("message") or "no endpoint_count", self.timeout)
             self.resync = None
             self._resync_retry_at = self.loop.clock() + self.timeout
@@ -346,11 +370,8 @@ class Agent:
         is no reason to tear down its old ones."""
         if self.resync is None:
             return
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            return
-        if not isinstance(msg, dict) or msg.get("type") != messages.ENDPOINTCREATED:
+        msg = messages.peek(raw)
+        if msg is None or msg.get("type") != messages.ENDPOINTCREATED:
             return
         endpoint_id = msg.get("endpoint_id")
         known = endpoint_id if isinstance(endpoint_id, str) and endpoint_id in self.table else None
@@ -412,7 +433,7 @@ class Agent:
             # Asked again every timeout while it has none: say it once.
             level = logging.DEBUG if endpoint_id in self._acl_refused else logging.INFO
             self._acl_refused.add(endpoint_id)
-            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %s)", endpoint_id, rc,
+            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %r)", endpoint_id, rc,
                     reply.get("message"))
 
     def _on_acl_publications(self) -> None:
@@ -476,6 +497,9 @@ class Agent:
             log.warning("ACL manager: nothing heard on %s for %.1fs; asking again for every endpoint's ACLs",
                         self.addresses.acl_pub, now - self._acl_heard_at)
             self._request_all_acls(self.table.ids(), "ACL manager silent")
+        if not self._acl_live and now >= self._acl_reopen_at:
+            self._reopen_acl_socket()
+            self._acl_reopen_at = now + self.timeout
         # An answer published before our subscription reached the publisher
         # is lost; ask again for endpoints still waiting, soon at first.
         next_due = self.timeout

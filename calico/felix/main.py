@@ -18,10 +18,12 @@ from typing import Sequence
 from calico.common import config as config_module
 from calico.common.config import Config, ConfigError, load_config, resolve_peers
 from calico.common.logs import setup_logging
+from calico.common.security import SecurityError, load_credentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_FILE = "/etc/calico/felix.cfg"
+INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
 
 # flag -> Config attribute; each is checked by the config file's own parser.
 OVERRIDES = {
@@ -36,6 +38,9 @@ OVERRIDES = {
     "connection_keepalive_interval_millis": "--keepalive-ms",
     "resync_interval_secs": "--resync-interval-secs",
     "endpoint_retry_time_millis": "--endpoint-retry-ms",
+    "max_message_bytes": "--max-message-bytes",
+    "cluster_secret_file": "--secret-file",
+    "insecure": "--insecure",
 }
 
 
@@ -80,11 +85,14 @@ def load(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(argv)
-    except ConfigError as exc:
+        credentials = load_credentials(config.cluster_secret_file, config.insecure, INSECURE_SETTING)
+    except (ConfigError, SecurityError) as exc:
         print(f"calico-felix: {exc}", file=sys.stderr)
         return 2
     setup_logging("felix", config.log_file_path, config.log_severity_file,
                   config.log_severity_screen, config.log_severity_sys)
+    for warning in credentials.warnings:
+        log.warning("%s", warning)
 
     from calico.felix.agent import Agent
     from calico.felix.cluster import ClusterSource
@@ -98,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("Cluster settings: %s", cluster.view.describe())
     try:
-        agent = Agent(config, Dataplane(cluster=cluster.view), cluster=cluster)
+        agent = Agent(config, Dataplane(cluster=cluster.view), cluster=cluster, keys=credentials.keys)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
         return 1

@@ -18,6 +18,7 @@ import subprocess
 import time
 
 from calico import netns
+from calico.common import security
 from calico.lab import fabric, hosts, ipip, processes, state
 from calico.lab.layout import MAX_HOSTS, MAX_SUBNETS, LabError, Layout, host_ip, host_name
 
@@ -43,6 +44,8 @@ def up(layout: Layout, count: int, components: tuple[str, ...] | None = None,
     state.save(layout, current)
     for directory in (layout.data_dir, layout.log_dir, layout.pid_dir):
         os.makedirs(directory, exist_ok=True)
+    # As make_secret.sh does for a real cluster; kept by a repeated 'up'.
+    security.write_secret(layout.secret_file)
     if not os.path.exists(layout.cluster_file):
         hosts.write_cluster_file(layout, count, cluster_extra, subnets, settings)
     cluster = hosts.load_lab_cluster(layout)
@@ -96,9 +99,10 @@ def down(layout: Layout) -> list[str]:
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed_files = True
-    if os.path.exists(layout.state_file):
-        os.unlink(layout.state_file)
-        removed_files = True
+    for path in (layout.state_file, layout.secret_file):
+        if os.path.exists(path):
+            os.unlink(path)
+            removed_files = True
     try:
         os.rmdir(layout.lab_dir)
     except OSError:

@@ -1,5 +1,9 @@
 """Lab hosts: a namespace per host, set up as the seed sets up a server.
 
+Every component gets the lab's cluster secret (``Layout.secret_file``,
+written by ``up``), so the lab's control plane is authenticated and
+encrypted exactly as a real cluster's is.
+
 Per host: forwarding on, the seed's ``unreachable`` route for the pool
 (and pool6), BIRD with the config ``calico.bird`` renders for it, and Felix
 with a generated felix.cfg.  Host 1 also runs the plugin (both APIs) and the
@@ -152,6 +156,8 @@ def write_configs(layout: Layout, index: int, cluster: Cluster) -> None:
         "[connection]",
         f"ConnectionTimeoutMillis = {TIMEOUT_MS}",
         f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
+        "[security]",
+        f"ClusterSecretFile = {layout.secret_file}",
         "",
     ])
     write_file_atomically(os.path.join(layout.host_dir(index), "felix.cfg"), felix_cfg)
@@ -167,6 +173,8 @@ def write_configs(layout: Layout, index: int, cluster: Cluster) -> None:
             "[connection]",
             f"ConnectionTimeoutMillis = {TIMEOUT_MS}",
             f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
+            "[security]",
+            f"ClusterSecretFile = {layout.secret_file}",
             "",
         ])
         write_file_atomically(os.path.join(layout.host_dir(index), "acl_manager.cfg"), acl_cfg)
@@ -185,7 +193,8 @@ def command(layout: Layout, index: int, component: str) -> list[str]:
         bind = host_ip(index, load_state(layout).subnets)
         return [_script("calico-plugin"), api, "--data-dir", layout.data_dir, "--bind", bind,
                 "--log-file", layout.log_file(label(index, component)),
-                "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS)]
+                "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS),
+                "--secret-file", layout.secret_file]
     if component == "acl-manager":
         return [_script("calico-acl-manager"), "--config-file", os.path.join(host_dir, "acl_manager.cfg")]
     raise LabError(f"unknown component {component!r} (want one of {', '.join(COMPONENTS)})")

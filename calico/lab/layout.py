@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 DEFAULT_LAB_DIR = "/var/run/calico-lab"
 DEFAULT_PREFIX = "clab-"
-PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}-$")
-CONTAINER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,23}$")
+PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,11}-")
+CONTAINER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,23}")
 FABRIC_NET = "10.240.0.0/24"
 FABRIC_PREFIXLEN = 24
 FABRIC6_PREFIXLEN = 64
@@ -55,7 +55,7 @@ class Layout:
     def from_env(cls, lab_dir: str | None = None, prefix: str | None = None) -> "Layout":
         lab_dir = os.path.abspath(lab_dir or os.environ.get("CALICO_LAB_DIR") or DEFAULT_LAB_DIR)
         prefix = prefix or os.environ.get("CALICO_LAB_PREFIX") or DEFAULT_PREFIX
-        if not PREFIX_RE.match(prefix):
+        if not PREFIX_RE.fullmatch(prefix):
             raise LabError(f"bad lab prefix {prefix!r} (want a lower-case letter, up to 11 more letters/digits, then '-')")
         return cls(lab_dir, prefix)
 
@@ -90,6 +90,11 @@ class Layout:
     @property
     def cluster_file(self) -> str:
         return os.path.join(self.data_dir, "felix.txt")
+
+    @property
+    def secret_file(self) -> str:
+        """The lab's cluster secret: every component's keys derive from it."""
+        return os.path.join(self.lab_dir, "cluster.secret")
 
     @property
     def log_dir(self) -> str:
@@ -147,6 +152,6 @@ def host_index(text: str, count: int) -> int:
 
 
 def check_container_name(name: str) -> str:
-    if not CONTAINER_NAME_RE.match(name):
+    if not CONTAINER_NAME_RE.fullmatch(name):
         raise LabError(f"bad container name {name!r} (want 1-24 of A-Z a-z 0-9 _ -, starting with a letter or digit)")
     return name

@@ -22,6 +22,7 @@ import time
 from typing import Iterable, Sequence
 
 from calico import netns
+from calico.common.validation import DECIMAL_RE
 from calico.lab.layout import Layout
 
 
@@ -44,7 +45,7 @@ def read_pid(layout: Layout, label: str) -> int | None:
             text = handle.read().strip()
     except FileNotFoundError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if DECIMAL_RE.fullmatch(text) else None
 
 
 def cmdline(pid: int) -> list[str]:
@@ -148,7 +149,7 @@ def pids_in_namespaces(ns_names: Iterable[str]) -> list[int]:
     if not inodes:
         return found
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not DECIMAL_RE.fullmatch(entry):
             continue
         try:
             link = os.readlink(f"/proc/{entry}/ns/net")

@@ -7,6 +7,11 @@ id; HEARTBEAT is answered.  We push on one REQ channel per ``[felix]`` host
 (the host's ip, port 9902): ENDPOINTCREATED / UPDATED / DESTROYED as soon as
 the data directory says so.
 
+Only the cluster file's hosts may connect to our REP socket, each with its
+own Felix's key (``calico.common.security``), and a RESYNCSTATE is refused
+unless it speaks for the host whose key sent it: a RESYNCSTATE empties that
+host's outboxes, so a forged one would lose changes queued for it.
+
 Each host's channel has its own outbox, so a dead or slow Felix delays only
 itself.  The outbox holds at most one message per endpoint: a newer change
 replaces a queued one (a queued CREATED that is then updated stays a
@@ -25,10 +30,11 @@ from typing import Any, Callable
 
 import zmq
 
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.datafiles import Host
-from calico.common.zmqloop import EventLoop, ReqChannel, make_socket, tcp_address
-from calico.common.validation import short_hostname
+from calico.common.security import Transport
+from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.common.validation import printable, short_hostname
 from calico.plugin import store
 from calico.plugin.store import DataState, StateChange
 
@@ -40,14 +46,16 @@ REQUEST_TYPES = frozenset({messages.RESYNCSTATE, messages.HEARTBEAT})
 class FelixLink:
     """The REQ channel to one Felix and its coalescing outboxes."""
 
-    def __init__(self, loop: EventLoop, context: zmq.Context, host: Host, timeout_ms: int, keepalive_ms: int,
+    def __init__(self, loop: EventLoop, transport: Transport, host: Host, timeout_ms: int, keepalive_ms: int,
                  on_missing: Callable[[str, str], None]):
         self.host = host
         self.on_missing = on_missing
         self.resync_outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
-        self.channel = ReqChannel(loop, context, tcp_address(host.ip, messages.PORT_EP_FELIX),
-                                  f"felix {host.name}", timeout_ms, keepalive_ms, on_reply=self._on_reply)
+        dialer = transport.dialer(zmq.REQ, tcp_address(host.ip, messages.PORT_EP_FELIX),
+                                  security.ROLE_PLUGIN_EP, security.felix_host_role(host.name))
+        self.channel = ReqChannel(loop, dialer, f"felix {host.name}", timeout_ms, keepalive_ms,
+                                  on_reply=self._on_reply)
 
     @property
     def pending(self) -> int:
@@ -94,7 +102,7 @@ class FelixLink:
                      self.host.name, endpoint_id)
             self.on_missing(self.host.name, endpoint_id)
         else:
-            log.warning("felix %s: %s %s answered %s: %s", self.host.name, msg_type, endpoint_id, rc,
+            log.warning("felix %s: %s %s answered %s: %r", self.host.name, msg_type, endpoint_id, rc,
                         reply.get("message", ""))
         self.pump()
 
@@ -105,16 +113,17 @@ class FelixLink:
 class EndpointApi:
     """The REP socket Felixes ask, and one FelixLink per host."""
 
-    def __init__(self, loop: EventLoop, context: zmq.Context, bind: str, timeout_ms: int, keepalive_ms: int):
+    def __init__(self, loop: EventLoop, transport: Transport, bind: str, timeout_ms: int, keepalive_ms: int):
         self.loop = loop
-        self.context = context
+        self.transport = transport
         self.timeout_ms = timeout_ms
         self.keepalive_ms = keepalive_ms
         self.state = DataState()
         self.links: dict[str, FelixLink] = {}
         self.address = tcp_address(bind, messages.PORT_EP_RESYNC)
-        self.socket = make_socket(context, zmq.REP)
-        self.socket.bind(self.address)
+        # Hosts join (and leave) with the cluster file: no key to hand out.
+        self.socket = transport.listen(zmq.REP, self.address, security.ROLE_PLUGIN_EP, security.DOMAIN_EP_RESYNC,
+                                       admit=lambda: map(security.felix_host_role, self.state.hosts))
         loop.add_socket(self.socket, self._on_request)
         # Links refill their channel when it falls idle (after a heartbeat,
         # say); checking every loop pass is cheap and needs no bookkeeping.
@@ -128,7 +137,7 @@ class EndpointApi:
         level = logging.DEBUG if change.initial else logging.INFO
         for item in change.endpoints:
             ep = item.endpoint
-            log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, ep.source,
+            log.log(level, "endpoint %s (%s): %s on host %s", ep.endpoint_id, printable(ep.source),
                     item.msg_type.removeprefix("ENDPOINT").lower(), item.host)
             link = self.links.get(item.host)
             if link is not None and item.host not in fresh_links:
@@ -155,7 +164,7 @@ class EndpointApi:
             if name not in self.links:
                 log.info("host %s: talking to its Felix at %s", name,
                          tcp_address(host.ip, messages.PORT_EP_FELIX))
-                self.links[name] = FelixLink(self.loop, self.context, host, self.timeout_ms,
+                self.links[name] = FelixLink(self.loop, self.transport, host, self.timeout_ms,
                                              self.keepalive_ms, self._resend_created)
                 fresh.append(name)
         return fresh
@@ -173,7 +182,7 @@ class EndpointApi:
 
     def _on_request(self) -> None:
         try:
-            frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
         follow_up = None
@@ -186,29 +195,33 @@ class EndpointApi:
         if follow_up is not None:
             follow_up()
 
-    def _answer(self, frames: list[bytes]) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    def _answer(self, frames: list[zmq.Frame]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         """The reply to one request, and what to do once it is sent."""
         try:
             if len(frames) != 1:
                 raise messages.MessageError(f"want one frame, got {len(frames)}")
-            request = messages.decode_request(frames[0], REQUEST_TYPES)
+            request = messages.decode_request(frames[0].bytes, REQUEST_TYPES)
         except messages.MessageError as exc:
             log.warning("endpoint API: bad request (%s); answered INVALID", exc)
             return messages.invalid_reply(exc), None
         if request["type"] == messages.HEARTBEAT:
             return messages.reply(messages.HEARTBEAT), None
-        return self._resync(request)
+        return self._resync(request, security.peer_role(frames[0]))
 
-    def _resync(self, request: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    def _resync(self, request: dict[str, Any], sender: str | None) -> tuple[dict[str, Any], Callable[[], None] | None]:
         host = short_hostname(request["hostname"])
         resync_id = request["resync_id"]
         link = self.links.get(host)
         if link is None:
             reason = f"host {host!r} is not a [felix] host of the cluster file"
-            log.warning("endpoint API: RESYNCSTATE %s refused: %s", resync_id, reason)
+            log.warning("endpoint API: RESYNCSTATE %r refused: %s", resync_id, reason)
+            return messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason), None
+        if self.transport.secure and sender != security.felix_host_role(host):
+            reason = f"a RESYNCSTATE for host {host!r} must come with that host's key, not {sender!r}'s"
+            log.warning("endpoint API: RESYNCSTATE %r refused: %s", resync_id, reason)
             return messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason), None
         endpoints = self.state.endpoints_on(host)
-        log.info("felix %s: resync %s: sending %d endpoints", host, resync_id, len(endpoints))
+        log.info("felix %s: resync %r: sending %d endpoints", host, resync_id, len(endpoints))
         created = [ep.message(messages.ENDPOINTCREATED, resync_id) for ep in endpoints]
         return (messages.reply(messages.RESYNCSTATE, endpoint_count=len(endpoints)),
                 lambda: link.resync(created))

@@ -1,7 +1,8 @@
 """The network API: publish every security group to the ACL manager.
 
 A REP socket (port 9903) answers GETGROUPS, after which every current group
-is published at once, and HEARTBEAT.  A PUB socket (port 9904) carries
+is published at once, and HEARTBEAT.  Only the ACL manager's key may connect to either
+(``calico.common.security``).  A PUB socket (port 9904) carries
 GROUPUPDATE on topic ``groups`` whenever a group's members or rules change
 (a group whose last member left goes out once with no members: deleted),
 and HEARTBEAT on topic ``networkheartbeat`` every keepalive interval so a
@@ -14,8 +15,9 @@ import logging
 
 import zmq
 
-from calico.common import messages
-from calico.common.zmqloop import EventLoop, make_socket, tcp_address
+from calico.common import messages, security
+from calico.common.security import Transport
+from calico.common.zmqloop import EventLoop, tcp_address
 from calico.plugin.store import DataState, Group, StateChange
 
 log = logging.getLogger(__name__)
@@ -24,19 +26,17 @@ REQUEST_TYPES = frozenset({messages.GETGROUPS, messages.HEARTBEAT})
 
 
 class NetworkApi:
-    def __init__(self, loop: EventLoop, context: zmq.Context, bind: str, keepalive_ms: int):
+    def __init__(self, loop: EventLoop, transport: Transport, bind: str, keepalive_ms: int):
         self.loop = loop
         self.state = DataState()
         self.keepalive = keepalive_ms / 1000.0
         self.rep_address = tcp_address(bind, messages.PORT_NET_REQ)
         self.pub_address = tcp_address(bind, messages.PORT_NET_PUB)
-        self.rep = make_socket(context, zmq.REP)
-        self.pub = make_socket(context, zmq.PUB)
+        self.rep = transport.listen(zmq.REP, self.rep_address, security.ROLE_PLUGIN_NETWORK, security.DOMAIN_NET_REQ)
         # GETGROUPS publishes every group in one burst; the default high-water
         # mark (1000) would silently drop the tail of a large cluster's.
-        self.pub.setsockopt(zmq.SNDHWM, 100_000)
-        self.rep.bind(self.rep_address)
-        self.pub.bind(self.pub_address)
+        self.pub = transport.listen(zmq.PUB, self.pub_address, security.ROLE_PLUGIN_NETWORK, security.DOMAIN_NET_PUB,
+                                    options={zmq.SNDHWM: 100_000})
         loop.add_socket(self.rep, self._on_request)
         self._next_heartbeat = loop.clock()
         loop.add_timer(self._heartbeat)

@@ -23,26 +23,30 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
     process is killed by pid at teardown, and dies with the test runner
     even when that is killed itself (PR_SET_PDEATHSIG).
 
-``peers`` -> ``Peers``, a factory of fake peers, each with its own context:
-    ``peers.rep(address, responder=None)`` -> ``RepPeer``: binds a REP
+``peers`` -> ``Peers``, a factory of fake peers, each with its own context.
+    Every peer speaks CURVE with keys derived from the test secret
+    (tests/testkeys.py), as the role its port says (``role``/``host``
+    choose another; ``keys=None`` makes it a plain, unauthenticated peer,
+    ``keys=testkeys.OTHER_KEYS`` a stranger's):
+    ``peers.rep(address, responder=None, role=None, host=None)`` -> ``RepPeer``: binds a REP
         socket served by a thread (a failed bind raises in the test).
         ``.received`` is the list of decoded requests (raw bytes if not
-        JSON); ``responder(msg)`` returns the reply dict (default: same
-        type, rc SUCCESS).  ``.of_type(t)``
+        JSON); ``responder(msg)`` returns the reply dict, or raw bytes
+        (default: same type, rc SUCCESS).  ``.of_type(t)``
         filters ``.received``; ``.close()`` unbinds (a dead peer).
-    ``peers.req(address, timeout=5.0)`` -> ``ReqPeer``: ``.request(msg)``
+    ``peers.req(address, timeout=5.0, role=None, host=None, keys=KEYS)`` -> ``ReqPeer``: ``.request(msg)``
         sends a dict (or raw bytes, or a list of frames) and returns the
         decoded reply, or None on timeout (the socket is then made afresh,
         as a real REQ client must).
-    ``peers.sub(address, topics)`` -> ``SubPeer``: thread-collected
+    ``peers.sub(address, topics, role=None, keys=KEYS)`` -> ``SubPeer``: thread-collected
         ``(topic, decoded body)`` pairs in ``.received``;
         ``.of_topic(topic)`` filters them.
-    ``peers.pub(address)`` -> ``PubPeer``: ``.publish(topic, msg)``.
+    ``peers.pub(address, role=None)`` -> ``PubPeer``: ``.publish(topic, msg)``.
 
-``start_plugin(api, data_dir, bind, *extra_args, name=None)`` -> ``Component``
+``start_plugin(api, data_dir, bind, *extra_args, name=None, secure=True)`` -> ``Component``
     Run the real ``calico-plugin ep|network`` (via ``python -m
     calico.plugin.main``) on ``bind`` with its log file in the test's tmp
-    dir, and return once it says it is serving.
+    dir and the test cluster's secret, and return once it says it is serving.
 
 ``loopback_range(name)`` (context manager)
     Hold an exclusive lock for one address range (e.g. ``"127.0.1"``) while
@@ -52,6 +56,20 @@ Fixtures (everything they make is closed or killed at teardown, pass or fail):
 
 ``zmq_request(msg_type, **fields)`` builds a request dict stamped with
 ``issued`` (it is ``calico.common.messages.make``).
+
+``intruders`` -> ``Intruders``: the peers that must get nothing from a
+port (``testkeys.intruders``: every wrong role, a stranger's keys, no CURVE).
+    ``.ask(address, msg, rightful, host=None)`` -> ``{label: reply}``, each
+        None if nothing came back (1 s each).
+    ``.subscribe(address, topics, rightful)`` -> ``{label: SubPeer}``.
+
+``peers.socket(kind, address, role=None, host=None, keys=KEYS)``: a plain
+pyzmq socket of any kind (DEALER, XSUB...), with the keys, connected.
+
+``barrage(req, payloads, limit)``: send every payload (bytes, or a list of
+frames) through ``req`` in turn and check each answer: nothing for a
+message over ``limit`` bytes (the socket must drop it unread), else a
+reply whose rc is SUCCESS or INVALID (or one of ``rcs``).
 """
 
 from __future__ import annotations
@@ -71,8 +89,10 @@ import pytest
 import zmq
 
 import polling
+import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico.common import messages
+from calico.common.security import ClusterKeys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -179,12 +199,14 @@ def spawn(tmp_path):
 
 
 @pytest.fixture
-def start_plugin(spawn, tmp_path):
-    def start(api: str, data_dir, bind: str, *extra_args: str, name: str | None = None) -> Component:
+def start_plugin(spawn, tmp_path, cluster_secret_file):
+    def start(api: str, data_dir, bind: str, *extra_args: str, name: str | None = None,
+              secure: bool = True) -> Component:
         name = name or f"plugin-{api}"
         log_file = str(tmp_path / f"{name}.log")
+        security_args = ["--secret-file", cluster_secret_file] if secure else ["--insecure"]
         component = spawn(["-m", "calico.plugin.main", api, "--data-dir", str(data_dir), "--bind", bind,
-                           "--log-file", log_file, *extra_args], name, log_file)
+                           "--log-file", log_file, *security_args, *extra_args], name, log_file)
         try:
             polling.wait_until(lambda: "serving on" in component.log() or not component.alive, what=f"{name} to start")
         except BaseException:
@@ -260,15 +282,18 @@ class RepPeer(_Threaded):
     """Owns its context, so that once ``close()`` returns the address is
     free for the next peer or component (tests/binding.py)."""
 
-    def __init__(self, address: str, responder: Callable[[Any], dict] | None = None):
+    def __init__(self, address: str, responder: Callable[[Any], dict] | None = None, role: str | None = None,
+                 host: str | None = None, keys: ClusterKeys | None = testkeys.KEYS):
         super().__init__(zmq.Context())
         self.address = address
         self.responder = responder or success_reply
+        self.role, self.host, self.keys = role, host, keys
         self._start()
 
     def _make_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
+        testkeys.as_server(sock, self.address, self.role, self.host, self.keys)
         try:
             bind_when_free(sock, self.address)
         except zmq.ZMQError:
@@ -282,22 +307,26 @@ class RepPeer(_Threaded):
     def _serve(self, sock: zmq.Socket) -> None:
         msg = _decode(sock.recv())
         self._record(msg)
-        sock.send(json.dumps(self.responder(msg)).encode())
+        reply = self.responder(msg)
+        sock.send(reply if isinstance(reply, bytes) else json.dumps(reply).encode())
 
     def of_type(self, msg_type: str) -> list[dict[str, Any]]:
         return [m for m in self.snapshot() if isinstance(m, dict) and m.get("type") == msg_type]
 
 
 class SubPeer(_Threaded):
-    def __init__(self, context: zmq.Context, address: str, topics: list[bytes]):
+    def __init__(self, context: zmq.Context, address: str, topics: list[bytes], role: str | None = None,
+                 keys: ClusterKeys | None = testkeys.KEYS):
         super().__init__(context)
         self.address = address
         self.topics = topics
+        self.role, self.keys = role, keys
         self._start()
 
     def _make_socket(self) -> zmq.Socket:
         sock = self.context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        testkeys.as_client(sock, self.address, self.role, keys=self.keys)
         for topic in self.topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(self.address)
@@ -314,15 +343,18 @@ class SubPeer(_Threaded):
 class ReqPeer:
     """Used from the test's own thread only."""
 
-    def __init__(self, context: zmq.Context, address: str, timeout: float = 5.0):
+    def __init__(self, context: zmq.Context, address: str, timeout: float = 5.0, role: str | None = None,
+                 host: str | None = None, keys: ClusterKeys | None = testkeys.KEYS):
         self.context = context
         self.address = address
         self.timeout = timeout
+        self.role, self.host, self.keys = role, host, keys
         self.socket = self._open()
 
     def _open(self) -> zmq.Socket:
         sock = self.context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        testkeys.as_client(sock, self.address, self.role, self.host, self.keys)
         sock.connect(self.address)
         return sock
 
@@ -346,10 +378,11 @@ class ReqPeer:
 class PubPeer:
     """Owns its context, like RepPeer."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, role: str | None = None):
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        testkeys.as_server(self.socket, address, role)
         try:
             bind_when_free(self.socket, address)
         except zmq.ZMQError:
@@ -373,17 +406,28 @@ class Peers:
         self._made.append(peer)
         return peer
 
-    def rep(self, address: str, responder: Callable[[Any], dict] | None = None) -> RepPeer:
-        return self._keep(RepPeer(address, responder))
+    def rep(self, address: str, responder: Callable[[Any], dict] | None = None, role: str | None = None,
+            host: str | None = None, keys: ClusterKeys | None = testkeys.KEYS) -> RepPeer:
+        return self._keep(RepPeer(address, responder, role, host, keys))
 
-    def req(self, address: str, timeout: float = 5.0) -> ReqPeer:
-        return self._keep(ReqPeer(self.context, address, timeout))
+    def req(self, address: str, timeout: float = 5.0, role: str | None = None, host: str | None = None,
+            keys: ClusterKeys | None = testkeys.KEYS) -> ReqPeer:
+        return self._keep(ReqPeer(self.context, address, timeout, role, host, keys))
 
-    def sub(self, address: str, topics: list[bytes]) -> SubPeer:
-        return self._keep(SubPeer(self.context, address, topics))
+    def sub(self, address: str, topics: list[bytes], role: str | None = None,
+            keys: ClusterKeys | None = testkeys.KEYS) -> SubPeer:
+        return self._keep(SubPeer(self.context, address, topics, role, keys))
 
-    def pub(self, address: str) -> PubPeer:
-        return self._keep(PubPeer(address))
+    def pub(self, address: str, role: str | None = None) -> PubPeer:
+        return self._keep(PubPeer(address, role))
+
+    def socket(self, kind: int, address: str, role: str | None = None, host: str | None = None,
+               keys: ClusterKeys | None = testkeys.KEYS) -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        testkeys.as_client(sock, address, role, host, keys)
+        sock.connect(address)
+        return sock
 
     def close(self) -> None:
         for peer in reversed(self._made):
@@ -403,3 +447,35 @@ def peers():
 @pytest.fixture
 def zmq_request():
     return messages.make
+
+
+class Intruders:
+    def __init__(self, peers: Peers):
+        self.peers = peers
+
+    def ask(self, address: str, msg: dict, rightful: str, host: str | None = None) -> dict[str, Any]:
+        return {label: self.peers.req(address, timeout=1.0, role=role, host=host, keys=keys).request(msg)
+                for label, role, keys in testkeys.intruders(rightful)}
+
+    def subscribe(self, address: str, topics: list[bytes], rightful: str) -> dict[str, SubPeer]:
+        return {label: self.peers.sub(address, topics, role=role, keys=keys)
+                for label, role, keys in testkeys.intruders(rightful)}
+
+
+@pytest.fixture
+def intruders(peers):
+    return Intruders(peers)
+
+
+@pytest.fixture
+def barrage():
+    def send(req: ReqPeer, payloads: list[bytes | list[bytes]], limit: int,
+             rcs: tuple[str, ...] = (messages.RC_SUCCESS, messages.RC_INVALID)) -> None:
+        for payload in payloads:
+            size = sum(map(len, payload)) if isinstance(payload, list) else len(payload)
+            reply = req.request(payload, timeout=2.0)
+            if size > limit:
+                assert reply is None, f"a message of {size} bytes was read"
+            else:
+                assert isinstance(reply, dict) and reply.get("rc") in rcs, (payload[:200], reply)
+    return send

@@ -24,6 +24,8 @@ import time
 import pytest
 import zmq
 
+import fuzzdata
+import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free
 from calico.common import messages
 from calico.common.datafiles import default_group_rules
@@ -90,11 +92,15 @@ class FakePlugin:
     def _run(self):
         rep = self.context.socket(zmq.REP)
         pub = self.context.socket(zmq.PUB)
-        for sock in (rep, pub):
+        rep_address = f"tcp://{self.host}:{messages.PORT_NET_REQ}"
+        pub_address = f"tcp://{self.host}:{messages.PORT_NET_PUB}"
+        pub.setsockopt(zmq.SNDHWM, 100_000)  # as the real plugin's: a barrage must not be dropped
+        for sock, address in ((rep, rep_address), (pub, pub_address)):
             sock.setsockopt(zmq.LINGER, 0)
+            testkeys.as_server(sock, address)
         try:
-            bind_when_free(rep, f"tcp://{self.host}:{messages.PORT_NET_REQ}")
-            bind_when_free(pub, f"tcp://{self.host}:{messages.PORT_NET_PUB}")
+            bind_when_free(rep, rep_address)
+            bind_when_free(pub, pub_address)
         except zmq.ZMQError as exc:
             self.error = exc
             rep.close(linger=0)
@@ -169,13 +175,15 @@ def fake_plugin():
 
 
 @pytest.fixture
-def acl_manager(spawn, tmp_path, wait_until):
-    """Start the real process: addresses from the config file, timings from flags."""
+def acl_manager(spawn, tmp_path, wait_until, cluster_secret_file):
+    """Start the real process: addresses and the test secret from the config
+    file, timings from flags."""
 
-    def start():
+    def start(security=None, extra=""):
         config = tmp_path / "acl_manager.cfg"
         config.write_text(f"[global]\nPluginAddress = {PLUGIN_HOST}\nLocalAddress = {ACL_HOST}\n"
-                          "[log]\nLogSeverityFile = DEBUG\n")
+                          "[log]\nLogSeverityFile = DEBUG\n"
+                          + (security or f"[security]\nClusterSecretFile = {cluster_secret_file}\n") + extra)
         log_file = str(tmp_path / "acl_manager.log")
         manager = spawn(["-m", "calico.acl_manager.main", "--config-file", str(config), "--log-file", log_file,
                          "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS)],
@@ -479,3 +487,56 @@ def test_real_plugin_files_to_acls_live_and_across_a_plugin_restart(tmp_path, st
     wait_until(lambda: updates(sub, "o")[-1]["acls"] == acls(), what="empty ACLs for o (group ops gone)")
     assert "1 dropped as gone (ops)" in manager.log()
     assert manager.alive
+
+
+# --- who may talk to the ACL API, and what the ACL manager survives (issue 9) ---------
+
+def test_only_felixes_get_answers_and_acls(fake_plugin, acl_manager, felix, intruders, wait_until):
+    fake_plugin([group_update("web", WEB)])
+    manager = acl_manager()
+    spies = intruders.subscribe(ACL_PUB, [b""], rightful="felix")
+    refused = intruders.ask(ACL_REQ, messages.make(messages.GETACLSTATE, endpoint_id="a"), rightful="felix")
+    assert refused == {label: None for label in refused}, refused
+    assert set(refused) >= {"role felix/h1", "role acl-manager", "role plugin-ep", "another secret", "no CURVE"}
+    sub, req = felix(["a"])
+    wait_until(lambda: "group web: 2 members" in manager.log(), what="the group")
+    barrier(sub, req, wait_until, "a")  # the ACLs of a, published after every spy connected
+    assert {label: spy.snapshot() for label, spy in spies.items()} == {label: [] for label in spies}
+    assert "refused a connection" in manager.log()
+
+
+def test_a_barrage_on_every_input_leaves_the_acl_manager_serving(fake_plugin, acl_manager, felix, peers, barrage,
+                                                                 wait_until):
+    limit = 262144
+    plugin = fake_plugin([group_update("web", WEB)])
+    manager = acl_manager(extra=f"[connection]\nMaxMessageBytes = {limit}\n")
+    sub, req = felix(["a", "b"])
+    wait_until(lambda: "group web: 2 members" in manager.log(), what="the group")
+    # Requests on 9905, from a Felix's REQ and from a DEALER (no envelope rules).
+    payloads = fuzzdata.barrage(messages.make(messages.GETACLSTATE, endpoint_id="a"), oversize=limit)
+    barrage(peers.req(ACL_REQ), payloads + [[b"a", b"b"], [b""] * 20], limit)
+    dealer = peers.socket(zmq.DEALER, ACL_REQ)
+    for frames in ([b""], [b"", b""], [b"x"] * 100, [b"", fuzzdata.deep_list().encode()], [b"\x00" * 1000]):
+        dealer.send_multipart(frames)
+    # Subscriptions on 9906.
+    xsub = peers.socket(zmq.XSUB, ACL_PUB)
+    for frame in [f for f in fuzzdata.raw_payloads(count=50) if f]:  # (see test_plugin_network)
+        xsub.send(frame)
+    # Publications from the plugin: malformed, deep, oversized.
+    for body in fuzzdata.barrage(group_update("web", WEB), oversize=limit):
+        plugin.publish_raw([messages.TOPIC_GROUPS, body])
+    plugin.publish_raw([b"x" * 100])
+    plugin.publish_raw([messages.TOPIC_GROUPS, b"{}", b"three frames"])
+    dealer.close()
+    xsub.close()
+    # Still answering correctly, and still turning a change into ACLs.
+    assert req.request(messages.make(messages.GETACLSTATE, endpoint_id="zz")) == {
+        "type": "GETACLSTATE", "rc": "SUCCESS", "message": "", "endpoint_id": "zz"}
+    plugin.set_group("web", {**WEB, "c": ["192.168.2.3"]})
+    wait_until(lambda: "192.168.2.3/32" in [r["cidr"] for r in updates(sub, "a")[-1]["acls"]["v4"]["inbound"]],
+               what="a good change, end to end")
+    # The oversized publication cost the connection (libzmq drops it, and
+    # only a new socket connects again), not the manager.
+    assert "lost the subscription" in manager.log()
+    assert manager.alive and "carrying on" not in manager.log()
+

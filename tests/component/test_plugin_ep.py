@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+import fuzzdata
+import testkeys
 from binding import bind_when_free, close_and_wait
 from calico.common import messages
 from calico.common.datafiles import Endpoint, endpoint_file_text, write_file_atomically
@@ -59,9 +61,9 @@ def test_resync_sends_count_then_exact_endpoint_created(data_dir, start_plugin, 
     write_endpoint(data_dir, "ep1", "192.168.1.1", "h1", mac="AA:BB:CC:00:00:01")
     write_endpoint(data_dir, "ep2", "192.168.1.2,fd00::2", "h1", mac="aa:bb:cc:00:00:02", state="disabled")
     write_endpoint(data_dir, "ep3", "192.168.2.1", "h2")
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     start_plugin("ep", data_dir, PLUGIN, *FAST)
-    req = peers.req(EP_REQ)
+    req = peers.req(EP_REQ, host="h1")
 
     before = messages.now_ms()
     reply = resync(req, "h1", "r-1")
@@ -84,14 +86,14 @@ def test_resync_sends_count_then_exact_endpoint_created(data_dir, start_plugin, 
     # h2's endpoint never goes to h1.
     assert not endpoint_msgs(felix1, "ep3")
     # A host with no endpoints gets a count of zero; an unknown host is refused.
-    assert resync(req, "h2", "r-2")["endpoint_count"] == 1
+    assert resync(peers.req(EP_REQ, host="h2"), "h2", "r-2")["endpoint_count"] == 1
     refused = resync(req, "nosuchhost", "r-3")
     assert refused["type"] == "RESYNCSTATE" and refused["rc"] == "INVALID" and "nosuchhost" in refused["message"]
 
 
 def test_live_create_update_destroy_and_move(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
-    felix2 = peers.rep(felix_address("h2"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    felix2 = peers.rep(felix_address("h2"), host="h2")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
 
     write_endpoint(data_dir, "live1", "192.168.1.10", "h1", mac="aa:bb:cc:00:00:10")
@@ -126,11 +128,11 @@ def test_live_create_update_destroy_and_move(data_dir, start_plugin, peers, wait
 
 
 def test_heartbeats_both_ways(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     start_plugin("ep", data_dir, PLUGIN, *FAST)
     # The plugin keeps its quiet channel alive.
     wait_until(lambda: len(felix1.of_type("HEARTBEAT")) >= 2, what="plugin heartbeats to Felix")
-    req = peers.req(EP_REQ)
+    req = peers.req(EP_REQ, host="h1")
     assert req.request(messages.make(messages.HEARTBEAT)) == {"type": "HEARTBEAT", "rc": "SUCCESS", "message": ""}
 
 
@@ -145,7 +147,7 @@ def test_heartbeats_both_ways(data_dir, start_plugin, peers, wait_until):
 ])
 def test_malformed_requests_get_invalid_and_plugin_keeps_serving(data_dir, start_plugin, peers, raw, want_type, reason):
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
-    req = peers.req(EP_REQ)
+    req = peers.req(EP_REQ, host="h1")
     reply = req.request(raw)
     assert reply["type"] == want_type and reply["rc"] == "INVALID" and reason in reply["message"]
     assert req.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
@@ -156,9 +158,9 @@ def test_malformed_requests_get_invalid_and_plugin_keeps_serving(data_dir, start
 def test_restarted_plugin_is_noticed_and_resync_gives_new_state(data_dir, start_plugin, peers, wait_until):
     write_endpoint(data_dir, "keep", "192.168.1.1", "h1")
     write_endpoint(data_dir, "gone", "192.168.1.2", "h1")
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
-    req = peers.req(EP_REQ, timeout=1.0)
+    req = peers.req(EP_REQ, timeout=1.0, host="h1")
     assert resync(req, "h1", "before")["endpoint_count"] == 2
 
     plugin.kill()
@@ -178,7 +180,7 @@ def test_restarted_plugin_is_noticed_and_resync_gives_new_state(data_dir, start_
 
 
 def test_dead_felix_does_not_delay_another_and_gets_coalesced_changes(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     # h2's Felix is down; a long timeout keeps the plugin's request to it in
     # flight for the whole test, the worst case for head-of-line blocking.
     plugin = start_plugin("ep", data_dir, PLUGIN, "--connection-timeout-ms", "120000",
@@ -199,7 +201,7 @@ def test_dead_felix_does_not_delay_another_and_gets_coalesced_changes(data_dir, 
 
     # h2 comes up: it gets the request that was in flight, then one message
     # for the three queued updates (the latest), not three.
-    felix2 = peers.rep(felix_address("h2"))
+    felix2 = peers.rep(felix_address("h2"), host="h2")
     got = wait_until(lambda: (lambda m: m if len(m) >= 2 else None)(endpoint_msgs(felix2, "onh2")),
                      what="h2 catching up")
     assert [(m["type"], m["mac"]) for m in got] == [("ENDPOINTCREATED", "aa:bb:cc:00:02:00"),
@@ -211,7 +213,7 @@ def test_dead_felix_does_not_delay_another_and_gets_coalesced_changes(data_dir, 
 
 
 def test_malformed_file_logged_once_and_skipped_then_picked_up(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     (data_dir / "broken.txt").write_text("[endpoint broken]\nid=broken\nip=192.168.1.50\nhost=h1\ngroup=web\n")
     write_endpoint(data_dir, "taken", "192.168.1.60", "h1")
     (data_dir / "thief.txt").write_text(
@@ -246,7 +248,7 @@ def test_malformed_file_logged_once_and_skipped_then_picked_up(data_dir, start_p
 def test_host_added_and_removed_at_run_time(data_dir, start_plugin, peers, wait_until):
     (data_dir / "felix.txt").write_text("[felix h1]\nip=127.0.1.2\nhost=h1\n")
     write_endpoint(data_dir, "early", "192.168.2.5", "h2")
-    felix2 = peers.rep(felix_address("h2"))
+    felix2 = peers.rep(felix_address("h2"), host="h2")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
     wait_until(lambda: "host h2 is not a [felix] host" in plugin.log(), what="unknown host reported")
     write_file = data_dir / "felix.txt"
@@ -258,7 +260,7 @@ def test_host_added_and_removed_at_run_time(data_dir, start_plugin, peers, wait_
     write_file.write_text("[felix h1]\nip=127.0.1.2\nhost=h1\n")
     wait_until(lambda: "host h2: removed; closing its channel" in plugin.log(), what="h2 removed")
     assert plugin.count("host h2 is not a [felix] host") == 2
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     write_endpoint(data_dir, "onh1", "192.168.1.5", "h1")
     wait_until(lambda: endpoint_msgs(felix1, "onh1"), what="h1 still served")
     assert plugin.alive
@@ -269,9 +271,10 @@ def test_shipped_felix_txt_placeholders_are_not_configured(tmp_path, start_plugi
     data.mkdir()
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     (data / "felix.txt").write_text(open(os.path.join(repo, "felix.txt")).read())
-    plugin = start_plugin("ep", data, PLUGIN, *FAST)
+    # No host is configured, so no Felix key would be admitted: insecure.
+    plugin = start_plugin("ep", data, PLUGIN, *FAST, secure=False)
     wait_until(lambda: plugin.count("not configured") == 2, what="placeholder notes")
-    req = peers.req(EP_REQ)
+    req = peers.req(EP_REQ, keys=None)
     assert req.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
     # A later change is seen (and rebuilds the state): the notes are not repeated.
     (data / "later.txt").write_text("not ini")
@@ -286,6 +289,7 @@ def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_
     # context, terminated below, frees the address before the next bind.
     dying_context = zmq.Context()
     dying = dying_context.socket(zmq.REP)
+    testkeys.as_server(dying, felix_address("h1"), host="h1")
     bind_when_free(dying, felix_address("h1"))
     try:
         # The timeout is far beyond the wait below: only abandoning the lost
@@ -296,8 +300,8 @@ def test_felix_restarting_with_a_request_in_flight_gets_its_resync_at_once(data_
         dying.recv()
     finally:
         close_and_wait(dying_context, dying)
-    felix1 = peers.rep(felix_address("h1"))
-    req = peers.req(EP_REQ)
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    req = peers.req(EP_REQ, host="h1")
     assert resync(req, "h1", "again")["endpoint_count"] == 1
     got = wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "again"],
                      timeout=20, what="resync after Felix restart")
@@ -381,3 +385,85 @@ def test_polling_when_asked_still_delivers_changes(data_dir, start_plugin, peers
                                                                 ("web",))))
     got = wait_until(lambda: endpoint_msgs(felix1, "e"), what="the endpoint")
     assert exact(got) == [created_or_updated("ENDPOINTCREATED", "e", "192.168.1.40", "aa:bb:cc:00:00:40")]
+
+
+# --- who may talk to the endpoint API, and what it survives (issue 9) -----------
+
+def test_only_the_cluster_hosts_felixes_are_answered(data_dir, start_plugin, peers, intruders, wait_until):
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    heartbeat = messages.make(messages.HEARTBEAT)
+    for host in ("h1", "h2"):
+        assert peers.req(EP_REQ, host=host).request(heartbeat)["rc"] == "SUCCESS"
+    # Refusals are logged (a refused client retries every 0.1 s: the log is
+    # rate-limited, so look at the first of each kind).
+    assert peers.req(EP_REQ, host="h1", keys=None, timeout=1.0).request(heartbeat) is None
+    wait_until(lambda: "refused a connection on tcp://127.0.1.1:9901 at the handshake: the peer does not use CURVE"
+               in plugin.log(), what="the plain client's refusal logged")
+    assert peers.req(EP_REQ, role="acl-manager", timeout=1.0).request(heartbeat) is None
+    wait_until(lambda: "refused a connection from 127.0.0.1 on plugin-ep-9901: the key of role 'acl-manager' is "
+               "not admitted there" in plugin.log(), what="the wrong role's refusal logged")
+    refused = intruders.ask(EP_REQ, heartbeat, rightful="felix/h1")
+    assert refused == {label: None for label in refused}, refused
+    assert set(refused) >= {"role felix", "role felix/h9", "role acl-manager", "another secret", "no CURVE"}
+    assert "similar lines suppressed" in plugin.log() or plugin.count("refused a connection") <= 10
+    # A host the cluster file gains is admitted at once: its keys follow from the secret.
+    with open(data_dir / "felix.txt", "a") as handle:
+        handle.write("[felix h9]\nip=127.0.1.9\nhost=h9\n")
+    wait_until(lambda: "host h9: talking to its Felix" in plugin.log(), what="h9 added")
+    assert peers.req(EP_REQ, host="h9").request(heartbeat)["rc"] == "SUCCESS"
+
+
+def test_a_felix_cannot_resync_for_another_host(data_dir, start_plugin, peers, wait_until):
+    write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    wait_until(lambda: endpoint_msgs(felix1, "ep1"), what="h1's endpoint")
+    forged = resync(peers.req(EP_REQ, host="h2"), "h1", "forged")
+    assert forged["type"] == "RESYNCSTATE" and forged["rc"] == "INVALID"
+    assert forged["message"] == "a RESYNCSTATE for host 'h1' must come with that host's key, not 'felix/h2''s"
+    assert plugin.count("RESYNCSTATE 'forged' refused") == 1
+    # The rightful one still works, and only it reaches h1's Felix.
+    assert resync(peers.req(EP_REQ, host="h1"), "h1", "mine")["endpoint_count"] == 1
+    wait_until(lambda: [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "mine"],
+               what="the rightful resync")
+    assert not [m for m in felix1.of_type("ENDPOINTCREATED") if m.get("resync_id") == "forged"]
+
+
+def test_the_plugin_talks_only_to_the_felix_holding_that_hosts_key(data_dir, start_plugin, peers, wait_until):
+    impostor = peers.rep(felix_address("h1"), role="felix/h2")  # h1's address, h2's key
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
+    write_endpoint(data_dir, "ep1", "192.168.1.1", "h1")
+    wait_until(lambda: plugin.count("endpoint ep1 (192_168_1_1.txt): created") == 1, what="ep1 seen")
+    impostor.close()
+    felix1 = peers.rep(felix_address("h1"), host="h1")
+    wait_until(lambda: endpoint_msgs(felix1, "ep1"), what="ep1 at the real Felix")
+    assert impostor.snapshot() == []
+
+
+def test_a_barrage_of_bad_requests_leaves_the_endpoint_api_serving(data_dir, start_plugin, peers, barrage,
+                                                                    wait_until):
+    limit = 262144
+    felix1 = peers.rep(felix_address("h1"), host="h1",
+                       responder=lambda msg: fuzzdata.encode(fuzzdata.deep_list()) if msg.get("type") ==
+                       "ENDPOINTCREATED" and msg.get("endpoint_id") == "garbled" else success_reply_for(msg))
+    plugin = start_plugin("ep", data_dir, PLUGIN, *FAST, "--max-message-bytes", str(limit))
+    valid = messages.make(messages.RESYNCSTATE, resync_id="r-1", hostname="h1")
+    payloads = fuzzdata.barrage(valid, messages.make(messages.HEARTBEAT), oversize=limit)
+    payloads += [[b"one", b"two"], [b""] * 50, [fuzzdata.deep_list().encode()] * 2]
+    barrage(peers.req(EP_REQ, host="h1"), payloads, limit)
+    # Unauthenticated senders of the same get nothing at all.
+    for keys in (None, testkeys.OTHER_KEYS):
+        stranger = peers.req(EP_REQ, host="h1", keys=keys, timeout=1.0)
+        assert [stranger.request(payload) for payload in payloads[:2]] == [None, None]
+    # A Felix answering garbage does not stop the plugin either.
+    write_endpoint(data_dir, "garbled", "192.168.1.7", "h1")
+    wait_until(lambda: plugin.count("bad reply from"), what="the garbled reply to be noticed")
+    # Still answering correctly, and still passing changes on.
+    assert resync(peers.req(EP_REQ, host="h1"), "h1", "after")["endpoint_count"] == 1
+    write_endpoint(data_dir, "good", "192.168.1.8", "h1")
+    wait_until(lambda: endpoint_msgs(felix1, "good"), what="a good change, end to end")
+    assert plugin.alive and "carrying on" not in plugin.log()
+
+
+def success_reply_for(msg):
+    return messages.reply(msg.get("type", "UNKNOWN") if isinstance(msg, dict) else "UNKNOWN")

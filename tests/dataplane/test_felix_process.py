@@ -37,10 +37,12 @@ from typing import Any, Callable
 import pytest
 import zmq
 
+import fuzzdata
 import polling
+import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
-from calico.common import messages
+from calico.common import messages, security
 from calico.common.validation import interface_name
 from felix_dp_helpers import Lab
 
@@ -49,6 +51,7 @@ LOOPBACK = "127.0.0.1"
 TIMEOUT_MS = 1500
 KEEPALIVE_MS = 300
 RETRY_MS = 200
+FELIX_HOST = "host-1"  # Felix's short host name: its keys are felix/host-1's
 WAIT = 30.0  # generous: a wait for a condition, never a timing assertion
 
 FELIX_ARGV = [os.path.join(os.path.dirname(sys.executable), "calico-felix")]
@@ -77,7 +80,8 @@ class ControlPlane:
         self.announcement_replies: list[dict[str, Any]] = []
         self.acl_requests: list[str] = []
         self._calls: queue.Queue = queue.Queue()
-        self._requests: list[tuple[bytes, concurrent.futures.Future]] = []
+        # (raw, future, seconds to wait for the answer); in flight: (raw, future, deadline)
+        self._requests: list[tuple[bytes, concurrent.futures.Future | None, float]] = []
         self._in_flight: tuple[bytes, concurrent.futures.Future | None, float] | None = None
         self._stopping = False
         self._ready = threading.Event()
@@ -109,7 +113,7 @@ class ControlPlane:
         (None if Felix did not answer in time)."""
         raw = msg if isinstance(msg, bytes) else messages.encode(msg)
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.call(lambda: self._requests.append((raw, future)))
+        self.call(lambda: self._requests.append((raw, future, timeout)))
         return future.result(timeout + 5)
 
     def set_endpoint(self, ep: "EndpointNs", state: str = "enabled") -> dict[str, Any]:
@@ -174,11 +178,15 @@ class ControlPlane:
 
     def _socket(self, kind: int, bind: int | None = None, connect: int | None = None,
                 ctx: zmq.Context | None = None) -> zmq.Socket:
+        """A socket with the keys of the role the fake plays on that port
+        (tests/testkeys.py): the plugin's or the ACL manager's."""
         sock = (ctx or self.ctx).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         if bind is not None:
+            testkeys.as_server(sock, f"tcp://{LOOPBACK}:{bind}")
             bind_when_free(sock, f"tcp://{LOOPBACK}:{bind}")
         if connect is not None:
+            testkeys.as_client(sock, f"tcp://{LOOPBACK}:{connect}", host=FELIX_HOST)
             sock.connect(f"tcp://{LOOPBACK}:{connect}")
         return sock
 
@@ -242,14 +250,14 @@ class ControlPlane:
                                                                 endpoint_count=len(announced))))
             for fields in announced:
                 raw = messages.encode(messages.make(messages.ENDPOINTCREATED, resync_id=msg["resync_id"], **fields))
-                self._requests.append((raw, None))
+                self._requests.append((raw, None, 10.0))
         else:
             self.plugin_rep.send(messages.encode(messages.reply(msg["type"])))
 
     def _pump_requests(self, now: float) -> None:
         if not self.plugin_up:
             return
-        if self._in_flight is not None and now - self._in_flight[2] > 10.0:
+        if self._in_flight is not None and now > self._in_flight[2]:
             # Felix is gone: a REQ socket with an unanswered request is stuck.
             _, future, _ = self._in_flight
             if future is not None:
@@ -258,9 +266,9 @@ class ControlPlane:
             self.plugin_req.close(linger=0)
             self.plugin_req = self._socket(zmq.REQ, connect=messages.PORT_EP_FELIX, ctx=self.plugin_ctx)
         if self._in_flight is None and self._requests:
-            raw, future = self._requests.pop(0)
+            raw, future, timeout = self._requests.pop(0)
             self.plugin_req.send(raw)
-            self._in_flight = (raw, future, now)
+            self._in_flight = (raw, future, now + timeout)
 
     def _on_felix_reply(self) -> None:
         reply = json.loads(self.plugin_req.recv())
@@ -355,8 +363,10 @@ class FelixProcess:
         self.log_file = str(tmp_path / f"felix-{run}.log")
         self.out_file = str(tmp_path / f"felix-{run}.out")
         self.config_file = str(tmp_path / "felix.cfg")
+        secret_file = testkeys.write_secret_file(str(tmp_path / "cluster.secret"))
         with open(self.config_file, "w") as cfg:
-            cfg.write("[global]\nResyncIntervalSecs = 3600\n[log]\nLogSeverityScreen = WARNING\n")
+            cfg.write("[global]\nResyncIntervalSecs = 3600\n[log]\nLogSeverityScreen = WARNING\n"
+                      f"[security]\nClusterSecretFile = {secret_file}\n")
         self.args = ["--config-file", self.config_file,
                      "--plugin-address", LOOPBACK, "--acl-address", LOOPBACK, "--local-address", LOOPBACK,
                      "--hostname", "host-1.example.com", "--log-file", self.log_file,
@@ -626,13 +636,19 @@ def test_live_endpoint_messages_get_exact_replies(env):
     env.check([(a, a.v4, "ping", True), (b, a.v4, "ping", False)])
 
 
-def test_malformed_requests_get_invalid_and_felix_keeps_serving(env):
+def one_endpoint_programmed(env: Env, *felix_args: str) -> tuple[EndpointNs, dict[str, str]]:
+    """Felix running with one endpoint ``a`` (open ACLs) programmed; ``a``
+    and the kernel state then."""
     a = env.topo.endpoint("a", "192.168.10.1")
     env.cp.set_acls(a.endpoint_id, OPEN, publish=False)
     env.cp.set_endpoint(a)
-    env.start_felix()
+    env.start_felix(*felix_args)
     env.wait_programmed(a)
-    before = env.topo.kernel_state()
+    return a, env.topo.kernel_state()
+
+
+def test_malformed_requests_get_invalid_and_felix_keeps_serving(env):
+    a, before = one_endpoint_programmed(env)
     good = a.fields()
     cases = [
         (b"this is not json", "UNKNOWN", "not JSON"),
@@ -824,3 +840,81 @@ def test_restart_with_nothing_changed_writes_nothing(env):
     first_pass = env.felix.log().split("dataplane pass:")[1].splitlines()[0]
     assert first_pass.startswith(" 2 endpoints, 0 kernel writes"), first_pass
     assert env.topo.kernel_state() == before
+
+
+# --- who may talk to Felix, and what it survives (issue 9) -----------------------------------------
+
+def ask_from_namespace(ns: str, address: str, msg: dict[str, Any], role: str | None, keys, timeout: float = 1.0):
+    """One request to ``address`` from a fresh socket inside ``ns`` (its own
+    thread and context, as ControlPlane's): the raw reply, or None."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with netns.entered(ns):
+            ctx = zmq.Context()
+            try:
+                sock = ctx.socket(zmq.REQ)
+                sock.linger = 0
+                testkeys.as_client(sock, address, role, FELIX_HOST, keys)
+                sock.connect(address)
+                sock.send(messages.encode(msg))
+                result["reply"] = sock.recv() if sock.poll(int(timeout * 1000)) else None
+                sock.close(linger=0)
+            finally:
+                ctx.destroy(linger=0)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout + 10)
+    return result.get("reply")
+
+
+def test_only_the_plugin_gets_answers_on_9902(env):
+    a, before = one_endpoint_programmed(env)
+    address = f"tcp://{LOOPBACK}:{messages.PORT_EP_FELIX}"
+    destroy = messages.make(messages.ENDPOINTDESTROYED, endpoint_id=a.endpoint_id)
+    replies = {label: ask_from_namespace(env.topo.host, address, destroy, role, keys)
+               for label, role, keys in testkeys.intruders(security.ROLE_PLUGIN_EP)}
+    assert replies == {label: None for label in replies}, replies
+    assert set(replies) >= {"role felix", "role felix/h1", "role acl-manager", "another secret", "no CURVE"}
+    assert "refused a connection" in env.felix.log()
+    # Nothing changed, and the plugin's own key still gets through.
+    assert env.topo.kernel_state() == before
+    env.check([(a, a.v4, "ping", True)])
+    assert env.cp.request(messages.make(messages.HEARTBEAT)) == ok("HEARTBEAT")
+
+
+def test_a_barrage_on_every_input_leaves_felix_serving(env):
+    limit = 262144
+    a, before = one_endpoint_programmed(env, "--max-message-bytes", str(limit))
+    b = env.topo.endpoint("b", "192.168.10.2")
+    env.cp.set_acls(b.endpoint_id, OPEN, publish=False)
+    valid = messages.make(messages.ENDPOINTCREATED, **b.fields())
+    for raw in fuzzdata.barrage(valid, messages.make(messages.ENDPOINTDESTROYED, endpoint_id="x"), oversize=limit):
+        reply = env.cp.request(raw, timeout=3.0 if len(raw) > limit else 10.0)
+        if len(raw) > limit:
+            assert reply is None, "an oversized message was read"
+        else:
+            assert reply is not None and reply["rc"] in ("SUCCESS", "INVALID", "NOTEXIST"), (raw[:200], reply)
+    # Publications on a's topic: malformed, deep, oversized.
+    topic = a.endpoint_id.encode()
+    for body in fuzzdata.barrage(messages.make(messages.ACLUPDATE, acls=OPEN), oversize=limit):
+        env.cp.publish_raw([topic, body])
+    env.cp.publish_raw([topic])
+    env.cp.publish_raw([topic, b"{}", b"three"])
+    # Still answering, and still programming good changes end to end: b
+    # (which some mutations created, then changed) as the plugin says now,
+    # and a's ACLs as the ACL manager says now.
+    assert env.cp.request(messages.make(messages.HEARTBEAT)) == ok("HEARTBEAT")
+    env.cp.destroy(b.endpoint_id)
+    assert env.cp.create(b) == ok("ENDPOINTCREATED")
+    env.cp.set_acls(a.endpoint_id, allow())  # a now accepts nothing
+    env.check([(a, b.v4, "ping", True), (b, a.v4, "ping", False)])
+    assert env.felix.alive and "carrying on" not in env.felix.log()
+    assert mentions(before, b) == []
+
+
+def test_insecure_felix_warns_at_start(env):
+    env.start_felix("--insecure", "true", "--secret-file", "/nonexistent")  # no secret needed then
+    wait_until(lambda: env.felix.count("INSECURE ([security] Insecure = true"), "the warning")
+    assert " WARNING " in next(line for line in env.felix.log().splitlines() if "INSECURE" in line)

@@ -9,7 +9,9 @@ shares, so the costly part happens once:
 2. the images: a temporary copy of what the seed copies to /opt/demo, with
    the seed's sed step (corrected: double quotes) applied for those two
    hosts -- this is how the seed's ``docker run`` lines, which pass no
-   environment, learn the host addresses -- built on a throwaway
+   environment, learn the host addresses -- and the README's key step
+   (``make_secret.sh``: the cluster secret into the felix and plugin
+   folders, so every image holds the same one), built on a throwaway
    root-namespace dockerd (no bridge, no iptables; builds use
    ``--network host`` to reach the package mirror), which is stopped once
    the images are saved;
@@ -54,7 +56,7 @@ from calico import netns
 from calico.lab import fabric
 from calico.lab.layout import Layout, host_ip, host_name
 
-from dockerhost import IMAGE_DIRS, DockerHost, DockerHostError, build_images, prepare_build_tree
+from dockerhost import IMAGE_DIRS, DockerHost, DockerHostError, build_images, prepare_build_tree, run_key_step
 from seedcluster import (FIGURES, HOSTS, PREFIX, SEED_DIRS, SEED_HOST1_LINES, SEED_HOST2_LINES,
                          SEED_MODULES, SeedCluster, SimHost)
 
@@ -117,9 +119,13 @@ def seed_cluster():
         cluster = SeedCluster(hosts, tmp)
         # Prerequisites, steps 1 and 2: the repository at "/opt/demo", sed'ed.
         tree = prepare_build_tree(tmp / "demo", host_ip(1), host_ip(2), host_name(1), host_name(2))
+        # Step 3, the key step, on host 1 before building; the copy to host 2 is
+        # implicit: both dockerds get the same images.
+        cluster.key_step_output = run_key_step(tree)
+        cluster.tree = tree
         _images(tree, tmp, [h.engine for h in hosts.values()], cluster)
 
-        # Prerequisites, step 5 and 6.
+        # Prerequisites, steps 6 and 7.
         for module in SEED_MODULES:
             subprocess.run(["modprobe", module], check=False, capture_output=True)
         for host in hosts.values():

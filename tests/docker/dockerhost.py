@@ -425,13 +425,14 @@ do
   sed -i "s/HOST2/$HOST2/g" "$file"
 done
 """
-BUILD_TREE_FILES = ("bird", "plugin", "felix", "util", "felix.txt", "network_container.sh")
+BUILD_TREE_FILES = ("bird", "plugin", "felix", "util", "felix.txt", "network_container.sh", "make_secret.sh")
 
 
 def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None = None,
                        host1: str | None = None, host2: str | None = None) -> Path:
     """A copy of what the seed copies to /opt/demo, with the sed step applied
-    when the four values are given.
+    when the four values are given (and no cluster secret: see
+    ``run_key_step``).
 
     The package is staged afresh from this work tree (docker/stage-package.sh
     into the copy), so the images hold the code under test even where the
@@ -442,7 +443,9 @@ def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None
     for name in BUILD_TREE_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            # (Not a cluster.secret of the work tree: the test makes its own with the key step.)
+            shutil.copytree(source, dest / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "cluster.secret"))
         elif source.exists():
             shutil.copy2(source, dest / name)
     stage = subprocess.run(["bash", str(REPO / "docker" / "stage-package.sh"),
@@ -458,6 +461,15 @@ def prepare_build_tree(dest: str | Path, ip1: str | None = None, ip2: str | None
     if sed.returncode != 0:
         raise DockerHostError(f"sed step: {sed.stderr.strip()}")
     return dest
+
+
+def run_key_step(tree: str | Path) -> str:
+    """The README's key step on host 1: ``sh make_secret.sh`` in the tree
+    (before the sed'ed tree is built); returns what it printed."""
+    result = subprocess.run(["sh", str(Path(tree) / "make_secret.sh")], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DockerHostError(f"make_secret.sh: {result.stderr.strip()}")
+    return result.stdout
 
 
 def build_images(engine: DockerHost, images: dict[str, str] | None = None,

@@ -35,7 +35,7 @@ SEED_HOST2_LINES = (
     'docker run -d -v /var/log/calico:/var/log/calico --privileged=true --name="felix" --net=host --restart=always -t calico:felix calico-felix --config-file=/etc/calico/felix.cfg',
     'docker run -d -v /var/log/bird:/var/log/bird --privileged=true --name="bird" --net=host --restart=always -t calico:bird /usr/bin/run_bird bird2.conf',
 )
-# The seed's prerequisite step 5, directories part (per host, see above).
+# The seed's prerequisite step 5 (README step 6), directories part (per host, see above).
 SEED_DIRS = ("var/log/calico", "var/run/netns", "opt/plugin/data", "var/log/bird")
 SEED_MODULES = ("ip6_tables", "xt_set")
 
@@ -108,6 +108,8 @@ class SeedCluster:
     build_seconds: float = 0.0
     load_seconds: float = 0.0
     setup_seconds: float = 0.0
+    key_step_output: str = ""
+    tree: Path | None = None
 
     def diagnostics(self) -> str:
         out = []

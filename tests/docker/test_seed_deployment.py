@@ -271,3 +271,33 @@ def test_detach_takes_the_container_off_the_network(attached: SeedCluster):
     # The web pair is untouched.
     assert probe(attached, "192_168_1_1", ["192.168.2.1"]) == {("192.168.2.1", "icmp"): True,
                                                               ("192.168.2.1", "tcp"): True}
+
+
+def test_key_step_made_one_private_secret_for_both_images(seed_cluster: SeedCluster):
+    """README, the key step: one command on host 1, the scp line for host 2."""
+    tree = seed_cluster.tree
+    felix_secret = (tree / "felix" / "cluster.secret").read_text()
+    assert (tree / "plugin" / "cluster.secret").read_text() == felix_secret
+    assert len(felix_secret) == 65 and int(felix_secret, 16) >= 0
+    assert f"scp -p {tree}/felix/cluster.secret root@{seed_cluster.hosts[2].ip}:{tree}/felix/" \
+        in seed_cluster.key_step_output
+    host = seed_cluster.hosts[1]
+    for image in ("calico:felix", "calico:plugin"):
+        listing = host.docker("run", "--rm", "--net=none", image, "sh", "-c",
+                              "stat -c '%a %U' /etc/calico/cluster.secret && cat /etc/calico/cluster.secret").stdout
+        assert listing.splitlines() == ["600 root", felix_secret.strip()], (image, listing)
+
+
+@pytest.mark.parametrize("image, command", [
+    ("calico:felix", ["calico-felix", "--config-file=/etc/calico/felix.cfg"]),
+    ("calico:felix", ["calico-acl-manager", "--config-file=/etc/calico/acl_manager.cfg"]),
+    ("calico:plugin", ["python", "/opt/scripts/plugin.py", "ep"]),
+])
+def test_without_the_secret_a_component_refuses_to_start(seed_cluster: SeedCluster, image, command):
+    """The seed's command with the secret pointed elsewhere: one line, exit 2 (before any dataplane work)."""
+    result = seed_cluster.hosts[1].docker("run", "--rm", "--net=none", "-e", "CALICO_SECRET_FILE=/etc/calico/none",
+                                          image, *command, check=False)
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cluster secret /etc/calico/none: no such file" in lines[0], lines
+    assert "make_secret.sh" in lines[0]

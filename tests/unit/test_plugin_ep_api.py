@@ -8,6 +8,7 @@ import zmq
 
 from calico.common import messages
 from calico.common.datafiles import Endpoint, Host
+from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop
 from calico.plugin.ep_api import FelixLink
 
@@ -42,8 +43,8 @@ def ep(eid, mac="aa:bb:cc:00:00:01"):
 
 
 def make_link(missing=None):
-    context = zmq.Context.instance()
-    link = FelixLink(EventLoop(), context, Host("h1", "127.0.1.250"), 1000, 1000,
+    loop = EventLoop()
+    link = FelixLink(loop, Transport(zmq.Context.instance(), loop, None), Host("h1", "127.0.1.250"), 1000, 1000,
                      on_missing=lambda host, eid: (missing if missing is not None else []).append((host, eid)))
     link.channel.close()
     link.channel = RecordingChannel()
