@@ -321,7 +321,7 @@ def created_or_updated(msg_type, eid, ip, mac, state="enabled"):
 
 
 def test_every_kind_of_file_change_reaches_felix_as_exactly_one_message(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
     assert plugin.count(f"data directory {data_dir}: watching with inotify") == 1
     path = data_dir / "web1.txt"
@@ -358,7 +358,7 @@ def test_every_kind_of_file_change_reaches_felix_as_exactly_one_message(data_dir
 
 
 def test_conflict_resolved_by_deleting_the_owner(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     write_endpoint(data_dir, "owner", "192.168.1.30", "h1", mac="aa:bb:cc:00:00:30", name="owner")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST)
     wait_until(lambda: endpoint_msgs(felix1, "owner"), what="the owner")
@@ -378,7 +378,7 @@ def test_conflict_resolved_by_deleting_the_owner(data_dir, start_plugin, peers, 
 
 
 def test_polling_when_asked_still_delivers_changes(data_dir, start_plugin, peers, wait_until):
-    felix1 = peers.rep(felix_address("h1"))
+    felix1 = peers.rep(felix_address("h1"), host="h1")
     plugin = start_plugin("ep", data_dir, PLUGIN, *FAST, "--watch", "poll")
     assert plugin.count(f"data directory {data_dir}: polling every 50 ms (--watch poll)") == 1
     (data_dir / "e.txt").write_text(endpoint_file_text(Endpoint("e", ("192.168.1.40",), "aa:bb:cc:00:00:40", "h1",
