@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from calico.common import config as config_module
-from calico.common.config import Config, ConfigError, load_config, resolve_peers
+from calico.common.config import Config, ConfigError, load_config, resolve_peers, resolve_pools
 from calico.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ OVERRIDES = {
     "connection_keepalive_interval_millis": "--keepalive-ms",
     "resync_interval_secs": "--resync-interval-secs",
     "endpoint_retry_time_millis": "--endpoint-retry-ms",
+    "default_endpoint_to_host_action": "--endpoint-to-host-action",
+    "ip_pool": "--ip-pool",
+    "ip_pool6": "--ip-pool6",
+    "max_endpoints": "--max-endpoints",
 }
 
 
@@ -73,6 +77,7 @@ def local_addresses() -> set[str]:
 def load(argv: Sequence[str] | None = None) -> Config:
     args = _arguments(argv)
     config = apply_overrides(load_config(args.config_file), args)
+    config = resolve_pools(config)
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
                          local_addresses=local_addresses)
 
@@ -90,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from calico.felix.dataplane import Dataplane
 
     try:
-        agent = Agent(config, Dataplane())
+        agent = Agent(config, Dataplane(endpoint_to_host_action=config.default_endpoint_to_host_action))
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
         return 1
