@@ -196,6 +196,7 @@ class Agent:
         """Ask the plugin for every endpoint of this host; any resync still
         running is abandoned (its count no longer means anything)."""
         self.resync = Resync(str(uuid.uuid4()), reason)
+        self._parked.clear()  # the plugin announces afresh whatever it still has
         self._resync_retry_at = None
         self._resync_progress_at = self.loop.clock()
         self.plugin.clear()

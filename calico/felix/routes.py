@@ -155,7 +155,9 @@ class RouteWriter:
     def _socket(self):
         if self._ipr is None:
             from pyroute2 import IPRoute
-            self._ipr = IPRoute()
+            # ext_ack: a refusal then carries the kernel's reason ("IPv6 is
+            # disabled on nexthop device"), not just "Permission denied".
+            self._ipr = IPRoute(ext_ack=True)
         return self._ipr
 
     def read(self) -> KernelRoutes:

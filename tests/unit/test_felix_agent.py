@@ -714,3 +714,14 @@ def test_max_endpoints_refuses_creations_with_one_line_and_takes_them_when_there
         assert len(h.agent.table) == 3 and "e3" in h.agent.table  # the first one waiting
     finally:
         h.close()
+
+
+def test_a_resync_drops_claims_parked_before_it(h):
+    synced(h, endpoint(endpoint_id="a", addr="192.168.1.1"))
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.1"))  # parked
+    h.advance(1800)
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", addr="192.168.1.1", resync_id=resync_id))  # the plugin no longer has b
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    assert "b" not in h.agent.table
