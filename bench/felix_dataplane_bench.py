@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import logging
 import os
@@ -98,8 +99,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile the cold start")
     parser.add_argument("--profile-resync", action="store_true", help="profile the resync after forget")
     parser.add_argument("--culprit", action="store_true",
-                        help="leave an ipset of the wrong type under one endpoint's set name first, so the "
-                             "kernel refuses that endpoint: the cold start includes finding it")
+                        help="give one endpoint an IPv6 address as well and disable IPv6 on its tap, so the "
+                             "kernel refuses its route: the cold start includes finding it")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -109,15 +110,18 @@ def main() -> int:
                         format="%(relativeCreated)7.0f ms %(name)s: %(message)s")
     ns = f"tdp-bench-{os.getpid()}"
     specs = [endpoint(i, args.rules) for i in range(args.endpoints + 1)]
+    culprit = specs[len(specs) // 2].endpoint_id if args.culprit else None
+    if culprit:
+        middle = specs[len(specs) // 2]
+        specs[len(specs) // 2] = dataclasses.replace(middle, addrs=(*middle.addrs, "fd00:b::1"))
     desired = {s.endpoint_id: s for s in specs[:-1]}
     one_more = {s.endpoint_id: s for s in specs}
     netns.remove(ns)
     netns.create(ns)
     try:
         make_interfaces(ns, specs)
-        culprit = specs[len(specs) // 2].endpoint_id if args.culprit else None
         if culprit:
-            netns.run(ns, ["ipset", "create", f"felix-4in-{culprit[:11]}-net", "hash:ip"])
+            netns.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.tap{culprit[:11]}.disable_ipv6=1"])
         with netns.entered(ns):
             dp = Dataplane()
         profiler = cProfile.Profile() if args.profile else None
