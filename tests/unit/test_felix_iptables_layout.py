@@ -214,3 +214,31 @@ def test_parse_save_keeps_felix_chains_and_top_level_rules():
     table = writer.parse_save(text)
     assert table.chains == {"felix-a": ["-s 10.0.0.1/32 -j DROP"], "felix-empty": []}
     assert table.builtins == {"INPUT": ["-j felix-INPUT"], "FORWARD": ["-j DOCKER"]}
+
+
+def test_start_up_rewrites_the_endpoint_to_host_chains_and_keeps_endpoint_chains():
+    """An upgraded or reconfigured Felix closes the host at once, while the
+    endpoint chains of its previous run stay until its first full pass."""
+    import subprocess
+
+    from calico.felix.kernel_writes import WriteCounter
+
+    saved = "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":felix-INPUT - [0:0]",
+                       ":felix-from-old - [0:0]", "-A INPUT -j felix-INPUT", "-A FORWARD -j felix-FORWARD",
+                       "-A felix-INPUT -i tap+ -j felix-FROM-ENDPOINT", "-A felix-INPUT -i tap+ -j ACCEPT",
+                       "-A felix-from-old -j DROP", "COMMIT", ""])
+    restored = []
+
+    def runner(argv, **kwargs):
+        if argv[0].endswith("-save"):
+            return subprocess.CompletedProcess(argv, 0, saved, "")
+        restored.append(kwargs["input"])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    iptables = writer.IptablesWriter(4, WriteCounter(), writer.RESTORE, runner=runner)
+    iptables.ensure_present(layout.static_chains(4, "DROP"), force=layout.HOST_CHAINS)
+    lines = restored[0].splitlines()
+    assert ":felix-INPUT - [0:0]" in lines and "-A felix-INPUT -i tap+ -g felix-TO-HOST" in lines
+    assert "-A felix-TO-HOST -j DROP" in lines
+    assert not any("felix-from-old" in line for line in lines)
+    assert iptables.kernel.chains["felix-from-old"] == ["-j DROP"]
