@@ -1,6 +1,6 @@
 """Benchmark: Felix's dataplane programming 1,000 endpoints from cold.
 
-Run as root:  .venv/bin/python bench/felix_dataplane_bench.py [--endpoints N] [--rules R] [--profile]
+Run as root:  .venv/bin/python bench/felix_dataplane_bench.py [--endpoints N] [--rules R] [--culprit] [--profile]
 
 In a throwaway network namespace (``tdp-bench-<pid>``) with N+1 veth pairs,
 it times ``Dataplane.start`` + ``apply`` of N endpoints (routes, neighbour
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import logging
 import os
@@ -97,6 +98,9 @@ def main() -> int:
     parser.add_argument("--rules", type=int, default=50, help="ACL rules per direction per endpoint")
     parser.add_argument("--profile", action="store_true", help="profile the cold start")
     parser.add_argument("--profile-resync", action="store_true", help="profile the resync after forget")
+    parser.add_argument("--culprit", action="store_true",
+                        help="give one endpoint an IPv6 address as well and disable IPv6 on its tap, so the "
+                             "kernel refuses its route: the cold start includes finding it")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -106,12 +110,18 @@ def main() -> int:
                         format="%(relativeCreated)7.0f ms %(name)s: %(message)s")
     ns = f"tdp-bench-{os.getpid()}"
     specs = [endpoint(i, args.rules) for i in range(args.endpoints + 1)]
+    culprit = specs[len(specs) // 2].endpoint_id if args.culprit else None
+    if culprit:
+        middle = specs[len(specs) // 2]
+        specs[len(specs) // 2] = dataclasses.replace(middle, addrs=(*middle.addrs, "fd00:b::1"))
     desired = {s.endpoint_id: s for s in specs[:-1]}
     one_more = {s.endpoint_id: s for s in specs}
     netns.remove(ns)
     netns.create(ns)
     try:
         make_interfaces(ns, specs)
+        if culprit:
+            netns.run(ns, ["sysctl", "-qw", f"net.ipv6.conf.tap{culprit[:11]}.disable_ipv6=1"])
         with netns.entered(ns):
             dp = Dataplane()
         profiler = cProfile.Profile() if args.profile else None
@@ -122,6 +132,7 @@ def main() -> int:
         if profiler:
             profiler.disable()
         assert not missing, f"{len(missing)} interfaces missing"
+        assert set(dp.failed) == ({culprit} if culprit else set()), f"failed closed: {sorted(dp.failed)}"
         cold_writes = dp.writes.snapshot()
         counts = {
             "chains": netns.run(ns, ["iptables-legacy-save", "-t", "filter"]).stdout.count("\n:"),
@@ -153,7 +164,8 @@ def main() -> int:
           f"outbound ACL rules (IPv4), IPv4+IPv6 tables")
     print(f"  kernel state: {counts['chains']} chains, {counts['rules']} rules, {counts['sets']} ipsets, "
           f"{counts['members']} set members, {args.endpoints} routes + neighbours")
-    print(f"  cold start (start + apply):   {cold_total:7.2f} s   (start {t_start:.2f} s)")
+    print(f"  cold start (start + apply):   {cold_total:7.2f} s   (start {t_start:.2f} s)"
+          + (f", including finding the endpoint the kernel refuses ({culprit})" if args.culprit else ""))
     print(f"    writes: {cold_writes}")
     print(f"  one more endpoint:            {t_one * 1000:7.1f} ms")
     print(f"  resync, nothing changed:      {t_resync * 1000:7.1f} ms   kernel writes: {resync_writes}")

@@ -272,7 +272,7 @@ def render(cluster: Cluster, local: Host, felix_proto: int = FELIX_ROUTE_PROTO,
             f"protocol bgp {protocol_name(peer, taken)} from calico_peer {{",
             f"  description \"{peer.name}{' (route reflector client)' if client else ''}\";",
             f"  neighbor {peer.ip} as {asn};",
-            *([f"  rr client;", f"  rr cluster id {cluster_id};"] if client else []),
+            *(["  rr client;", f"  rr cluster id {cluster_id};"] if client else []),
             "}",
             "",
         ]

@@ -32,11 +32,15 @@ from typing import Callable, Iterable
 from calico.common.datafiles import DataFileError, Host, load_cluster
 from calico.common.security import DEFAULT_SECRET_FILE, parse_flag
 from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
-from calico.common.validation import ValidationError, check_hostname, parse_decimal, parse_ip, printable, short_hostname, shown
+from calico.common.validation import (DEFAULT_POOL, DEFAULT_POOL6, ValidationError, check_hostname, parse_cidr,
+                                      parse_decimal, parse_ip, printable, short_hostname, shown)
 
 DEFAULT_CLUSTER_FILE = "/opt/plugin/data/felix.txt"
 PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE")
+# Felix's DefaultEndpointToHostAction: what may an endpoint send to its host
+# beyond DHCP and neighbour discovery (calico.felix.iptables_layout).
+TO_HOST_ACTIONS = ("DROP", "RETURN", "ACCEPT")
 
 
 class ConfigError(ValueError):
@@ -60,6 +64,12 @@ class Config:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     cluster_secret_file: str = DEFAULT_SECRET_FILE
     insecure: bool = False
+    # Felix's checks and endpoint-to-host policy.  Empty pools mean: the
+    # cluster file's [global] pool / pool6, else the defaults (resolve_pools).
+    default_endpoint_to_host_action: str = "DROP"
+    ip_pool: tuple[str, ...] = ()
+    ip_pool6: tuple[str, ...] = ()
+    max_endpoints: int = 5000
     source: str = "<defaults>"
 
 
@@ -101,6 +111,28 @@ def _path(text: str) -> str:
     return text.strip()
 
 
+def _to_host_action(text: str) -> str:
+    action = text.strip().upper()
+    if action not in TO_HOST_ACTIONS:
+        raise ValueError(f"not one of {', '.join(TO_HOST_ACTIONS)}")
+    return action
+
+
+def _pools(version: int) -> Callable[[str], tuple[str, ...]]:
+    """Comma-separated CIDRs of one family, canonical; empty means unset."""
+    def parse(text: str) -> tuple[str, ...]:
+        pools = []
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            net = parse_cidr(item)
+            if net.version != version:
+                raise ValueError(f"{item} is not an IPv{version} CIDR")
+            pools.append(str(net))
+        return tuple(pools)
+    return parse
+
+
 # (section, key in the file, attribute, parser)
 _KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
     ("global", "PluginAddress", "plugin_address", _address),
@@ -109,6 +141,10 @@ _KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
     ("global", "LocalAddress", "local_address", _address),
     ("global", "ResyncIntervalSecs", "resync_interval_secs", _positive_int),
     ("global", "EndpointRetryTimeMillis", "endpoint_retry_time_millis", _positive_int),
+    ("global", "DefaultEndpointToHostAction", "default_endpoint_to_host_action", _to_host_action),
+    ("global", "IpPool", "ip_pool", _pools(4)),
+    ("global", "IpPool6", "ip_pool6", _pools(6)),
+    ("global", "MaxEndpoints", "max_endpoints", _positive_int),
     ("log", "LogFilePath", "log_file_path", _path),
     ("log", "LogSeverityFile", "log_severity_file", _level),
     ("log", "LogSeveritySys", "log_severity_sys", _level),
@@ -252,6 +288,26 @@ def resolve_peers(config: Config, need: Iterable[str], env: dict[str, str] | Non
             raise ConfigError(
                 f"{config.source}: [global] {key} is not set (set it, or {_ENV[attr]}, "
                 f"or CALICO_HOSTS, or provide the cluster file {env.get('CALICO_CLUSTER_FILE', DEFAULT_CLUSTER_FILE)})")
+    return config
+
+
+def resolve_pools(config: Config, env: dict[str, str] | None = None) -> Config:
+    """Fill IpPool / IpPool6 left empty: from the cluster file's [global]
+    pool / pool6 when it can be read (CALICO_CLUSTER_FILE, as for the hosts),
+    else the defaults."""
+    if config.ip_pool and config.ip_pool6:
+        return config
+    env = dict(os.environ) if env is None else env
+    path = env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE)
+    pool, pool6 = DEFAULT_POOL, DEFAULT_POOL6
+    if os.access(path, os.R_OK):
+        try:
+            settings = load_cluster(path).settings
+        except DataFileError as exc:
+            raise ConfigError(f"cluster file {exc}") from None
+        pool, pool6 = settings.pool, settings.pool6
+    config.ip_pool = config.ip_pool or (pool,)
+    config.ip_pool6 = config.ip_pool6 or (pool6,)
     return config
 
 

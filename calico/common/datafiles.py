@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 

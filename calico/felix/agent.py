@@ -24,6 +24,15 @@ this host's keys (``calico.common.security``).  A SUB socket silently drops what
 before it (re)connected, so when publications start arriving again the
 agent asks once more.
 
+Felix checks what it is told, even by the plugin (``EndpointTable.refusal``):
+an address outside the pools (IpPool, IpPool6), an address or interface
+that is another endpoint's, or a creation beyond MaxEndpoints is answered
+INVALID, and an endpoint we had keeps what it had.  A refused announcement
+still counts towards its resync.  Refusals that may clear (the other
+endpoint goes, the host gets room) are parked and taken when they do, so a
+resync that announces an address before the stale endpoint holding it is
+removed still converges.
+
 The dataplane reports endpoints whose interface does not exist yet; a timer
 retries them every EndpointRetryTimeMillis.  If a pass raises, the dataplane
 forgets what it believed about the kernel and the pass is retried after a
@@ -44,8 +53,10 @@ from calico.common import messages, security
 from calico.common.config import Config
 from calico.common.security import ClusterKeys, Transport
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.common.validation import DEFAULT_POOL, DEFAULT_POOL6
 from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
-from calico.felix.endpoints import Change, EndpointTable, Resync, acls_from_wire, describe_acls, spec_from_message
+from calico.felix.endpoints import (FULL, Change, EndpointTable, Refusal, Resync, acls_from_wire, describe_acls,
+                                    describe_pools, parse_pools, spec_from_message)
 from calico.felix.state import EndpointSpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,7 @@ class Dataplane(Protocol):
     def start(self) -> None: ...
     def apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]: ...
     def forget_kernel_cache(self) -> None: ...
+    def retry_failed_endpoints(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,13 @@ class Agent:
         self.loop = loop or EventLoop()
         self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
         own_role = security.felix_host_role(config.felix_hostname)
-        self.table = EndpointTable()
+        pools = parse_pools(config.ip_pool or (DEFAULT_POOL,), config.ip_pool6 or (DEFAULT_POOL6,))
+        self.table = EndpointTable(pools, config.max_endpoints)
+        # Refused for a conflict that may clear (another endpoint's address
+        # or interface, the MaxEndpoints bound): taken once it has, without
+        # waiting for the next resync.  Newer news for the endpoint replaces it.
+        self._parked: dict[str, dict[str, Any]] = {}
+        self._full_reported = False
         self.timeout = config.connection_timeout_millis / 1000.0
         self.retry_interval = config.endpoint_retry_time_millis / 1000.0
         self.resync_interval = float(config.resync_interval_secs)
@@ -158,6 +176,8 @@ class Agent:
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
                  self.addresses.acl_req, self.addresses.acl_pub)
+        log.info("Endpoint addresses must be in %s; at most %d endpoints; endpoint to host: %s",
+                 describe_pools(pools), config.max_endpoints, config.default_endpoint_to_host_action)
 
     def _open_acl_socket(self) -> None:
         self.acl_socket = self.transport.connect(zmq.SUB, self.addresses.acl_pub, security.ROLE_FELIX,
@@ -213,6 +233,7 @@ class Agent:
         """Ask the plugin for every endpoint of this host; any resync still
         running is abandoned (its count no longer means anything)."""
         self.resync = Resync(str(uuid.uuid4()), reason)
+        self._parked.clear()  # the plugin announces afresh whatever it still has
         self._resync_retry_at = None
         self._resync_progress_at = self.loop.clock()
         self.plugin.clear()
@@ -257,6 +278,8 @@ class Agent:
         for endpoint_id in stale:
             log.info("Endpoint %s removed: not in resync %s", endpoint_id, resync.resync_id)
             self._forget_endpoint(endpoint_id)
+        if stale:
+            self._retry_parked()  # an announcement may have been refused for a stale endpoint's address
         log.info("Resync %s complete: %d endpoint(s), %d removed", resync.resync_id, len(self.table), len(stale))
         if self.synced_at is None:
             self.synced_at = self.loop.clock()
@@ -268,6 +291,7 @@ class Agent:
         if now >= self._next_periodic_resync:
             self._next_periodic_resync = now + self.resync_interval
             self.dataplane.forget_kernel_cache()
+            self.dataplane.retry_failed_endpoints()
             self.dirty = True  # re-read the kernel and repair any drift
             self.begin_resync("periodic")
         elif self._resync_retry_at is not None and now >= self._resync_retry_at:
@@ -320,27 +344,77 @@ class Agent:
         msg_type = msg["type"]
         spec = spec_from_message(msg)
         endpoint_id = spec.endpoint_id
+        self._parked.pop(endpoint_id, None)  # this message is newer
         if msg_type == messages.ENDPOINTUPDATED and endpoint_id not in self.table:
             log.warning("ENDPOINTUPDATED for unknown endpoint %s: NOTEXIST", endpoint_id)
             return messages.reply(msg_type, messages.RC_NOTEXIST, f"endpoint {endpoint_id} does not exist")
+        refusal = self.table.refusal(spec)
+        if refusal is not None:
+            self._refuse(msg, refusal)
+            # It still counts towards a resync; an endpoint we had keeps what it had.
+            known = endpoint_id if endpoint_id in self.table else None
+            self._note_for_resync(msg_type, msg.get("resync_id"), endpoint_id, known)
+            return messages.reply(msg_type, messages.RC_INVALID, refusal.reason)
+        change = self._accept(spec)
+        self._note_for_resync(msg_type, msg.get("resync_id"), endpoint_id, endpoint_id)
+        if change is Change.UPDATED:
+            self._retry_parked()  # it may have let go of an address
+        return messages.reply(msg_type)
+
+    def _accept(self, spec: EndpointSpec, waited: bool = False) -> Change:
+        endpoint_id = spec.endpoint_id
         change = self.table.upsert(spec)
         state = "enabled" if spec.enabled else "disabled"
+        after = " (its conflict has cleared)" if waited else ""
         if change is Change.CREATED:
-            log.info("Endpoint %s created: %s, mac %s, %s", endpoint_id, " ".join(spec.addrs) or "no addresses",
-                     spec.mac, state)
+            log.info("Endpoint %s created: %s, mac %s, %s%s", endpoint_id,
+                     " ".join(spec.addrs) or "no addresses", spec.mac, state, after)
             self._subscribe(endpoint_id)
             self._request_acls(endpoint_id)
             self.dirty = True
         elif change is Change.UPDATED:
-            log.info("Endpoint %s updated: %s, mac %s, %s", endpoint_id, " ".join(spec.addrs) or "no addresses",
-                     spec.mac, state)
+            log.info("Endpoint %s updated: %s, mac %s, %s%s", endpoint_id,
+                     " ".join(spec.addrs) or "no addresses", spec.mac, state, after)
             self.dirty = True
         else:
             log.debug("Endpoint %s unchanged", endpoint_id)
-        self._note_for_resync(msg_type, msg.get("resync_id"), endpoint_id, endpoint_id)
-        return messages.reply(msg_type)
+        return change
+
+    def _refuse(self, msg: dict[str, Any], refusal: Refusal) -> None:
+        """One log line per refusal, except that a full host says so once
+        until it has room again; conflicts that may clear are parked."""
+        endpoint_id = msg["endpoint_id"]
+        parked = refusal.may_clear and (endpoint_id in self._parked or len(self._parked) < self.config.max_endpoints)
+        if parked:
+            self._parked[endpoint_id] = {k: v for k, v in msg.items() if k != "resync_id"}
+        full = refusal.kind == FULL
+        level = logging.DEBUG if full and self._full_reported else logging.WARNING
+        self._full_reported = self._full_reported or full
+        log.log(level, "%s for endpoint %s refused (INVALID): %s%s", msg["type"], endpoint_id, refusal.reason,
+                "; taken when that clears" if parked else "")
+
+    def _retry_parked(self) -> None:
+        """Take parked messages whose conflict has cleared."""
+        if len(self.table) < self.config.max_endpoints:
+            self._full_reported = False
+        progress = True
+        while progress and self._parked:
+            progress = False
+            for endpoint_id, msg in list(self._parked.items()):
+                if msg["type"] == messages.ENDPOINTUPDATED and endpoint_id not in self.table:
+                    del self._parked[endpoint_id]
+                    continue
+                spec = spec_from_message(msg)
+                if self.table.refusal(spec) is not None:
+                    continue
+                del self._parked[endpoint_id]
+                self._accept(spec, waited=True)
+                if self.resync is not None:
+                    self.resync.live(endpoint_id)
+                progress = True
 
     def _destroy(self, endpoint_id: str) -> dict[str, Any]:
+        self._parked.pop(endpoint_id, None)
         if self.resync is not None:
             self.resync.destroyed(endpoint_id)
         if endpoint_id not in self.table:
@@ -349,6 +423,7 @@ class Agent:
                                   f"endpoint {endpoint_id} does not exist")
         log.info("Endpoint %s destroyed", endpoint_id)
         self._forget_endpoint(endpoint_id)
+        self._retry_parked()
         self.dirty = True
         return messages.reply(messages.ENDPOINTDESTROYED)
 

@@ -7,9 +7,10 @@ and each writer compares it with what it last wrote (or, on the first pass
 and after ``forget_kernel_cache``, with a fresh read of the kernel) and
 writes only the difference:
 
-1. ipsets: new sets created, changed ones replaced by fill-and-swap;
-2. routes, neighbour entries and interface sysctls of endpoints whose
-   interface exists (the others are returned, for the agent to retry);
+1. routes, neighbour entries and interface sysctls of endpoints whose
+   interface exists (the others are returned, for the agent to retry, and
+   cost nothing else: no sets, no chains);
+2. ipsets: new sets created, changed ones replaced by fill-and-swap;
 3. iptables, per family: one commit with new/changed rules, then deleted
    chains;
 4. ipsets no longer referenced destroyed;
@@ -20,8 +21,15 @@ referenced them are gone (the order Go Felix uses).  A pass with nothing to
 change writes nothing: every write goes through ``self.writes``, a
 ``WriteCounter``, which tests assert on.
 
-If a pass raises, every writer forgets what it knew, and the next pass
-re-reads the kernel and converges from wherever the failed one stopped.
+One bad endpoint never stalls the host.  If the kernel refuses a pass,
+every writer forgets what it knew and the endpoints whose spec changed
+since the last good pass are bisected, each half applied together with the
+known-good rest, until the endpoints at fault are found; each is logged
+once and programmed fail-closed (chains holding a single DROP, no sets, no
+routes) until its spec changes or ``retry_failed_endpoints`` (the periodic
+resync).  The normal path pays nothing for this: the search starts only
+after a failure.  A failure that remains with no changed endpoint applied
+(the host-wide chains, a lock) is raised for the agent's back-off.
 
 Namespaces: a Dataplane binds to the network namespace of the thread that
 creates it.  Each call enters that namespace (for the calling thread only)
@@ -38,8 +46,8 @@ import ctypes
 import logging
 import os
 import time
-from dataclasses import dataclass
-from typing import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import AbstractSet, Iterator, Mapping
 
 from calico.common.validation import ValidationError, check_endpoint_id, parse_ip, parse_mac
 from calico.felix import iptables_layout
@@ -56,6 +64,9 @@ from calico.felix.state import EndpointSpec
 log = logging.getLogger(__name__)
 
 _NETNS_SELF = "/proc/thread-self/ns/net"
+# Passes one failed pass may spend finding the endpoints at fault (about
+# 2 * log2(changed) + 2 per culprit); the next pass continues from there.
+MAX_ISOLATION_ATTEMPTS = 64
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,19 +92,54 @@ class _EndpointLayout:
     chains: dict[int, dict[str, tuple[str, ...]]]
 
 
+@dataclass
+class _Checked:
+    """The memo of one endpoint: its spec, whether it passed the re-check,
+    and its layout once one was needed."""
+
+    spec: EndpointSpec
+    usable: bool
+    layout: _EndpointLayout | None = None
+
+
+@dataclass(frozen=True)
+class FailedEndpoint:
+    """An endpoint programmed fail-closed because the kernel refused its state."""
+
+    spec: EndpointSpec
+    error: str
+
+
+class IsolationIncomplete(RuntimeError):
+    """The search for the endpoints at fault ran out of attempts; the next
+    pass carries on from what it established."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as one log line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
 class Dataplane:
     def __init__(self, ip_versions: tuple[int, ...] = (4, 6), writes: WriteCounter | None = None,
                  iptables_mode: str = AUTO, ipset_mode: str = AUTO, library_max_rules: int = 64,
                  library_max_set_ops: int = 200, sysctl_root: str = "/proc/sys",
-                 cluster: ClusterView | None = None) -> None:
+                 cluster: ClusterView | None = None,
+                 endpoint_to_host_action: str = iptables_layout.DROP,
+                 max_isolation_attempts: int = MAX_ISOLATION_ATTEMPTS) -> None:
         self.versions = tuple(sorted(set(ip_versions)))
         if not self.versions or not set(self.versions) <= {4, 6}:
             raise ValueError(f"ip_versions must be 4 and/or 6, not {ip_versions!r}")
+        if endpoint_to_host_action not in iptables_layout.TO_HOST_ACTIONS:
+            raise ValueError(f"endpoint_to_host_action must be one of {', '.join(iptables_layout.TO_HOST_ACTIONS)}, "
+                             f"not {endpoint_to_host_action!r}")
         if 6 in self.versions and not os.path.isdir(os.path.join(sysctl_root, "net/ipv6")):
             log.warning("IPv6 is disabled in this kernel: programming IPv4 only")
             self.versions = tuple(v for v in self.versions if v != 6)
             if not self.versions:
                 raise ValueError("IPv6 only was asked for, but IPv6 is disabled in this kernel")
+        self.to_host_action = endpoint_to_host_action
+        self.max_isolation_attempts = max_isolation_attempts
         self.writes = writes if writes is not None else WriteCounter()
         self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY)
         self._netns = _netns_identity(self._netns_fd)
@@ -104,8 +150,13 @@ class Dataplane:
         self.routes = RouteWriter(self.writes, self.versions, self.sysctls)
         # Outgoing NAT and IP-in-IP: cluster-wide, not per endpoint.
         self.cluster = ClusterDataplane(self.versions, self.writes, cluster, iptables_mode, library_max_rules)
-        self._memo: dict[str, _EndpointLayout | EndpointSpec] = {}  # spec only: unusable
+        self._memo: dict[str, _Checked] = {}
         self._collisions: set[str] = set()
+        # The kernel accepted these specs in the last pass that succeeded
+        # (open endpoints only); a failed pass bisects what changed since.
+        self._good: Mapping[str, EndpointSpec] = {}
+        self._good_closed: frozenset[str] = frozenset()
+        self.failed: dict[str, FailedEndpoint] = {}
 
     # -- the agent's interface -------------------------------------------
 
@@ -113,20 +164,27 @@ class Dataplane:
         """One-time host set-up (idempotent): forwarding on, Felix's top-level
         chains and the INPUT/FORWARD jumps, and the iptables backend check.
 
-        Existing Felix chains are left as they are, so a restarted Felix keeps
-        enforcing the old state until its first ``apply``; on a fresh host
-        the dispatch chains start out dropping everything from taps."""
+        Existing endpoint and dispatch chains are left as they are, so a
+        restarted Felix keeps enforcing the old state until its first
+        ``apply``; on a fresh host the dispatch chains start out dropping
+        everything from taps.  The endpoint-to-host chains depend only on
+        the settings, so they are written in full at once."""
         with self._bound():
             check_backends(self.versions)
             for version in self.versions:
                 for key, value in HOST_SYSCTLS[version]:
                     if self.sysctls.ensure(key, value):
                         log.info("set %s=%s", key.replace("/", "."), value)
-                self.iptables[version].ensure_present(iptables_layout.static_chains())
+                self.iptables[version].ensure_present(iptables_layout.static_chains(version, self.to_host_action),
+                                                      force=iptables_layout.HOST_CHAINS)
 
     def apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]:
         """Make the kernel match ``desired`` (the whole desired state); return
-        the ids of endpoints whose interface does not exist yet."""
+        the ids of endpoints whose interface does not exist yet.
+
+        An endpoint whose state the kernel refuses is programmed fail-closed
+        (see ``failed``) and the rest converge; only a failure no endpoint
+        can be blamed for raises."""
         started = time.perf_counter()
         before = self.writes.total()
         with self._bound():
@@ -137,8 +195,8 @@ class Dataplane:
                 raise
         written = self.writes.total() - before
         log.log(logging.INFO if written else logging.DEBUG,
-                "dataplane pass: %d endpoints, %d kernel writes, %d without interface, %.0f ms",
-                len(desired), written, len(missing), (time.perf_counter() - started) * 1000)
+                "dataplane pass: %d endpoints, %d kernel writes, %d without interface, %d failed closed, %.0f ms",
+                len(desired), written, len(missing), len(self.failed), (time.perf_counter() - started) * 1000)
         return missing
 
     def set_cluster(self, view: ClusterView) -> None:
@@ -148,6 +206,13 @@ class Dataplane:
     def forget_kernel_cache(self) -> None:
         """Make the next ``apply`` read the whole kernel state again."""
         self._forget()
+
+    def retry_failed_endpoints(self) -> None:
+        """Make the next ``apply`` try again the endpoints the kernel refused."""
+        if self.failed:
+            log.info("retrying %d endpoint(s) failed closed after kernel errors: %s", len(self.failed),
+                     " ".join(sorted(self.failed)))
+        self.failed = {}
 
     def close(self) -> None:
         with self._bound():
@@ -159,21 +224,34 @@ class Dataplane:
     # -- the pass ------------------------------------------------------------
 
     def _apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]:
-        layouts = self._layouts_for(desired)
-        endpoints = {key: layout.spec for key, layout in layouts.items()}
-        wanted_sets = {s.name: s for layout in layouts.values() for s in layout.sets}
+        usable = self._usable(desired)
+        # A refused endpoint stays fail-closed until its spec changes.
+        self.failed = {key: failed for key, failed in self.failed.items() if usable.get(key) == failed.spec}
+        closed = frozenset(self.failed)
+        try:
+            missing = self._pass(usable, closed)
+        except Exception as exc:
+            self._forget()
+            return self._isolate(usable, closed, exc)
+        self._good, self._good_closed = usable, closed
+        return missing
+
+    def _pass(self, endpoints: Mapping[str, EndpointSpec], closed: AbstractSet[str]) -> set[str]:
+        """One pass making the kernel hold ``endpoints``, those in ``closed``
+        fail-closed (a single DROP in each chain, no sets, no routes).
+        Endpoints whose interface does not exist cost nothing: no sets,
+        chains or dispatch rules (their tap, once it appears, meets the
+        catch-all DROP until the next pass)."""
+        missing = self.routes.sync(endpoints, unrouted=closed)
+        layouts = [self._closed_layout(spec) if key in closed else self._layout(key, spec)
+                   for key, spec in endpoints.items() if key not in missing]
+        wanted_sets = {s.name: s for layout in layouts for s in layout.sets}
         wanted_sets.update(self.cluster.sets())
         self.ipsets.sync(wanted_sets)
-        missing = self.routes.sync(endpoints)
-        by_interface = sorted(layouts.values(), key=lambda layout: layout.spec.interface)
         for version in self.versions:
-            chains: dict[str, tuple[str, ...]] = {}
-            dispatch = []
-            for layout in by_interface:
-                if version in layout.chains:
-                    chains.update(layout.chains[version])
-                    dispatch.append(iptables_layout.dispatch_rules(layout.spec))
-            chains.update(iptables_layout.static_chains([d[0] for d in dispatch], [d[1] for d in dispatch]))
+            chains = iptables_layout.table_chains(
+                version, self.to_host_action,
+                [(layout.spec, layout.chains[version]) for layout in layouts if version in layout.chains])
             first = self.cluster.input_rules(version)
             if first:
                 chains[iptables_layout.INPUT_CHAIN] = first + tuple(chains[iptables_layout.INPUT_CHAIN])
@@ -183,6 +261,79 @@ class Dataplane:
         self.routes.delete_unused()
         return missing
 
+    def _isolate(self, usable: Mapping[str, EndpointSpec], closed: frozenset[str], error: Exception) -> set[str]:
+        """After a failed pass: find the endpoints at fault and fail them closed.
+
+        Only endpoints whose spec changed since the last good pass can be at
+        fault.  The known-good state is tried first (if the kernel refuses
+        that too, no endpoint is to blame and the error is raised); then the
+        changed endpoints are bisected, each half tried together with
+        everything known to be good so far, down to single endpoints, each
+        confirmed by a pass of its own before it is blamed."""
+        good = {key: spec for key, spec in self._good.items()
+                if key not in self._good_closed and key in usable and key not in closed}
+        changed = sorted(key for key, spec in usable.items() if key not in closed and good.get(key) != spec)
+        if not changed:
+            raise error
+        log.info("The kernel refused a dataplane pass (%s); looking for the endpoint(s) at fault among "
+                 "%d changed", describe_error(error), len(changed))
+        culprits: dict[str, str] = {}
+        attempts = [0]
+        last: list[set[str] | None] = [None]  # missing, if the last pass tried succeeded
+
+        def attempt(subset: list[str]) -> Exception | None:
+            if attempts[0] >= self.max_isolation_attempts:
+                raise IsolationIncomplete(f"gave up after {attempts[0]} passes; {describe_error(error)}")
+            attempts[0] += 1
+            state = {**good, **{key: usable[key] for key in subset},
+                     **{key: usable[key] for key in closed | culprits.keys()}}
+            try:
+                last[0] = self._pass(state, closed | culprits.keys())
+            except Exception as exc:
+                log.debug("isolation pass with %d changed endpoint(s) failed: %s", len(subset), describe_error(exc))
+                self._forget()
+                last[0] = None
+                return exc
+            good.update((key, usable[key]) for key in subset)
+            return None
+
+        def bisect(items: list[str], failure: Exception | None) -> None:
+            """``items`` fail on top of ``good``; ``failure`` is the error if
+            that was seen for exactly these items, else None."""
+            if len(items) == 1:
+                failure = failure or attempt(items)
+                if failure is not None:
+                    culprits[items[0]] = describe_error(failure)
+                    last[0] = None
+                return
+            first, second = items[:len(items) // 2], items[len(items) // 2:]
+            first_failure = attempt(first)
+            if first_failure is None:
+                bisect(second, None)
+                return
+            bisect(first, first_failure)
+            second_failure = attempt(second)
+            if second_failure is not None:
+                bisect(second, second_failure)
+
+        try:
+            base_failure = attempt([])
+            if base_failure is not None:
+                raise base_failure
+            bisect(changed, None)
+            missing = last[0] if last[0] is not None else self._pass(
+                {**good, **{key: usable[key] for key in closed | culprits.keys()}}, closed | culprits.keys())
+        finally:
+            self._record_culprits(usable, culprits)
+            self._good, self._good_closed = good, frozenset()  # holds open endpoints only
+        return missing
+
+    def _record_culprits(self, usable: Mapping[str, EndpointSpec], culprits: Mapping[str, str]) -> None:
+        for key, error in sorted(culprits.items()):
+            self.failed[key] = FailedEndpoint(usable[key], error)
+            log.error("Endpoint %s failed closed: the kernel refused its state (%s); it is tried again when "
+                      "it changes or at the next periodic resync", key, error)
+
     def _forget(self) -> None:
         for writer in self.iptables.values():
             writer.forget()
@@ -190,41 +341,36 @@ class Dataplane:
         self.routes.forget()
         self.cluster.forget()
 
-    def _layouts_for(self, desired: Mapping[str, EndpointSpec]) -> dict[str, _EndpointLayout]:
-        """Each usable endpoint's sets and chains, recomputed only for endpoints
-        whose spec changed (so a pass over 1,000 unchanged endpoints is cheap).
-
-        Ids, MACs and addresses are re-checked (they end up in chain names,
-        restore input and netlink requests), and only one endpoint per
-        interface name is used (ids sharing their first 11 characters would
-        share a tap)."""
-        memo: dict[str, _EndpointLayout | EndpointSpec] = {}
-        usable: dict[str, _EndpointLayout] = {}
+    def _usable(self, desired: Mapping[str, EndpointSpec]) -> dict[str, EndpointSpec]:
+        """The endpoints that can be programmed: re-checked (ids, MACs and
+        addresses end up in chain names, restore input and netlink requests;
+        the check is memoised, so a pass over 1,000 unchanged endpoints is
+        cheap) and one per interface name (ids sharing their first 11
+        characters would share a tap)."""
+        memo: dict[str, _Checked] = {}
+        usable: dict[str, EndpointSpec] = {}
         by_interface: dict[str, str] = {}
         collisions: set[str] = set()
         for key in sorted(desired):
             spec = desired[key]
             known = self._memo.get(key)
-            known_spec = known.spec if isinstance(known, _EndpointLayout) else known
-            if known is not None and (known_spec is spec or known_spec == spec):
-                layout = known if isinstance(known, _EndpointLayout) else None
-            else:
-                layout = self._layout(key, spec)
-            memo[key] = layout if layout is not None else spec
-            if layout is None:
+            if known is None or not (known.spec is spec or known.spec == spec):
+                known = _Checked(spec, self._check(key, spec))
+            memo[key] = known
+            if not known.usable:
                 continue
             other = by_interface.setdefault(spec.interface, key)
             if other != key:
                 collisions.add(f"endpoint {key} skipped: its interface {spec.interface} is also endpoint {other}'s")
                 continue
-            usable[key] = layout
+            usable[key] = spec
         for warning in sorted(collisions - self._collisions):  # once, not every pass
             log.warning(warning)
         self._collisions = collisions
         self._memo = memo
         return usable
 
-    def _layout(self, key: str, spec: EndpointSpec) -> _EndpointLayout | None:
+    def _check(self, key: str, spec: EndpointSpec) -> bool:
         try:
             if not isinstance(spec, EndpointSpec) or spec.endpoint_id != key:
                 raise ValidationError("endpoint id does not match its key")
@@ -236,13 +382,25 @@ class Dataplane:
                     raise ValidationError(f"address {addr!r} is not canonical")
         except (ValidationError, AttributeError, TypeError) as exc:
             log.warning("endpoint %r skipped: %s", key, exc)  # once: the result is memoised
-            return None
-        sets = endpoint_sets(spec, self.versions)
-        for warning in sets.warnings:
-            log.warning(warning)
-        chains = {version: iptables_layout.endpoint_chains(spec, version, sets.matches)
-                  for version in self.versions if spec.addrs_of(version)}
-        return _EndpointLayout(spec, tuple(sets.sets.values()), chains)
+            return False
+        return True
+
+    def _layout(self, key: str, spec: EndpointSpec) -> _EndpointLayout:
+        """An endpoint's sets and chains, computed only when its spec changed."""
+        checked = self._memo[key]
+        if checked.layout is None or not (checked.layout.spec is spec or checked.layout.spec == spec):
+            sets = endpoint_sets(spec, self.versions)
+            for warning in sets.warnings:
+                log.warning(warning)
+            chains = {version: iptables_layout.endpoint_chains(spec, version, sets.matches)
+                      for version in self.versions if spec.addrs_of(version)}
+            checked.layout = _EndpointLayout(spec, tuple(sets.sets.values()), chains)
+        return checked.layout
+
+    def _closed_layout(self, spec: EndpointSpec) -> _EndpointLayout:
+        closed = replace(spec, acls=None)
+        return _EndpointLayout(spec, (), {version: iptables_layout.endpoint_chains(closed, version, {})
+                                          for version in self.versions if spec.addrs_of(version)})
 
     @contextlib.contextmanager
     def _bound(self) -> Iterator[None]:

@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
+
+import netaddr
 
 from calico.common.rules import Rule, rule_from_wire
-from calico.common.validation import ValidationError
+from calico.common.validation import IFACE_ID_CHARS, ValidationError, parse_cidr
 from calico.felix.state import AclRules, Acls, EndpointSpec
 
 ALLOW_ALL = {4: "0.0.0.0/0", 6: "::/0"}
@@ -54,11 +56,84 @@ def spec_from_message(msg: Mapping[str, Any]) -> EndpointSpec:
     )
 
 
-class EndpointTable:
-    """The endpoints this host owns, each with its ACLs once they arrive."""
+Pools = Mapping[int, Sequence[netaddr.IPNetwork]]  # IP version -> pools
 
-    def __init__(self) -> None:
+
+def parse_pools(ip_pool: Iterable[str], ip_pool6: Iterable[str]) -> dict[int, tuple[netaddr.IPNetwork, ...]]:
+    return {4: tuple(parse_cidr(p) for p in ip_pool), 6: tuple(parse_cidr(p) for p in ip_pool6)}
+
+
+def describe_pools(pools: Pools) -> str:
+    return " ".join(str(p) for version in (4, 6) for p in pools.get(version, ())) or "none"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an endpoint message is not taken, and whether that may change
+    without the message changing (another endpoint lets go of an address
+    or interface, or the host drops below its bound)."""
+
+    reason: str
+    kind: str  # POOL, ADDRESS, INTERFACE or FULL
+    may_clear: bool = False
+
+
+POOL, ADDRESS, INTERFACE, FULL = "pool", "address", "interface", "full"
+
+
+class EndpointTable:
+    """The endpoints this host owns, each with its ACLs once they arrive.
+
+    Felix checks what it is told, even by the plugin: an endpoint's
+    addresses must lie in the pools and belong to no other endpoint of this
+    host, its interface (``tap`` + id[:11]) must be no other endpoint's,
+    and a host holds at most ``max_endpoints``.  ``refusal`` says why a spec
+    may not be taken; ``upsert`` assumes it was asked."""
+
+    def __init__(self, pools: Pools | None = None, max_endpoints: int | None = None) -> None:
         self._specs: dict[str, EndpointSpec] = {}
+        self._owners: dict[str, str] = {}       # address -> endpoint id
+        self._interfaces: dict[str, str] = {}   # interface name -> endpoint id
+        self.pools = pools
+        self.max_endpoints = max_endpoints
+
+    def refusal(self, spec: EndpointSpec) -> Refusal | None:
+        """Why ``spec`` may not be created or take over its endpoint, or None."""
+        eid = spec.endpoint_id
+        if self.pools is not None:
+            for addr in spec.addrs:
+                address = netaddr.IPAddress(addr)
+                family = self.pools.get(address.version, ())
+                if not any(address in pool for pool in family):
+                    where = " ".join(str(p) for p in family) or f"no IPv{address.version} pool"
+                    return Refusal(f"address {addr} is outside the pool ({where})", POOL)
+        for addr in spec.addrs:
+            owner = self._owners.get(addr)
+            if owner is not None and owner != eid:
+                return Refusal(f"address {addr} belongs to endpoint {owner}", ADDRESS, may_clear=True)
+        owner = self._interfaces.get(spec.interface)
+        if owner is not None and owner != eid:
+            return Refusal(f"interface {spec.interface} belongs to endpoint {owner} "
+                           f"(ids must differ in their first {IFACE_ID_CHARS} characters)", INTERFACE, may_clear=True)
+        if self.max_endpoints is not None and eid not in self._specs and len(self._specs) >= self.max_endpoints:
+            return Refusal(f"this host already has {len(self._specs)} endpoints (MaxEndpoints {self.max_endpoints})",
+                           FULL, may_clear=True)
+        return None
+
+    def owner_of(self, addr: str) -> str | None:
+        return self._owners.get(addr)
+
+    def _index(self, spec: EndpointSpec) -> None:
+        for addr in spec.addrs:
+            self._owners[addr] = spec.endpoint_id
+        self._interfaces[spec.interface] = spec.endpoint_id
+
+    def _unindex(self, spec: EndpointSpec) -> None:
+        for addr in spec.addrs:
+            if self._owners.get(addr) == spec.endpoint_id:
+                del self._owners[addr]
+        if self._interfaces.get(spec.interface) == spec.endpoint_id:
+            del self._interfaces[spec.interface]
 
     def __contains__(self, endpoint_id: object) -> bool:
         return endpoint_id in self._specs
@@ -77,15 +152,22 @@ class EndpointTable:
         old = self._specs.get(spec.endpoint_id)
         if old is None:
             self._specs[spec.endpoint_id] = replace(spec, acls=None)
+            self._index(spec)
             return Change.CREATED
         new = replace(spec, acls=old.acls)
         if new == old:
             return Change.UNCHANGED
+        self._unindex(old)
         self._specs[spec.endpoint_id] = new
+        self._index(new)
         return Change.UPDATED
 
     def remove(self, endpoint_id: str) -> bool:
-        return self._specs.pop(endpoint_id, None) is not None
+        old = self._specs.pop(endpoint_id, None)
+        if old is None:
+            return False
+        self._unindex(old)
+        return True
 
     def set_acls(self, endpoint_id: str, acls: Acls) -> bool:
         """Record an endpoint's ACLs; False if unknown or unchanged."""

@@ -10,8 +10,17 @@ python-iptables objects, all from the same text.
     INPUT    1st rule:  -j felix-INPUT
     FORWARD  1st rule:  -j felix-FORWARD
 
-    felix-INPUT      -i tap+ -j felix-FROM-ENDPOINT      endpoint -> host
-                     -i tap+ -j ACCEPT
+    felix-INPUT      -i tap+ -g felix-TO-HOST            endpoint -> host
+    felix-TO-HOST    conntrack INVALID -> DROP; RELATED,ESTABLISHED -> ACCEPT
+                     -d 127.0.0.0/8 (v6: ::1) -> DROP    taps have route_localnet=1
+                     DHCP to the host (v4: udp 68->67; v6: udp 546->547) and,
+                       for v6, ICMPv6 router/neighbour solicitation and
+                       neighbour advertisement -> ACCEPT
+                     then by DefaultEndpointToHostAction:
+                       DROP    -j DROP
+                       RETURN  -j felix-FROM-ENDPOINT, -j RETURN  (to the host's
+                               own INPUT rules, once the endpoint's rules allowed it)
+                       ACCEPT  -j felix-FROM-ENDPOINT, -j ACCEPT
     felix-FORWARD    -i tap+ -j felix-FROM-ENDPOINT      endpoint -> anywhere
                      -o tap+ -j felix-TO-ENDPOINT        anywhere -> endpoint
                      -i tap+ -j ACCEPT                   both allowed it:
@@ -22,15 +31,19 @@ python-iptables objects, all from the same text.
                           -j DROP
 
 Endpoint chains are entered by goto, so their RETURN ("allowed") goes back
-to felix-INPUT/felix-FORWARD, which then checks the other side or ACCEPTs;
-anything not allowed is dropped inside the endpoint chain.  ACCEPT rather
-than RETURN matters because Docker sets the FORWARD policy to DROP.
+to the chain that jumped to the dispatch chain, which then checks the other
+side or ACCEPTs; anything not allowed is dropped inside the endpoint chain.
+ACCEPT rather than RETURN matters because Docker sets the FORWARD policy to
+DROP.  felix-TO-HOST is entered by goto too, so its RETURN goes straight
+back to INPUT.
+
+The DHCP and neighbour-discovery exceptions live only on the way to the host
+(the packets come from 0.0.0.0 or link-local addresses, before an endpoint
+has its address, so they cannot pass the source check): in the shared
+from-chain they would let an endpoint send a spoofed DHCP-shaped packet
+anywhere through FORWARD.
 
     felix-from-<id>  conntrack INVALID -> DROP; RELATED,ESTABLISHED -> RETURN
-                     DHCP (v4: udp 68->67; v6: udp 546->547) and, for v6,
-                       ICMPv6 router/neighbour solicitation and neighbour
-                       advertisement -> RETURN (before the spoofing check:
-                       these come from 0.0.0.0 or link-local addresses)
                      not the endpoint's MAC -> DROP
                      source not one of its addresses -> DROP (inline for one
                        address, via felix-sp-<id> for several)
@@ -39,28 +52,36 @@ than RETURN matters because Docker sets the FORWARD policy to DROP.
     felix-to-<id>    conntrack as above, inbound set matches (source), DROP
 
 An endpoint gets chains in a family only if it has an address of that
-family; its other-family traffic meets the catch-all DROP.  A fail-closed
-endpoint (no ACLs yet, or disabled) has chains holding a single DROP.
+family and its interface exists; its other traffic meets the catch-all
+DROP.  A fail-closed endpoint (no ACLs yet, disabled, or refused by the
+kernel) has chains holding a single DROP.
 """
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from calico.common.config import TO_HOST_ACTIONS
 from calico.felix.ipsets import HASH_NET_PORT, SetMatch
 from calico.felix.state import EndpointSpec
 
 CHAIN_PREFIX = "felix-"
 INPUT_CHAIN = "felix-INPUT"
 FORWARD_CHAIN = "felix-FORWARD"
+TO_HOST = "felix-TO-HOST"
 FROM_ENDPOINT = "felix-FROM-ENDPOINT"
 TO_ENDPOINT = "felix-TO-ENDPOINT"
 TOP_JUMPS = {"INPUT": INPUT_CHAIN, "FORWARD": FORWARD_CHAIN}
 ID_CHARS = 11
 TAP_WILDCARD = "tap+"
 
+DROP, RETURN, ACCEPT = TO_HOST_ACTIONS  # the values of DefaultEndpointToHostAction
+# Chains that depend on nothing but the settings: written in full at start-up.
+HOST_CHAINS = (INPUT_CHAIN, TO_HOST)
+
 _ICMP_NAME = {4: "icmp", 6: "ipv6-icmp"}
 _HOST_PREFIX = {4: 32, 6: 128}
+_LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 # ICMPv6 router solicitation, neighbour solicitation, neighbour advertisement.
 _ND_TYPES = (133, 135, 136)
 
@@ -87,9 +108,30 @@ def top_jump_rule(chain: str) -> str:
     return f"-j {chain}"
 
 
-def static_chains(dispatch_from: Iterable[str] = (), dispatch_to: Iterable[str] = ()) -> Chains:
+def to_host_rules(version: int, action: str) -> tuple[str, ...]:
+    """felix-TO-HOST: what an endpoint may send to the host itself."""
+    if action not in TO_HOST_ACTIONS:
+        raise ValueError(f"endpoint to host action {action!r} is not one of {', '.join(TO_HOST_ACTIONS)}")
+    rules = ["-m conntrack --ctstate INVALID -j DROP",
+             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+             f"-d {_LOOPBACK[version]} -j DROP"]
+    if version == 4:
+        rules.append("-p udp -m udp --sport 68 --dport 67 -j ACCEPT")
+    else:
+        rules += [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in _ND_TYPES]
+        rules.append("-p udp -m udp --sport 546 --dport 547 -j ACCEPT")
+    if action == DROP:
+        rules.append("-j DROP")
+    else:
+        rules += [f"-j {FROM_ENDPOINT}", f"-j {action}"]
+    return tuple(rules)
+
+
+def static_chains(version: int, action: str, dispatch_from: Iterable[str] = (),
+                  dispatch_to: Iterable[str] = ()) -> Chains:
     return {
-        INPUT_CHAIN: (f"-i {TAP_WILDCARD} -j {FROM_ENDPOINT}", f"-i {TAP_WILDCARD} -j ACCEPT"),
+        INPUT_CHAIN: (f"-i {TAP_WILDCARD} -g {TO_HOST}",),
+        TO_HOST: to_host_rules(version, action),
         FORWARD_CHAIN: (f"-i {TAP_WILDCARD} -j {FROM_ENDPOINT}", f"-o {TAP_WILDCARD} -j {TO_ENDPOINT}",
                         f"-i {TAP_WILDCARD} -j ACCEPT", f"-o {TAP_WILDCARD} -j ACCEPT"),
         FROM_ENDPOINT: (*dispatch_from, "-j DROP"),
@@ -121,13 +163,6 @@ _CONNTRACK = ("-m conntrack --ctstate INVALID -j DROP",
               "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
 
 
-def _early_allows(version: int) -> tuple[str, ...]:
-    if version == 4:
-        return ("-p udp -m udp --sport 68 --dport 67 -j RETURN",)
-    return (*(f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in _ND_TYPES),
-            "-p udp -m udp --sport 546 --dport 547 -j RETURN")
-
-
 def endpoint_chains(spec: EndpointSpec, version: int,
                     set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]]) -> Chains:
     """The from-, to- and (for several addresses) spoof chains of one endpoint."""
@@ -144,8 +179,7 @@ def endpoint_chains(spec: EndpointSpec, version: int,
         source_check = (f"-j {spoof_chain(eid)}",)
     outbound = tuple(set_match_rule(m, "out", version) for m in set_matches.get((eid, version, "out"), ()))
     inbound = tuple(set_match_rule(m, "in", version) for m in set_matches.get((eid, version, "in"), ()))
-    chains[from_chain(eid)] = (*_CONNTRACK, *_early_allows(version),
-                               f"-m mac ! --mac-source {spec.mac.lower()} -j DROP",
+    chains[from_chain(eid)] = (*_CONNTRACK, f"-m mac ! --mac-source {spec.mac.lower()} -j DROP",
                                *source_check, *outbound, "-j DROP")
     chains[to_chain(eid)] = (*_CONNTRACK, *inbound, "-j DROP")
     return chains
@@ -157,16 +191,21 @@ def dispatch_rules(spec: EndpointSpec) -> tuple[str, str]:
             f"-o {spec.interface} -g {to_chain(spec.endpoint_id)}")
 
 
-def desired_chains(endpoints: Mapping[str, EndpointSpec], version: int,
-                   set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]]) -> Chains:
-    """Every Felix chain of one family's filter table, keyed by name."""
+def table_chains(version: int, action: str, endpoints: Iterable[tuple[EndpointSpec, Chains]]) -> Chains:
+    """One family's whole table from each programmed endpoint's own chains:
+    those chains, the dispatch rules (in interface order) and the static chains."""
     chains: Chains = {}
     dispatch: list[tuple[str, str]] = []
-    for eid in sorted(endpoints, key=lambda e: endpoints[e].interface):
-        spec = endpoints[eid]
-        if not spec.addrs_of(version):
-            continue
-        chains.update(endpoint_chains(spec, version, set_matches))
+    for spec, own in sorted(endpoints, key=lambda item: item[0].interface):
+        chains.update(own)
         dispatch.append(dispatch_rules(spec))
-    chains.update(static_chains([d[0] for d in dispatch], [d[1] for d in dispatch]))
+    chains.update(static_chains(version, action, [d[0] for d in dispatch], [d[1] for d in dispatch]))
     return chains
+
+
+def desired_chains(endpoints: Mapping[str, EndpointSpec], version: int,
+                   set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]],
+                   action: str = DROP) -> Chains:
+    """Every Felix chain of one family's filter table, keyed by name."""
+    return table_chains(version, action, [(spec, endpoint_chains(spec, version, set_matches))
+                                          for spec in endpoints.values() if spec.addrs_of(version)])

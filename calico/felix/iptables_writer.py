@@ -47,7 +47,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from calico.common.rules import PROTOCOL_NUMBERS
 from calico.felix.iptables_layout import TOP_JUMPS, is_felix_chain, top_jump_rule
@@ -274,14 +274,19 @@ class IptablesWriter:
         self._commit(plan)
         return plan
 
-    def ensure_present(self, static: Mapping[str, tuple[str, ...]]) -> TablePlan:
+    def ensure_present(self, static: Mapping[str, tuple[str, ...]], force: Iterable[str] = ()) -> TablePlan:
         """Create the chains in ``static`` that are missing and the top jumps,
         leaving every existing Felix chain as it is (start-up, before the
-        first full pass knows what endpoints exist)."""
+        first full pass knows what endpoints exist), except the chains named
+        in ``force``, which are made to hold exactly what ``static`` says."""
         kernel = self.read()
+        forced = set(force)
         desired = {name: tuple(rules) for name, rules in kernel.chains.items()}
         for name, rules in static.items():
-            desired.setdefault(name, tuple(rules))
+            if name in forced:
+                desired[name] = tuple(rules)
+            else:
+                desired.setdefault(name, tuple(rules))
         plan = plan_table(kernel, desired, self.top_jumps, self.optional_jumps)
         self._commit(plan)
         return plan

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from calico.common import config as config_module
-from calico.common.config import Config, ConfigError, load_config, resolve_peers
+from calico.common.config import Config, ConfigError, load_config, resolve_peers, resolve_pools
 from calico.common.logs import setup_logging
 from calico.common.security import SecurityError, load_credentials
 
@@ -41,6 +41,10 @@ OVERRIDES = {
     "max_message_bytes": "--max-message-bytes",
     "cluster_secret_file": "--secret-file",
     "insecure": "--insecure",
+    "default_endpoint_to_host_action": "--endpoint-to-host-action",
+    "ip_pool": "--ip-pool",
+    "ip_pool6": "--ip-pool6",
+    "max_endpoints": "--max-endpoints",
 }
 
 
@@ -78,6 +82,7 @@ def local_addresses() -> set[str]:
 def load(argv: Sequence[str] | None = None) -> Config:
     args = _arguments(argv)
     config = apply_overrides(load_config(args.config_file), args)
+    config = resolve_pools(config)
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
                          local_addresses=local_addresses)
 
@@ -106,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("Cluster settings: %s", cluster.view.describe())
     try:
-        agent = Agent(config, Dataplane(cluster=cluster.view), cluster=cluster, keys=credentials.keys)
+        agent = Agent(config, Dataplane(cluster=cluster.view, endpoint_to_host_action=config.default_endpoint_to_host_action),
+                      cluster=cluster, keys=credentials.keys)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
         return 1

@@ -36,7 +36,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import AbstractSet, Any, Iterable, Iterator, Mapping
 
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.state import EndpointSpec
@@ -98,6 +98,17 @@ class Sysctls:
         return True
 
 
+class RouteError(OSError):
+    """The kernel refused a route or neighbour change; the message says which."""
+
+
+def _interface_name(index: int | None) -> str:
+    try:
+        return socket.if_indextoname(index) if index else "?"
+    except OSError:
+        return f"#{index}"
+
+
 def _is_tap(index: int) -> bool:
     try:
         return socket.if_indextoname(index).startswith(IFACE_PREFIX)
@@ -144,7 +155,9 @@ class RouteWriter:
     def _socket(self):
         if self._ipr is None:
             from pyroute2 import IPRoute
-            self._ipr = IPRoute()
+            # ext_ack: a refusal then carries the kernel's reason ("IPv6 is
+            # disabled on nexthop device"), not just "Permission denied".
+            self._ipr = IPRoute(ext_ack=True)
         return self._ipr
 
     def read(self) -> KernelRoutes:
@@ -187,8 +200,11 @@ class RouteWriter:
             status.setdefault("nlm_generator", False)
         return list(ipr.nlm_request(msg, msg_type=RTM_GETNEIGH, msg_flags=NLM_F_REQUEST | NLM_F_DUMP))
 
-    def sync(self, endpoints: Mapping[str, EndpointSpec]) -> set[str]:
-        """Program routes, neighbours, sysctls; return endpoints with no interface."""
+    def sync(self, endpoints: Mapping[str, EndpointSpec], unrouted: AbstractSet[str] = frozenset()) -> set[str]:
+        """Program routes, neighbours, sysctls; return endpoints with no interface.
+
+        Endpoints in ``unrouted`` (failed closed after the kernel refused
+        their state) are only looked for: no sysctls, routes or neighbours."""
         kernel = self.read()
         wanted = Wanted()
         missing: set[str] = set()
@@ -196,6 +212,10 @@ class RouteWriter:
             spec = endpoints[endpoint_id]
             families = frozenset(v for v in self.versions if spec.addrs_of(v))
             if not families:
+                continue
+            if endpoint_id in unrouted:
+                if not self._exists(spec.interface):
+                    missing.add(endpoint_id)
                 continue
             index = self._configure_interface(spec.interface, families)
             if index is None:
@@ -244,6 +264,15 @@ class RouteWriter:
         for name in [n for n, (index, _) in kernel.interfaces.items() if index not in live]:
             del kernel.interfaces[name]
 
+    def _exists(self, ifname: str) -> bool:
+        if ifname in self.read().interfaces:
+            return True
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            return False
+        return True
+
     def _configure_interface(self, ifname: str, families: frozenset[int]) -> int | None:
         """The interface's index after setting its sysctls, or None if it does not exist."""
         kernel = self.read()
@@ -274,4 +303,5 @@ class RouteWriter:
             if command == "del" and exc.code in _GONE:
                 log.debug("%s %s already gone: %s", kind, kwargs.get("dst"), exc)
                 return
-            raise
+            where = _interface_name(kwargs.get("oif") or kwargs.get("ifindex"))
+            raise RouteError(f"{kind} {command} {kwargs.get('dst')} dev {where}: {exc}") from exc

@@ -44,7 +44,7 @@ from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
 from calico.common import messages, security
 from calico.common.validation import interface_name
-from felix_dp_helpers import Lab
+from felix_dp_helpers import HOST, Lab
 
 PREFIX = "tfx-"
 LOOPBACK = "127.0.0.1"
@@ -365,7 +365,8 @@ class FelixProcess:
         self.config_file = str(tmp_path / "felix.cfg")
         secret_file = testkeys.write_secret_file(str(tmp_path / "cluster.secret"))
         with open(self.config_file, "w") as cfg:
-            cfg.write("[global]\nResyncIntervalSecs = 3600\n[log]\nLogSeverityScreen = WARNING\n"
+            cfg.write("[global]\nResyncIntervalSecs = 3600\nIpPool = 192.168.0.0/16\nIpPool6 = fd00:10::/64\n"
+                      "[log]\nLogSeverityScreen = WARNING\n"
                       f"[security]\nClusterSecretFile = {secret_file}\n")
         self.args = ["--config-file", self.config_file,
                      "--plugin-address", LOOPBACK, "--acl-address", LOOPBACK, "--local-address", LOOPBACK,
@@ -674,6 +675,47 @@ def test_malformed_requests_get_invalid_and_felix_keeps_serving(env):
     env.cp.set_acls(b.endpoint_id, OPEN, publish=False)
     assert env.cp.create(b) == ok("ENDPOINTCREATED")
     env.check([(a, b.v4, "ping", True)])
+
+
+def test_felix_refuses_what_would_let_one_endpoint_pose_as_another(env):
+    """The attack of issue 9: an endpoint's update claiming a neighbour's
+    address is refused, and its anti-spoofing stays what it was (packets)."""
+    a = env.topo.endpoint("a", "192.168.10.1")
+    b = env.topo.endpoint("b", "192.168.10.2")
+    c = env.topo.endpoint("c", "192.168.10.3")
+    for ep in (a, b, c):
+        env.cp.set_acls(ep.endpoint_id, OPEN, publish=False)
+        env.cp.set_endpoint(ep)
+    env.start_felix()
+    env.check([(b, a.v4, "ping", True), (b, c.v4, "ping", True)])
+    before = env.topo.kernel_state()
+    widen = messages.make(messages.ENDPOINTUPDATED, **dict(b.fields(), addrs=[{"addr": b.v4}, {"addr": a.v4}]))
+    assert env.cp.request(widen) == {"type": "ENDPOINTUPDATED", "rc": "INVALID",
+                                     "message": f"address {a.v4} belongs to endpoint {a.endpoint_id}"}
+    outside = messages.make(messages.ENDPOINTCREATED, **dict(b.fields(), endpoint_id="x" + b.endpoint_id,
+                                                              addrs=[{"addr": "10.9.9.9"}]))
+    assert env.cp.request(outside) == {"type": "ENDPOINTCREATED", "rc": "INVALID",
+                                       "message": "address 10.9.9.9 is outside the pool (192.168.0.0/16)"}
+    # b takes a's address for itself anyway: it still cannot send as a.
+    netns.run(env.topo.endpoint_ns[b.endpoint_id], ["ip", "addr", "add", f"{a.v4}/32", "dev", "eth0"])
+    env.check([(b, c.v4, "ping", True), (b, c.v4, f"ping-from:{a.v4}", False)])
+    assert env.topo.kernel_state() == before
+    assert env.felix.count("refused (INVALID)") == 2
+
+
+def test_endpoints_cannot_reach_their_host_by_default(env):
+    """Felix's own port and any other on the host are out of a container's
+    reach; traffic beyond the host is not affected."""
+    a = env.topo.endpoint("a", "192.168.10.1")
+    env.cp.set_acls(a.endpoint_id, OPEN, publish=False)
+    env.cp.set_endpoint(a)
+    env.topo.add_uplink()
+    env.start_felix()
+    env.wait_programmed(a)
+    with env.topo.listening(HOST, 7001):
+        wait_until(lambda: env.topo.tcp_ok("uplink", "10.65.9.1", 7001), "the host's port to answer the uplink")
+        env.check([(a, "10.65.9.2", "ping", True), (a, "10.65.9.1", "ping", False),
+                   (a, "10.65.9.1", "tcp:7001", False)])
 
 
 def test_interface_created_after_the_endpoint_is_programmed(env):

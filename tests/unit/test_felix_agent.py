@@ -42,6 +42,7 @@ class FakeDataplane:
         self.forgets = 0
         self.missing: set[str] = set()
         self.failures_left = 0
+        self.retries = 0
 
     def start(self) -> None:
         self.started += 1
@@ -55,6 +56,9 @@ class FakeDataplane:
 
     def forget_kernel_cache(self) -> None:
         self.forgets += 1
+
+    def retry_failed_endpoints(self) -> None:
+        self.retries += 1
 
 
 def endpoint(msg_type=messages.ENDPOINTCREATED, endpoint_id="ep1", addr="192.168.1.1",
@@ -272,6 +276,7 @@ def test_resync_removes_stale_endpoints_and_forgets_kernel_cache(h):
     forgets = h.dataplane.forgets
     h.advance(1800)  # periodic resync
     assert h.dataplane.forgets == forgets + 1
+    assert h.dataplane.retries == 1  # endpoints the kernel refused are tried again
     resync_id = h.expect_resync()["resync_id"]
     h.answer_resync(1)
     h.request(endpoint(endpoint_id="a", resync_id=resync_id))
@@ -385,7 +390,7 @@ def test_malformed_requests_get_invalid_and_the_loop_carries_on(h, caplog, raw, 
     h.step()
     assert len(h.dataplane.applied) == applied  # nothing else touched
     assert h.request(messages.make(messages.HEARTBEAT))["rc"] == "SUCCESS"
-    assert h.request(endpoint(endpoint_id="next"))["rc"] == "SUCCESS"
+    assert h.request(endpoint(endpoint_id="next", addr="192.168.1.2"))["rc"] == "SUCCESS"
 
 
 def test_one_info_line_per_endpoint_event(h, caplog):
@@ -623,3 +628,136 @@ def test_a_changed_cluster_file_reaches_the_dataplane_in_one_pass(tmp_path):
         assert len(harness.dataplane.applied) == applied + 1
     finally:
         harness.close()
+
+
+# --- Felix checks what it is told ----------------------------------------------------
+
+def addrs(*values):
+    return [{"addr": value} for value in values]
+
+
+def test_an_address_outside_the_pools_is_refused(h):
+    synced(h)
+    reply = h.request(endpoint(endpoint_id="x", addr="10.1.2.3"))
+    assert reply == {"type": "ENDPOINTCREATED", "rc": "INVALID",
+                     "message": "address 10.1.2.3 is outside the pool (192.168.0.0/16)"}
+    v6 = h.request(messages.make(messages.ENDPOINTCREATED, endpoint_id="y", mac="aa:bb:cc:dd:ee:02",
+                                 state="enabled", addrs=addrs("192.168.1.2", "fd00::2")))
+    assert v6["rc"] == "INVALID" and "fd00::2 is outside the pool (fd80:24e2:f998:72d6::/64)" in v6["message"]
+    assert "x" not in h.agent.table and "y" not in h.agent.table
+
+
+def test_pools_come_from_the_settings():
+    h = Harness(ip_pool=("10.0.0.0/8", "172.16.0.0/12"), ip_pool6=("fd00::/64",))
+    try:
+        h.agent.start()
+        synced(h)
+        assert h.request(endpoint(endpoint_id="x", addr="172.16.0.5"))["rc"] == "SUCCESS"
+        assert h.request(messages.make(messages.ENDPOINTCREATED, endpoint_id="y", mac="aa:bb:cc:dd:ee:02",
+                                       state="enabled", addrs=addrs("10.0.0.2", "fd00::2")))["rc"] == "SUCCESS"
+        refused = h.request(endpoint(endpoint_id="z", addr="192.168.1.3"))
+        assert refused["message"] == "address 192.168.1.3 is outside the pool (10.0.0.0/8 172.16.0.0/12)"
+    finally:
+        h.close()
+
+
+def test_no_endpoint_can_take_another_ones_address(h, caplog):
+    synced(h, endpoint(endpoint_id="web1", addr="192.168.1.1"), endpoint(endpoint_id="db1", addr="192.168.1.2"))
+    before = h.last_desired["db1"]
+    applied = len(h.dataplane.applied)
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        # db1 asks to be web1 as well (the attack of issue 9), by update and by a second creation.
+        widen = messages.make(messages.ENDPOINTUPDATED, endpoint_id="db1", mac="aa:bb:cc:dd:ee:01",
+                              state="enabled", addrs=addrs("192.168.1.2", "192.168.1.1"))
+        assert h.request(widen) == {"type": "ENDPOINTUPDATED", "rc": "INVALID",
+                                    "message": "address 192.168.1.1 belongs to endpoint web1"}
+        assert h.request(dict(widen, type=messages.ENDPOINTCREATED))["rc"] == "INVALID"
+        # A new endpoint with web1's address.
+        assert h.request(endpoint(endpoint_id="evil", addr="192.168.1.1"))["message"] == \
+            "address 192.168.1.1 belongs to endpoint web1"
+    h.step()
+    assert len(h.dataplane.applied) == applied  # nothing widened, nothing to program
+    assert h.agent.table.get("db1") == before and "evil" not in h.agent.table
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 3
+
+
+def test_ids_sharing_an_interface_are_refused_naming_the_owner(h):
+    synced(h, endpoint(endpoint_id="abcdefghijk-1"))
+    reply = h.request(endpoint(endpoint_id="abcdefghijk-2", addr="192.168.1.2"))
+    assert reply["rc"] == "INVALID"
+    assert reply["message"].startswith("interface tapabcdefghijk belongs to endpoint abcdefghijk-1")
+
+
+def test_an_address_let_go_of_can_be_taken_and_a_parked_claim_is_taken_then(h):
+    synced(h, endpoint(endpoint_id="a", addr="192.168.1.1"))
+    assert h.request(endpoint(endpoint_id="b", addr="192.168.1.1"))["rc"] == "INVALID"
+    # a moves away: the plugin's order of the two messages does not matter.
+    assert h.request(endpoint(messages.ENDPOINTUPDATED, endpoint_id="a", addr="192.168.1.5"))["rc"] == "SUCCESS"
+    h.step()
+    assert h.agent.table.get("b").addrs == ("192.168.1.1",)
+    assert h.agent.table.owner_of("192.168.1.1") == "b" and h.agent.table.owner_of("192.168.1.5") == "a"
+
+
+def test_newer_news_replaces_a_parked_claim(h):
+    synced(h, endpoint(endpoint_id="a", addr="192.168.1.1"))
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.1"))
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="b"))
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    assert "b" not in h.agent.table
+
+
+def test_a_resync_refusing_an_address_held_by_a_stale_endpoint_still_converges(h):
+    synced(h, endpoint(endpoint_id="old", addr="192.168.1.1"))
+    h.advance(1800)
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    # The address moved to "new" while we were not listening; "old" is stale.
+    reply = h.request(endpoint(endpoint_id="new", addr="192.168.1.1", resync_id=resync_id))
+    assert reply["rc"] == "INVALID"  # refused, but counted: the resync completes
+    assert h.agent.resync is None
+    h.step()
+    assert list(h.last_desired) == ["new"] and h.last_desired["new"].addrs == ("192.168.1.1",)
+
+
+def test_refused_announcements_count_towards_the_resync(h):
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(3)
+    assert h.request(endpoint(endpoint_id="a", resync_id=resync_id))["rc"] == "SUCCESS"
+    outside = endpoint(endpoint_id="b", addr="10.9.9.9", resync_id=resync_id)
+    assert h.request(outside)["rc"] == "INVALID"
+    assert h.request(outside)["rc"] == "INVALID"  # a retried message counts once
+    assert h.agent.synced_at is None
+    assert h.request(endpoint(endpoint_id="c", addr="192.168.1.1", resync_id=resync_id))["rc"] == "INVALID"
+    assert h.agent.synced_at is not None
+
+
+def test_max_endpoints_refuses_creations_with_one_line_and_takes_them_when_there_is_room(caplog):
+    h = Harness(max_endpoints=3)
+    try:
+        h.agent.start()
+        synced(h, *(endpoint(endpoint_id=f"e{i}", addr=f"192.168.1.{i + 1}") for i in range(3)))
+        with caplog.at_level(logging.DEBUG, logger="calico.felix.agent"):
+            for i in range(3, 8):
+                reply = h.request(endpoint(endpoint_id=f"e{i}", addr=f"192.168.1.{i + 1}"))
+                assert reply == {"type": "ENDPOINTCREATED", "rc": "INVALID",
+                                 "message": "this host already has 3 endpoints (MaxEndpoints 3)"}
+            # Updates of endpoints it has are still taken.
+            assert h.request(endpoint(endpoint_id="e0", addr="192.168.1.100"))["rc"] == "SUCCESS"
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "MaxEndpoints 3" in warnings[0].getMessage()
+        assert len(h.agent.table) == 3
+        h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="e1"))
+        assert len(h.agent.table) == 3 and "e3" in h.agent.table  # the first one waiting
+    finally:
+        h.close()
+
+
+def test_a_resync_drops_claims_parked_before_it(h):
+    synced(h, endpoint(endpoint_id="a", addr="192.168.1.1"))
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.1"))  # parked
+    h.advance(1800)
+    resync_id = h.expect_resync()["resync_id"]
+    h.answer_resync(1)
+    h.request(endpoint(endpoint_id="a", addr="192.168.1.1", resync_id=resync_id))  # the plugin no longer has b
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    assert "b" not in h.agent.table

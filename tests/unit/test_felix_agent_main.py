@@ -77,3 +77,50 @@ def test_missing_config_file(tmp_path, capsys):
 
 def test_local_addresses_lists_this_hosts_addresses():
     assert "127.0.0.1" in felix_main.local_addresses()
+
+
+def test_endpoint_settings_defaults(tmp_path):
+    config = felix_main.load(["--config-file", write(tmp_path, GOOD)])
+    assert config.default_endpoint_to_host_action == "DROP"
+    assert config.max_endpoints == 5000
+    # No cluster file readable (see no_environment): the defaults.
+    assert config.ip_pool == ("192.168.0.0/16",) and config.ip_pool6 == ("fd80:24e2:f998:72d6::/64",)
+
+
+def test_endpoint_settings_from_the_file_case_insensitive_and_canonical(tmp_path):
+    text = GOOD.replace("[connection]", "DefaultEndpointToHostAction = Return\nIpPool = 10.1.2.3/8, 172.16.0.0/12\n"
+                        "IpPool6 = FD00::/64\nMaxEndpoints = 20\n[connection]")
+    config = felix_main.load(["--config-file", write(tmp_path, text)])
+    assert config.default_endpoint_to_host_action == "RETURN"
+    assert config.ip_pool == ("10.0.0.0/8", "172.16.0.0/12") and config.ip_pool6 == ("fd00::/64",)
+    assert config.max_endpoints == 20
+    flags = felix_main.load(["--config-file", write(tmp_path, GOOD), "--endpoint-to-host-action", "accept",
+                             "--max-endpoints", "7", "--ip-pool", "10.5.0.0/16"])
+    assert (flags.default_endpoint_to_host_action, flags.max_endpoints, flags.ip_pool) == ("ACCEPT", 7,
+                                                                                         ("10.5.0.0/16",))
+
+
+def test_empty_pools_come_from_the_cluster_file(tmp_path, monkeypatch):
+    cluster = tmp_path / "felix.txt"
+    cluster.write_text("[global]\npool = 10.20.0.0/16\npool6 = fd00:20::/64\n\n"
+                       "[felix host-1]\nip = 127.0.0.1\nhost = host-1\n")
+    monkeypatch.setenv("CALICO_CLUSTER_FILE", str(cluster))
+    config = felix_main.load(["--config-file", write(tmp_path, GOOD)])
+    assert config.ip_pool == ("10.20.0.0/16",) and config.ip_pool6 == ("fd00:20::/64",)
+    mixed = felix_main.load(["--config-file", write(tmp_path, GOOD), "--ip-pool", "10.9.0.0/16"])
+    assert mixed.ip_pool == ("10.9.0.0/16",) and mixed.ip_pool6 == ("fd00:20::/64",)
+
+
+@pytest.mark.parametrize("line, key", [
+    ("DefaultEndpointToHostAction = REJECT", "DefaultEndpointToHostAction"),
+    ("IpPool = fd00::/64", "IpPool"),
+    ("IpPool6 = 10.0.0.0/8", "IpPool6"),
+    ("IpPool = 10.0.0.0/33", "IpPool"),
+    ("MaxEndpoints = 0", "MaxEndpoints"),
+    ("MaxEndpoints = lots", "MaxEndpoints"),
+])
+def test_bad_endpoint_setting_is_one_line_naming_the_key(tmp_path, capsys, line, key):
+    path = write(tmp_path, GOOD.replace("[connection]", line + "\n[connection]"))
+    assert felix_main.main(["--config-file", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"[global] {key} = " in err and path in err

@@ -1,5 +1,7 @@
 """Felix's iptables layout and the table plans made from it (pure; no kernel)."""
 
+import pytest
+
 from calico.common.rules import Rule
 from calico.felix import iptables_layout as layout
 from calico.felix import iptables_writer as writer
@@ -19,14 +21,16 @@ def open_endpoint(eid="web-1-abcdefgh", addrs=("10.0.0.1",), inbound=(), outboun
                                                    AclRules(tuple(inbound6), tuple(outbound6))))
 
 
-def test_open_endpoint_chains_check_conntrack_dhcp_spoofing_then_sets():
+def test_open_endpoint_chains_check_conntrack_mac_spoofing_then_sets():
     spec = open_endpoint(inbound=[Rule(cidr="10.0.0.0/24"), Rule(cidr="0.0.0.0/0", protocol="tcp", port=(80, 90))],
                          outbound=[Rule(cidr="0.0.0.0/0")])
     chains = chains_for([spec])
+    # No DHCP exception here: the from-chain is shared with FORWARD, and a
+    # DHCP-shaped packet returned before the MAC and source checks could go
+    # anywhere.  DHCP is allowed only on the way to the host (felix-TO-HOST).
     assert chains["felix-from-web-1-abcde"] == (
         "-m conntrack --ctstate INVALID -j DROP",
         "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-        "-p udp -m udp --sport 68 --dport 67 -j RETURN",
         f"-m mac ! --mac-source {MAC} -j DROP",
         "! -s 10.0.0.1/32 -j DROP",
         "-m set --match-set felix-4out-web-1-abcde-net dst -j RETURN",
@@ -71,7 +75,7 @@ def test_fail_closed_endpoints_drop_everything_but_are_dispatched():
                                             "-i tapwaiting -g felix-from-waiting", "-j DROP")
 
 
-def test_ipv6_chains_allow_neighbour_discovery_and_only_exist_for_v6_endpoints():
+def test_ipv6_chains_exist_only_for_v6_endpoints_and_hold_no_early_exceptions():
     dual = open_endpoint(eid="dual", addrs=("10.0.0.5", "fd00::5"),
                          inbound6=[Rule(cidr="::/0", protocol="icmpv6", icmp_type=128)])
     v4_only = open_endpoint(eid="v4only")
@@ -79,11 +83,44 @@ def test_ipv6_chains_allow_neighbour_discovery_and_only_exist_for_v6_endpoints()
     assert "felix-from-v4only" not in chains
     assert chains[layout.FROM_ENDPOINT] == ("-i tapdual -g felix-from-dual", "-j DROP")
     from_chain = chains["felix-from-dual"]
-    assert from_chain.index("-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN") < \
-        from_chain.index(f"-m mac ! --mac-source {MAC} -j DROP")
+    assert from_chain[2] == f"-m mac ! --mac-source {MAC} -j DROP"  # right after conntrack
+    assert not any("icmpv6-type 13" in rule or "546" in rule for rule in from_chain)
     assert "! -s fd00::5/128 -j DROP" in from_chain
     assert ("-p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set felix-6in-dual-c0 src -j RETURN"
             in chains["felix-to-dual"])
+
+
+TO_HOST_COMMON = {
+    4: ("-m conntrack --ctstate INVALID -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-d 127.0.0.0/8 -j DROP",
+        "-p udp -m udp --sport 68 --dport 67 -j ACCEPT"),
+    6: ("-m conntrack --ctstate INVALID -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-d ::1/128 -j DROP",
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 133 -j ACCEPT",
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -j ACCEPT",
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 136 -j ACCEPT",
+        "-p udp -m udp --sport 546 --dport 547 -j ACCEPT"),
+}
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("action, tail", [
+    ("DROP", ("-j DROP",)),
+    ("RETURN", ("-j felix-FROM-ENDPOINT", "-j RETURN")),
+    ("ACCEPT", ("-j felix-FROM-ENDPOINT", "-j ACCEPT")),
+])
+def test_endpoint_to_host_traffic_meets_conntrack_loopback_dhcp_nd_then_the_setting(version, action, tail):
+    chains = layout.desired_chains({}, version, {}, action)
+    assert chains[layout.INPUT_CHAIN] == ("-i tap+ -g felix-TO-HOST",)
+    assert chains[layout.TO_HOST] == TO_HOST_COMMON[version] + tail
+
+
+def test_endpoint_to_host_action_defaults_to_drop_and_refuses_others():
+    assert layout.desired_chains({}, 4, {})[layout.TO_HOST][-1] == "-j DROP"
+    with pytest.raises(ValueError):
+        layout.to_host_rules(4, "drop")  # the config parser upper-cases; the layout takes only its values
 
 
 def test_chain_names_fit_iptables_limit():
@@ -105,7 +142,7 @@ def kernel(chains, builtins=None):
 
 
 def test_equal_state_plans_nothing():
-    desired = layout.static_chains()
+    desired = layout.static_chains(4, "DROP")
     assert writer.plan_table(kernel(desired), desired).is_empty()
 
 
@@ -177,3 +214,31 @@ def test_parse_save_keeps_felix_chains_and_top_level_rules():
     table = writer.parse_save(text)
     assert table.chains == {"felix-a": ["-s 10.0.0.1/32 -j DROP"], "felix-empty": []}
     assert table.builtins == {"INPUT": ["-j felix-INPUT"], "FORWARD": ["-j DOCKER"]}
+
+
+def test_start_up_rewrites_the_endpoint_to_host_chains_and_keeps_endpoint_chains():
+    """An upgraded or reconfigured Felix closes the host at once, while the
+    endpoint chains of its previous run stay until its first full pass."""
+    import subprocess
+
+    from calico.felix.kernel_writes import WriteCounter
+
+    saved = "\n".join(["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":felix-INPUT - [0:0]",
+                       ":felix-from-old - [0:0]", "-A INPUT -j felix-INPUT", "-A FORWARD -j felix-FORWARD",
+                       "-A felix-INPUT -i tap+ -j felix-FROM-ENDPOINT", "-A felix-INPUT -i tap+ -j ACCEPT",
+                       "-A felix-from-old -j DROP", "COMMIT", ""])
+    restored = []
+
+    def runner(argv, **kwargs):
+        if argv[0].endswith("-save"):
+            return subprocess.CompletedProcess(argv, 0, saved, "")
+        restored.append(kwargs["input"])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    iptables = writer.IptablesWriter(4, WriteCounter(), writer.RESTORE, runner=runner)
+    iptables.ensure_present(layout.static_chains(4, "DROP"), force=layout.HOST_CHAINS)
+    lines = restored[0].splitlines()
+    assert ":felix-INPUT - [0:0]" in lines and "-A felix-INPUT -i tap+ -g felix-TO-HOST" in lines
+    assert "-A felix-TO-HOST -j DROP" in lines
+    assert not any("felix-from-old" in line for line in lines)
+    assert iptables.kernel.chains["felix-from-old"] == ["-j DROP"]
