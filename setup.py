@@ -16,7 +16,11 @@ setup(
         "watchdog>=2.2.1",
         "docker",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # bench/lab_group_scale_bench.py --plot draws its curves with it.
+        "bench": ["matplotlib"],
+    },
     entry_points={
         "console_scripts": [
             "calico-plugin=calico.plugin.main:main",

@@ -22,7 +22,11 @@ def listener_label(name: str) -> str:
     return f"c-{name}-listener"
 
 
-def add(layout: Layout, name: str, host: str, ips: list[str], groups: list[str]) -> state.Container:
+def add(layout: Layout, name: str, host: str, ips: list[str], groups: list[str],
+        listen: bool = True) -> state.Container:
+    """Make, attach and record a container; ``listen=False`` skips its TCP
+    listener (a process per container: benchmarks with a thousand
+    containers that are only pinged do without)."""
     lab = state.require_up(layout)
     check_container_name(name)
     if name in lab.containers:
@@ -40,8 +44,9 @@ def add(layout: Layout, name: str, host: str, ips: list[str], groups: list[str])
     netns.create(ns)
     try:
         result = attach.attach(request, host_netns=netns.path(layout.host_ns(index)))
-        processes.start(layout, listener_label(name), ns,
-                        [sys.executable, "-m", "calico.lab.listener", str(LISTEN_PORT), layout.lab_dir])
+        if listen:
+            processes.start(layout, listener_label(name), ns,
+                            [sys.executable, "-m", "calico.lab.listener", str(LISTEN_PORT), layout.lab_dir])
     except Exception as exc:
         processes.stop(layout, listener_label(name))
         netns.remove(ns)
