@@ -50,6 +50,7 @@ from calico.common.logs import setup_logging
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
 from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.acl_manager.memberships import Memberships
 from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
 from calico.acl_manager.publisher import AclPublisher
 from calico.acl_manager.rule_processor import RuleProcessor
@@ -72,10 +73,12 @@ class AclManager:
         self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
         self.store = NetworkStore()
         self.processor = RuleProcessor()
+        self.memberships = Memberships()
         self.snapshot = SnapshotTracker(snapshot_quiet)
         self.timeout = config.connection_timeout_millis / 1000.0
         self.publisher = AclPublisher(self.loop, self.transport, config.local_address, self.processor.acls_for,
-                                      config.connection_keepalive_interval_millis)
+                                      config.connection_keepalive_interval_millis,
+                                      members=self.memberships.snapshot)
 
         self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
         self._open_subscription()
@@ -254,12 +257,18 @@ class AclManager:
     def _apply(self, batch: dict[str, GroupSpec | None]) -> None:
         started = time.monotonic()
         changes = self.processor.update(batch)
+        # Members first: a Felix that learns from an ACLUPDATE that it needs
+        # a group subscribes to it then, and gets the GROUPMEMBERS made now.
+        membership = self.memberships.update(self.memberships.changes_for(batch, self.processor.groups,
+                                                                          self.processor.referenced))
+        for group, msg in membership:
+            self.publisher.publish_members(group, msg)
         self.publisher.publish_all(changes)
         gone = sorted(ep for ep in changes if ep not in self.processor.acls)
         if gone:
             log.info("endpoints %s are in no group now: published empty ACLs and forgot them", ", ".join(gone))
-        log.info("groups %s: reconsidered %d endpoints, published %d ACLUPDATEs in %.1f ms",
-                 ", ".join(sorted(batch)), self.processor.recomputed, len(changes),
+        log.info("groups %s: reconsidered %d endpoints, published %d ACLUPDATEs and %d membership changes "
+                 "in %.1f ms", ", ".join(sorted(batch)), self.processor.recomputed, len(changes), len(membership),
                  (time.monotonic() - started) * 1000)
 
     # --- life cycle ----------------------------------------------------------

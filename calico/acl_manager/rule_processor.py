@@ -4,8 +4,10 @@ An endpoint's groups are the groups that list it as a member.  Its ACLs are
 the union of those groups' rules, split into IPv4 and IPv6:
 
 * a CIDR rule goes to its own family;
-* a group rule expands into one /32 or /128 rule per address of every member
-  of the referenced group (the endpoint itself included when it is one);
+* a group rule goes to both families *as a reference to the group*: the
+  members' addresses are not expanded here but travel once per group, as
+  GROUPMEMBERS and MEMBERSUPDATE (``memberships``), and Felix matches the
+  rule against one shared ipset per group and family;
 * ``icmp`` in IPv6 becomes ``icmpv6`` (echo and the common error types are
   mapped to their ICMPv6 numbers; an ICMP type with no ICMPv6 counterpart
   stays IPv4 only); ``icmpv6`` never applies to IPv4; every other protocol
@@ -17,16 +19,14 @@ says ``allow`` (the plugin always says deny).
 
 Incremental recomputation
 -------------------------
-The expanded rules depend only on the group, not on the endpoint, so each
-group's expansion (its *fragment*, an ``EndpointAcls``) is computed once and
-shared: an endpoint in one group simply holds its group's fragment; one in
-several holds their union (computed once per distinct set of groups).  When
-group G changes, the fragments to rebuild are G's own (if its rules changed)
-and, if G's member addresses changed, those of every group whose rules name
-G (the ``referrers`` index).  The endpoints to reconsider are those that
-joined or left G plus the members of every group whose fragment really
-changed.  So an endpoint joining a 100-member group costs about 100
-endpoints' work, whatever the total number of endpoints.
+An endpoint's ACLs depend only on the rules of its own groups, never on
+who else is a member of anything.  Each group's rules (its *fragment*, an
+``EndpointAcls``) are computed once and shared: an endpoint in one group
+simply holds its group's fragment; one in several holds their union
+(computed once per distinct set of groups).  So an endpoint joining or
+leaving a group costs that one endpoint's ACLs (and a membership change
+for the group), whatever the size of the group; only a change to a group's
+rules touches every member of it.
 
 An endpoint that leaves its last group is reported once with ``EMPTY_ACLS``
 (all lists empty, defaults deny, so Felix closes it) and then forgotten.
@@ -87,7 +87,7 @@ EMPTY_ACLS = EndpointAcls()
 def rule_sort_key(rule: Rule) -> tuple:
     port = rule.port
     low, high = port if isinstance(port, tuple) else (port or 0, port or 0)
-    return (rule.cidr or "", "" if rule.protocol is None else str(rule.protocol), low, high,
+    return (rule.group or "", rule.cidr or "", "" if rule.protocol is None else str(rule.protocol), low, high,
             -1 if rule.icmp_type is None else rule.icmp_type, -1 if rule.icmp_code is None else rule.icmp_code)
 
 
@@ -106,57 +106,27 @@ def rule_for_family(rule: Rule, version: int) -> Rule | None:
     return Rule(group=rule.group, cidr=rule.cidr, protocol="icmpv6", icmp_type=icmp_type, icmp_code=icmp_code)
 
 
-_RULE_FIELDS = tuple(f.name for f in fields(Rule))
-
-
-def _with_host_cidr(template: Rule, cidr: str) -> Rule:
-    """``template.with_cidr(cidr)`` without re-validating.
-
-    ``cidr`` is built from a member address the message decoder already
-    parsed into canonical form, and the template was validated when it was
-    parsed; skipping ``Rule.__post_init__`` (netaddr parsing, ~13 us) makes
-    expansion of large groups some 20 times cheaper.
-    """
-    rule = object.__new__(Rule)
-    for name in _RULE_FIELDS:
-        object.__setattr__(rule, name, getattr(template, name))
-    object.__setattr__(rule, "group", None)
-    object.__setattr__(rule, "cidr", cidr)
-    return rule
-
-
 def _sorted(rules: Iterable[Rule]) -> Rules:
     return tuple(sorted(set(rules), key=rule_sort_key))
 
 
-def build_fragment(spec: GroupSpec, groups: dict[str, GroupSpec]) -> EndpointAcls:
-    """The ACLs every member of ``spec`` gets from it, group rules expanded."""
-    expanded: dict[str, dict[int, set[Rule]]] = {}
+def build_fragment(spec: GroupSpec) -> EndpointAcls:
+    """The ACLs every member of ``spec`` gets from it; group rules stay references."""
+    by_direction: dict[str, dict[int, set[Rule]]] = {}
     for direction, rules in (("inbound", spec.inbound), ("outbound", spec.outbound)):
         by_family: dict[int, set[Rule]] = {4: set(), 6: set()}
         for rule in rules:
-            if rule.group is None:
-                family_rule = rule_for_family(rule, rule.ip_version)
+            versions = (4, 6) if rule.group is not None else (rule.ip_version,)
+            for version in versions:
+                family_rule = rule_for_family(rule, version)
                 if family_rule is not None:
-                    by_family[rule.ip_version].add(family_rule)
-                continue
-            source = groups.get(rule.group)
-            if source is None:
-                continue
-            v4, v6 = rule_for_family(rule, 4), rule_for_family(rule, 6)
-            for addrs in source.members.values():
-                for addr in addrs:
-                    if ":" in addr:
-                        if v6 is not None:
-                            by_family[6].add(_with_host_cidr(v6, addr + "/128"))
-                    elif v4 is not None:
-                        by_family[4].add(_with_host_cidr(v4, addr + "/32"))
-        expanded[direction] = by_family
+                    by_family[version].add(family_rule)
+        by_direction[direction] = by_family
     return EndpointAcls(
-        v4_inbound=_sorted(expanded["inbound"][4]),
-        v4_outbound=_sorted(expanded["outbound"][4]),
-        v6_inbound=_sorted(expanded["inbound"][6]),
-        v6_outbound=_sorted(expanded["outbound"][6]),
+        v4_inbound=_sorted(by_direction["inbound"][4]),
+        v4_outbound=_sorted(by_direction["outbound"][4]),
+        v6_inbound=_sorted(by_direction["inbound"][6]),
+        v6_outbound=_sorted(by_direction["outbound"][6]),
         inbound_default=spec.inbound_default,
         outbound_default=spec.outbound_default,
     )
@@ -197,7 +167,7 @@ class RuleProcessor:
             if spec.members:
                 self._index(None, spec)
         for name, spec in self.groups.items():
-            self._fragments[name] = build_fragment(spec, self.groups)
+            self._fragments[name] = build_fragment(spec)
         return self._recompute(set(self._endpoint_groups))
 
     def set_group(self, name: str, spec: GroupSpec | None) -> dict[str, EndpointAcls]:
@@ -213,7 +183,6 @@ class RuleProcessor:
         affected endpoint, not one per group that touches it.
         """
         dirty: set[str] = set()          # groups whose fragment may have changed
-        moved: set[str] = set()          # groups whose member addresses changed
         affected: set[str] = set()       # endpoints to reconsider
         for name, spec in specs.items():
             if spec is not None and not spec.members:
@@ -226,21 +195,22 @@ class RuleProcessor:
             self._index(old, spec)
             if spec is None or not spec.same_rules(old):
                 dirty.add(name)
-            if old_members != new_members:
-                moved.add(name)
             affected.update(old_members.keys() ^ new_members.keys())
-        for name in moved:
-            dirty |= self._referrers.get(name, set())
         for group in dirty:
             group_spec = self.groups.get(group)
             if group_spec is None:
                 self._fragments.pop(group, None)
                 continue
-            fragment = build_fragment(group_spec, self.groups)
+            fragment = build_fragment(group_spec)
             if fragment != self._fragments.get(group):
                 self._fragments[group] = fragment
                 affected.update(group_spec.members)
         return self._recompute(affected)
+
+    @property
+    def referenced(self) -> frozenset[str]:
+        """Groups some known group's rules name (whose members Felixes need)."""
+        return frozenset(self._referrers)
 
     def _index(self, old: GroupSpec | None, new: GroupSpec | None) -> None:
         name = (new or old).name

@@ -51,6 +51,12 @@ PORT_ACL_PUB = 9906          # ACL manager PUB -> Felix SUB
 TOPIC_GROUPS = b"groups"
 TOPIC_NETWORK_HEARTBEAT = b"networkheartbeat"
 TOPIC_ACL_HEARTBEAT = b"aclheartbeat"
+# A group's membership is published under ":members:<group>:".  An endpoint
+# id never starts with ':' and a group name never holds one, so a
+# subscription to one group's topic matches no endpoint's and no other
+# group's (SUB topics match by prefix: "web" alone would also match "webx").
+MEMBERS_TOPIC_PREFIX = b":members:"
+MEMBERS_TOPIC_SUFFIX = b":"
 
 RESYNCSTATE = "RESYNCSTATE"
 ENDPOINTCREATED = "ENDPOINTCREATED"
@@ -61,6 +67,9 @@ GETGROUPS = "GETGROUPS"
 GROUPUPDATE = "GROUPUPDATE"
 GETACLSTATE = "GETACLSTATE"
 ACLUPDATE = "ACLUPDATE"
+GETGROUPMEMBERS = "GETGROUPMEMBERS"
+GROUPMEMBERS = "GROUPMEMBERS"
+MEMBERSUPDATE = "MEMBERSUPDATE"
 
 RC_SUCCESS = "SUCCESS"
 RC_INVALID = "INVALID"
@@ -75,6 +84,7 @@ MAX_DEPTH = 8
 MAX_TEXT = 1024             # a reply's free-text message
 MAX_INT = 2**63 - 1         # timestamps and counts
 RESYNC_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+EPOCH_RE = re.compile(r"[0-9a-f]{1,32}")
 # A host name as Felix may send it, before it is cut at the first dot.
 FULL_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,253}")
 
@@ -121,6 +131,19 @@ def _hostname(value: Any) -> str:
         raise ValidationError(f"bad host name {shown(value)}")
     check_hostname(short_hostname(value))
     return value
+
+
+def _epoch(value: Any) -> str:
+    if not isinstance(value, str) or not EPOCH_RE.fullmatch(value):
+        raise ValidationError(f"{shown(value)} is not 1-32 lower-case hex digits")
+    return value
+
+
+def _ips(value: Any) -> list[str]:
+    """A list of addresses, canonical and without repeats."""
+    if not isinstance(value, list):
+        raise ValidationError("want a list of addresses")
+    return list(dict.fromkeys(str(parse_ip(ip)) for ip in value))
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -206,10 +229,27 @@ REQUEST_FIELDS: dict[str, Fields] = {
         "issued": (_int, False),
     },
     ACLUPDATE: {"acls": (_acls, True), "issued": (_int, False)},
+    GETGROUPMEMBERS: {"group": (check_group_name, True), "issued": (_int, False)},
+    GROUPMEMBERS: {
+        "group": (check_group_name, True),
+        "epoch": (_epoch, True),
+        "seq": (_int, True),
+        "addrs": (_ips, True),
+        "issued": (_int, False),
+    },
+    MEMBERSUPDATE: {
+        "group": (check_group_name, True),
+        "epoch": (_epoch, True),
+        "seq": (_int, True),
+        "added": (_ips, True),
+        "removed": (_ips, True),
+        "issued": (_int, False),
+    },
 }
 
 REPLY_FIELDS: Fields = {
     "rc": (_rc, False),
+    "group": (check_group_name, False),
     "message": (_text, False),
     "endpoint_count": (_int, False),
 }
@@ -316,6 +356,22 @@ def peek(raw: bytes) -> dict[str, Any] | None:
     except Exception:
         return None
     return msg if isinstance(msg, dict) else None
+
+
+def members_topic(group: str) -> bytes:
+    """The topic a group's GROUPMEMBERS and MEMBERSUPDATE are published under."""
+    return MEMBERS_TOPIC_PREFIX + check_group_name(group).encode() + MEMBERS_TOPIC_SUFFIX
+
+
+def group_of_topic(topic: bytes) -> str | None:
+    """The group whose membership topic this is, or None if it is none."""
+    if not (topic.startswith(MEMBERS_TOPIC_PREFIX) and topic.endswith(MEMBERS_TOPIC_SUFFIX)):
+        return None
+    name = topic[len(MEMBERS_TOPIC_PREFIX):-len(MEMBERS_TOPIC_SUFFIX)]
+    try:
+        return check_group_name(name.decode("ascii"))
+    except (UnicodeDecodeError, ValidationError):
+        return None
 
 
 def make(msg_type: str, **fields: Any) -> dict[str, Any]:

@@ -14,15 +14,24 @@ first pass also waits (at most ConnectionTimeoutMillis) for the ACLs of the
 endpoints it learnt, so a restart does not fail every endpoint closed for
 the moment between learning an endpoint and hearing its ACLs.
 
+ACLs and group members come by subscription alone.  Felix subscribes to
+each endpoint's topic when it learns the endpoint, and to a group's topic
+while some endpoint's rules name the group (``groups``); the ACL manager's
+XPUB answers every subscription with the current state (ACLUPDATE,
+GROUPMEMBERS), and a SUB socket repeats its subscriptions by itself
+whenever it reconnects, so a restarted ACL manager hears them all again.
+A gap in a group's sequence numbers is answered by asking for the whole
+group (GETGROUPMEMBERS on the REQ channel); the members held meanwhile
+stay in force.  An endpoint stays fail-closed until its ACLs and the
+members of every group they name are known.
+
 Lost peers are rebuilt, never waited for: the plugin's REQ channel resets
-into a new resync; the ACL manager, on a reset or when its heartbeat topic
-goes quiet, is asked again for every endpoint's ACLs, while the ACLs already
-programmed stay in force; a subscription quiet that long is also made
-afresh, as libzmq never reconnects a connection it dropped for a protocol
-error (an ACLUPDATE over MaxMessageBytes).  Every socket speaks CURVE with
-this host's keys (``calico.common.security``).  A SUB socket silently drops what was published
-before it (re)connected, so when publications start arriving again the
-agent asks once more.
+into a new resync; a subscription to the ACL manager quiet for
+ConnectionTimeoutMillis (not even ``aclheartbeat``) is made afresh, which
+subscribes to everything again, as libzmq never reconnects a connection it
+dropped for a protocol error (an ACLUPDATE over MaxMessageBytes); the ACLs
+already programmed stay in force meanwhile.  Every socket speaks CURVE with
+this host's keys (``calico.common.security``).
 
 Felix checks what it is told, even by the plugin (``EndpointTable.refusal``):
 an address outside the pools (IpPool, IpPool6), an address or interface
@@ -57,24 +66,21 @@ from calico.common.validation import DEFAULT_POOL, DEFAULT_POOL6
 from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
 from calico.felix.endpoints import (FULL, Change, EndpointTable, Refusal, Resync, acls_from_wire, describe_acls,
                                     describe_pools, parse_pools, spec_from_message)
+from calico.felix.groups import GroupMembers, Outcome
 from calico.felix.state import EndpointSpec
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_REQUESTS = frozenset({messages.ENDPOINTCREATED, messages.ENDPOINTUPDATED,
                                messages.ENDPOINTDESTROYED, messages.HEARTBEAT})
+MEMBERS_TYPES = frozenset({messages.GROUPMEMBERS, messages.MEMBERSUPDATE})
 BACKOFF_MIN_SECS = 0.5
-# An endpoint still without ACLs is asked for again after this, doubling up
-# to ConnectionTimeoutMillis: a GETACLSTATE answer published before our new
-# subscription reached the publisher is lost, and waiting a whole timeout
-# would leave the endpoint failed closed for that long.
-ACL_RETRY_FIRST_SECS = 0.1
 BACKOFF_MAX_SECS = 30.0
 
 
 class Dataplane(Protocol):
     def start(self) -> None: ...
-    def apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]: ...
+    def apply(self, desired: Mapping[str, EndpointSpec], groups: Mapping[str, frozenset[str]]) -> set[str]: ...
     def forget_kernel_cache(self) -> None: ...
     def retry_failed_endpoints(self) -> None: ...
 
@@ -131,15 +137,11 @@ class Agent:
 
         # ACL manager state.
         self._subscribed: set[str] = set()
-        self._acl_queued: set[str] = set()
-        self._acl_requested_at: dict[str, float] = {}
-        self._acl_attempts: dict[str, int] = {}
         self._acl_problems: dict[str, frozenset[str]] = {}
         self._acl_heard_at = now
         self._acl_live = False
-        self._acl_ever_live = False
-        self._acl_resets_unanswered = 0
-        self._acl_refused: set[str] = set()
+        self.groups = GroupMembers()
+        self._members_asked: set[str] = set()  # GETGROUPMEMBERS queued or in flight
 
         # Dataplane state.
         self.dirty = False
@@ -185,6 +187,8 @@ class Agent:
         self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_ACL_HEARTBEAT)
         for endpoint_id in self._subscribed:
             self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
+        for group in self.groups.needed():
+            self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.members_topic(group))
         self.loop.add_socket(self.acl_socket, self._on_acl_publications)
 
     def _reopen_acl_socket(self) -> None:
@@ -369,8 +373,7 @@ class Agent:
         if change is Change.CREATED:
             log.info("Endpoint %s created: %s, mac %s, %s%s", endpoint_id,
                      " ".join(spec.addrs) or "no addresses", spec.mac, state, after)
-            self._subscribe(endpoint_id)
-            self._request_acls(endpoint_id)
+            self._subscribe(endpoint_id)  # the ACL manager answers with its ACLs
             self.dirty = True
         elif change is Change.UPDATED:
             log.info("Endpoint %s updated: %s, mac %s, %s%s", endpoint_id,
@@ -458,10 +461,8 @@ class Agent:
         if endpoint_id in self._subscribed:
             self._subscribed.discard(endpoint_id)
             self.acl_socket.setsockopt(zmq.UNSUBSCRIBE, endpoint_id.encode())
-        self._acl_requested_at.pop(endpoint_id, None)
-        self._acl_attempts.pop(endpoint_id, None)
+        self._unsubscribe_groups(self.groups.forget(endpoint_id))
         self._acl_problems.pop(endpoint_id, None)
-        self._acl_refused.discard(endpoint_id)
         self.missing.discard(endpoint_id)
 
     # --- ACL manager ------------------------------------------------------------
@@ -471,45 +472,42 @@ class Agent:
             self._subscribed.add(endpoint_id)
             self.acl_socket.setsockopt(zmq.SUBSCRIBE, endpoint_id.encode())
 
-    def _request_acls(self, endpoint_id: str, force: bool = False) -> None:
-        """Queue a GETACLSTATE unless one for this endpoint is queued or in
-        flight (``force``: even then, as its answer may be published to a
-        subscription that is not there yet)."""
-        self._acl_requested_at[endpoint_id] = self.loop.clock()
-        if endpoint_id in self._acl_queued and not force:
-            return
-        self._acl_queued.add(endpoint_id)
-        self.acl_manager.send(messages.make(messages.GETACLSTATE, endpoint_id=endpoint_id))
+    def _subscribe_groups(self, groups: list[str]) -> None:
+        for group in groups:
+            log.info("Subscribing to the members of group %s", group)
+            self.acl_socket.setsockopt(zmq.SUBSCRIBE, messages.members_topic(group))
 
-    def _request_all_acls(self, endpoint_ids: list[str], reason: str, level: int = logging.INFO,
-                          force: bool = False) -> None:
-        if not endpoint_ids:
+    def _unsubscribe_groups(self, groups: list[str]) -> None:
+        for group in groups:
+            log.info("Group %s: no endpoint here names it now; dropping its members", group)
+            self.acl_socket.setsockopt(zmq.UNSUBSCRIBE, messages.members_topic(group))
+            self._members_asked.discard(group)
+        if groups:
+            self.dirty = True
+
+    def _ask_for_members(self, group: str, why: str) -> None:
+        if group in self._members_asked:
             return
-        log.log(level, "Asking the ACL manager for the ACLs of %d endpoint(s): %s", len(endpoint_ids), reason)
-        for endpoint_id in endpoint_ids:
-            self._request_acls(endpoint_id, force)
+        self._members_asked.add(group)
+        log.info("Group %s: %s; asking the ACL manager for all its members (keeping the ones we have)", group, why)
+        self.acl_manager.send(messages.make(messages.GETGROUPMEMBERS, group=group))
 
     def _on_acl_reset(self) -> None:
-        # Nothing is in flight after a reset; start the queue afresh.
+        # Nothing is in flight after a reset: ask again for what was pending.
         self.acl_manager.clear()
-        self._acl_queued.clear()
-        self._acl_resets_unanswered += 1
-        self._request_all_acls(self.table.ids(), "ACL manager connection lost",
-                               logging.INFO if self._acl_resets_unanswered == 1 else logging.DEBUG)
+        asked, self._members_asked = sorted(self._members_asked), set()
+        for group in asked:
+            if self.groups.is_needed(group):
+                self._ask_for_members(group, "still missing members after the ACL manager stopped answering")
 
     def _on_acl_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
-        if request["type"] != messages.GETACLSTATE:
+        if request["type"] != messages.GETGROUPMEMBERS:
             return
-        endpoint_id = request["endpoint_id"]
-        self._acl_queued.discard(endpoint_id)
-        self._acl_resets_unanswered = 0
+        group = request["group"]
+        self._members_asked.discard(group)
         rc = reply.get("rc", messages.RC_SUCCESS)
         if rc != messages.RC_SUCCESS:
-            # Asked again every timeout while it has none: say it once.
-            level = logging.DEBUG if endpoint_id in self._acl_refused else logging.INFO
-            self._acl_refused.add(endpoint_id)
-            log.log(level, "ACL manager has no ACLs for endpoint %s yet (%s: %r)", endpoint_id, rc,
-                    reply.get("message"))
+            log.warning("ACL manager refused GETGROUPMEMBERS for group %s (%s: %r)", group, rc, reply.get("message"))
 
     def _on_acl_publications(self) -> None:
         while True:
@@ -522,7 +520,12 @@ class Agent:
                 log.warning("ACL publication with %d frame(s) ignored (want topic and body)", len(frames))
                 continue
             topic, body = frames
-            if topic != messages.TOPIC_ACL_HEARTBEAT:
+            if topic == messages.TOPIC_ACL_HEARTBEAT:
+                continue
+            group = messages.group_of_topic(topic)
+            if group is not None:
+                self.handle_members(group, body)
+            else:
                 self.handle_acl_update(topic, body)
 
     def handle_acl_update(self, topic: bytes, body: bytes) -> None:
@@ -543,13 +546,41 @@ class Agent:
             if problem not in reported:
                 log.warning("ACLUPDATE for endpoint %s: skipped %s", endpoint_id, problem)
         self._acl_problems[endpoint_id] = frozenset(problems)
-        self._acl_refused.discard(endpoint_id)
-        self._acl_attempts.pop(endpoint_id, None)
         if self.table.set_acls(endpoint_id, acls):
             log.info("ACLs for endpoint %s: %s", endpoint_id, describe_acls(acls))
             self.dirty = True
         else:
             log.debug("ACLs for endpoint %s unchanged", endpoint_id)
+        added, dropped = self.groups.need(endpoint_id, acls.groups)
+        self._subscribe_groups(added)
+        self._unsubscribe_groups(dropped)
+
+    def handle_members(self, group: str, body: bytes) -> None:
+        """A GROUPMEMBERS or MEMBERSUPDATE on a group's topic."""
+        if not self.groups.is_needed(group):
+            log.debug("membership of group %s ignored: no endpoint here names it", group)
+            return
+        try:
+            msg = messages.decode_request(body, MEMBERS_TYPES)
+        except messages.MessageError as exc:
+            log.warning("Membership message for group %s rejected (%s); keeping the members we have", group, exc)
+            return
+        if msg["group"] != group:
+            log.warning("%s for group %s arrived on group %s's topic; ignored", msg["type"], msg["group"], group)
+            return
+        if msg["type"] == messages.GROUPMEMBERS:
+            outcome = self.groups.snapshot(msg)
+            self._members_asked.discard(group)
+        else:
+            outcome = self.groups.delta(msg)
+        held = self.groups.held(group)
+        if outcome is Outcome.GAP:
+            self._ask_for_members(group, f"missed a change (have {held.epoch}/{held.seq}, got "  # type: ignore[union-attr]
+                                         f"{msg['epoch']}/{msg['seq']})")
+        elif outcome is Outcome.CHANGED:
+            log.info("Group %s: %d addresses (%s seq %d)", group, len(held.addrs), msg["type"],  # type: ignore[union-attr]
+                     msg["seq"])
+            self.dirty = True
 
     def _heard_from_acl_manager(self) -> None:
         self._acl_heard_at = self.loop.clock()
@@ -557,49 +588,27 @@ class Agent:
             return
         self._acl_live = True
         log.info("ACL manager: publications arriving from %s", self.addresses.acl_pub)
-        # Whatever was published while we were not listening is lost, and the
-        # answers to requests already queued may be published before the
-        # subscription reaches the publisher: ask again, queued or not.
-        if self._acl_ever_live:
-            self._request_all_acls(self.table.ids(), "ACL manager back", force=True)
-        else:
-            self._request_all_acls(self.table.without_acls(), "first contact with the ACL manager", force=True)
-        self._acl_ever_live = True
 
     def _acl_timer(self, now: float) -> float:
         if self._acl_live and now - self._acl_heard_at >= self.timeout:
             self._acl_live = False
-            log.warning("ACL manager: nothing heard on %s for %.1fs; asking again for every endpoint's ACLs",
-                        self.addresses.acl_pub, now - self._acl_heard_at)
-            self._request_all_acls(self.table.ids(), "ACL manager silent")
-        if not self._acl_live and now >= self._acl_reopen_at:
+            log.warning("ACL manager: nothing heard on %s for %.1fs; subscribing afresh (the ACLs we have stay "
+                        "in force)", self.addresses.acl_pub, now - self._acl_heard_at)
             self._reopen_acl_socket()
             self._acl_reopen_at = now + self.timeout
-        # An answer published before our subscription reached the publisher
-        # is lost; ask again for endpoints still waiting, soon at first.
-        next_due = self.timeout
-        for endpoint_id in self.table.without_acls():
-            if endpoint_id in self._acl_queued:
-                continue
-            attempts = self._acl_attempts.get(endpoint_id, 0)
-            delay = min(ACL_RETRY_FIRST_SECS * 2 ** attempts, self.timeout)
-            due = self._acl_requested_at.get(endpoint_id, now) + delay - now
-            if due <= 0:
-                log.debug("Endpoint %s still has no ACLs; asking again", endpoint_id)
-                self._acl_attempts[endpoint_id] = attempts + 1
-                self._request_acls(endpoint_id)
-                due = min(ACL_RETRY_FIRST_SECS * 2 ** (attempts + 1), self.timeout)
-            next_due = min(next_due, due)
+        elif not self._acl_live and now >= self._acl_reopen_at:
+            self._reopen_acl_socket()
+            self._acl_reopen_at = now + self.timeout
         if self._acl_live:
-            return max(min(self._acl_heard_at + self.timeout - now, next_due), 0.0)
-        return next_due
+            return max(self._acl_heard_at + self.timeout - now, 0.0)
+        return max(self._acl_reopen_at - now, 0.0)
 
     # --- dataplane ---------------------------------------------------------------
 
     def _apply_timer(self, now: float) -> float | None:
         if self.synced_at is None:
             return None
-        if not self.applied_once and self.table.without_acls():
+        if not self.applied_once and (self.table.without_acls() or self.groups.unknown()):
             first_pass_at = self.synced_at + self.timeout
             if now < first_pass_at:
                 return first_pass_at - now
@@ -613,11 +622,12 @@ class Agent:
 
     def apply(self) -> None:
         """One dataplane pass over the whole desired state."""
-        desired = self.table.desired()
+        groups = self.groups.known()
+        desired = self.table.desired(groups.keys())
         self.dirty = False
         self._retry_at = None
         try:
-            missing = self.dataplane.apply(desired)
+            missing = self.dataplane.apply(desired, groups)
         except Exception as exc:
             self._failures += 1
             backoff = min(BACKOFF_MIN_SECS * 2 ** (self._failures - 1), BACKOFF_MAX_SECS)

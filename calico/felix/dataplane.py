@@ -1,7 +1,7 @@
 """Felix's dataplane: make the kernel match the desired endpoints, in one pass.
 
 The agent hands ``apply`` the *whole* desired state (endpoint id ->
-``EndpointSpec``) whenever something changed; the dataplane computes the
+``EndpointSpec``, and group -> member addresses) whenever something changed; the dataplane computes the
 full desired kernel state in pure code (``ipsets``, ``iptables_layout``),
 and each writer compares it with what it last wrote (or, on the first pass
 and after ``forget_kernel_cache``, with a fresh read of the kernel) and
@@ -10,7 +10,8 @@ writes only the difference:
 1. routes, neighbour entries and interface sysctls of endpoints whose
    interface exists (the others are returned, for the agent to retry, and
    cost nothing else: no sets, no chains);
-2. ipsets: new sets created, changed ones replaced by fill-and-swap;
+2. ipsets: new sets created; a group's shared set gains and loses members
+   entry by entry, other changed sets are replaced by fill-and-swap;
 3. iptables, per family: one commit with new/changed rules, then deleted
    chains;
 4. ipsets no longer referenced destroyed;
@@ -55,11 +56,11 @@ from calico.felix.backend_check import check_backends
 from calico.felix.cluster import ClusterView
 from calico.felix.cluster_dataplane import ClusterDataplane
 from calico.felix.ipset_writer import IpsetWriter
-from calico.felix.ipsets import SetSpec, endpoint_sets
+from calico.felix.ipsets import SetSpec, endpoint_sets, group_set
 from calico.felix.iptables_writer import AUTO, IptablesWriter
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.routes import HOST_SYSCTLS, RouteWriter, Sysctls
-from calico.felix.state import EndpointSpec
+from calico.felix.state import EndpointSpec, GroupAddrs
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class _EndpointLayout:
     spec: EndpointSpec
     sets: tuple[SetSpec, ...]
     chains: dict[int, dict[str, tuple[str, ...]]]
+    groups: frozenset[tuple[str, int]] = frozenset()  # (group, version) shared sets its chains name
 
 
 @dataclass
@@ -157,6 +159,10 @@ class Dataplane:
         self._good: Mapping[str, EndpointSpec] = {}
         self._good_closed: frozenset[str] = frozenset()
         self.failed: dict[str, FailedEndpoint] = {}
+        self._groups: GroupAddrs = {}
+        # (group, version) -> (the addresses it was built from, the set): a
+        # pass rebuilds a group's set only when its members changed.
+        self._group_sets: dict[tuple[str, int], tuple[frozenset[str], SetSpec]] = {}
 
     # -- the agent's interface -------------------------------------------
 
@@ -178,8 +184,9 @@ class Dataplane:
                 self.iptables[version].ensure_present(iptables_layout.static_chains(version, self.to_host_action),
                                                       force=iptables_layout.HOST_CHAINS)
 
-    def apply(self, desired: Mapping[str, EndpointSpec]) -> set[str]:
-        """Make the kernel match ``desired`` (the whole desired state); return
+    def apply(self, desired: Mapping[str, EndpointSpec], groups: GroupAddrs | None = None) -> set[str]:
+        """Make the kernel match ``desired`` (the whole desired state) and
+        ``groups`` (the members of the groups endpoints' rules name); return
         the ids of endpoints whose interface does not exist yet.
 
         An endpoint whose state the kernel refuses is programmed fail-closed
@@ -187,6 +194,7 @@ class Dataplane:
         can be blamed for raises."""
         started = time.perf_counter()
         before = self.writes.total()
+        self._groups = groups if groups is not None else {}
         with self._bound():
             try:
                 missing = self._apply(desired)
@@ -246,6 +254,7 @@ class Dataplane:
         layouts = [self._closed_layout(spec) if key in closed else self._layout(key, spec)
                    for key, spec in endpoints.items() if key not in missing]
         wanted_sets = {s.name: s for layout in layouts for s in layout.sets}
+        wanted_sets.update(self._shared_sets({key for layout in layouts for key in layout.groups}))
         wanted_sets.update(self.cluster.sets())
         self.ipsets.sync(wanted_sets)
         for version in self.versions:
@@ -260,6 +269,20 @@ class Dataplane:
         self.ipsets.delete_unused(wanted_sets)
         self.routes.delete_unused()
         return missing
+
+    def _shared_sets(self, needed: AbstractSet[tuple[str, int]]) -> dict[str, SetSpec]:
+        """The group sets some chain names, each rebuilt only when its members
+        changed.  A group whose members are unknown gets an empty set (the
+        agent keeps endpoints naming it fail-closed; this only narrows)."""
+        cache: dict[tuple[str, int], tuple[frozenset[str], SetSpec]] = {}
+        for key in needed:
+            addrs = self._groups.get(key[0], frozenset())
+            known = self._group_sets.get(key)
+            if known is None or known[0] is not addrs:
+                known = (addrs, group_set(key[0], key[1], addrs))
+            cache[key] = known
+        self._group_sets = cache
+        return {spec.name: spec for _, spec in cache.values()}
 
     def _isolate(self, usable: Mapping[str, EndpointSpec], closed: frozenset[str], error: Exception) -> set[str]:
         """After a failed pass: find the endpoints at fault and fail them closed.
@@ -394,7 +417,8 @@ class Dataplane:
                 log.warning(warning)
             chains = {version: iptables_layout.endpoint_chains(spec, version, sets.matches)
                       for version in self.versions if spec.addrs_of(version)}
-            checked.layout = _EndpointLayout(spec, tuple(sets.sets.values()), chains)
+            groups = frozenset(key for key in sets.groups if spec.addrs_of(key[1]))
+            checked.layout = _EndpointLayout(spec, tuple(sets.sets.values()), chains, groups)
         return checked.layout
 
     def _closed_layout(self, spec: EndpointSpec) -> _EndpointLayout:

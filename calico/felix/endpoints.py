@@ -9,9 +9,9 @@ the agent knows when a dataplane pass is due and when it would be a no-op.
 ACLUPDATE parsing is forgiving by rule and strict by message: a malformed
 rule is reported and skipped while the message's good rules are kept.
 Skipping can only narrow what an endpoint may do, since every rule is an
-allow.  Rules that do not belong in an ACL (a group rule, which the ACL
-manager should have expanded, or a rule whose address family differs from
-the list it sits in) are skipped the same way.
+allow.  A rule whose CIDR is of the other family than the list it sits in
+is skipped the same way.  Group rules are kept as they are: Felix matches
+them against the group's shared set (``groups``, ``ipsets``).
 
 A resync (DESIGN section 4) is tracked by ``Resync``: the plugin announces
 how many endpoints it will send and then sends them, in any order relative
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Iterable, Mapping, Sequence
 
 import netaddr
 
@@ -180,9 +180,16 @@ class EndpointTable:
     def without_acls(self) -> list[str]:
         return sorted(i for i, spec in self._specs.items() if spec.acls is None)
 
-    def desired(self) -> Mapping[str, EndpointSpec]:
-        """A snapshot for the dataplane (specs are immutable; the dict is a copy)."""
-        return dict(self._specs)
+    def desired(self, known_groups: AbstractSet[str] | None = None) -> Mapping[str, EndpointSpec]:
+        """A snapshot for the dataplane (specs are immutable; the dict is a copy).
+
+        With ``known_groups``, an endpoint whose rules name a group not in it
+        is handed over without ACLs: it stays fail-closed until Felix knows
+        who is in every group its rules name."""
+        if known_groups is None:
+            return dict(self._specs)
+        return {key: (replace(spec, acls=None) if spec.acls is not None and not spec.acls.groups <= known_groups
+                      else spec) for key, spec in self._specs.items()}
 
 
 # --- ACLUPDATE ----------------------------------------------------------------
@@ -197,10 +204,7 @@ def _rules_of(family: str, version: int, direction: str, rule_set: Mapping[str, 
         except ValidationError as exc:
             problems.append(f"{where} {wire!r}: {exc}")
             continue
-        if rule.cidr is None:
-            problems.append(f"{where} ({rule}): group rules are not allowed in ACLs (want cidr)")
-            continue
-        if rule.ip_version != version:
+        if rule.cidr is not None and rule.ip_version != version:
             problems.append(f"{where} ({rule}): IPv{rule.ip_version} CIDR in the {family} list")
             continue
         rules[rule] = None

@@ -9,10 +9,16 @@ commit: ``sync`` (before it) creates new sets and replaces changed ones;
 ``delete_unused`` (after it, once no rule references them) destroys felix-
 sets that are no longer wanted, leftover temporaries included.
 
-A set that exists is never edited in place: a temporary twin
+An endpoint's own set is never edited in place: a temporary twin
 (``<name>-t``) is filled, swapped with it in one kernel operation, and
-destroyed, so a packet never sees a half-written ACL.  A set that does not
-exist yet is created and filled directly (no rule can reference it yet).
+destroyed, so a packet never sees a half-written ACL.  A group's shared
+set (``ipsets.group_set``) is edited in place, member by member, removals
+first: each member stands for one address, so any moment in between allows
+no address that neither the old nor the new membership holds, and a join
+costs one ``add`` however large the group.  It is refilled whole (fill and
+swap) only when more than half of it changes (a resync or a gap found a
+different membership).  A set that does not exist yet is created and
+filled directly (no rule can reference it yet).
 
 Two ways to write, chosen per pass by size, both from the same plan:
 - pyroute2's IPSet (one netlink request per set operation and per member;
@@ -38,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from calico.felix.ipset_dump import read_felix_sets
-from calico.felix.ipsets import HASH_NET, SetSpec, member_text, temp_name
+from calico.felix.ipsets import HASH_NET, SetSpec, is_group_set, member_text, temp_name
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.tools import Runner, run_tool
 
@@ -50,23 +56,34 @@ _FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 _FAMILY_WORD = {4: "inet", 6: "inet6"}
 
 
+@dataclass(frozen=True)
+class SetEdit:
+    """A set changed in place: these members removed, then these added."""
+
+    spec: SetSpec  # what the set holds afterwards
+    removed: tuple = ()
+    added: tuple = ()
+
+
 @dataclass
 class SetPlan:
     creates: list[SetSpec] = field(default_factory=list)
     replaces: list[SetSpec] = field(default_factory=list)
+    edits: list[SetEdit] = field(default_factory=list)
     stale_temps: list[str] = field(default_factory=list)  # destroy before reuse
 
     def is_empty(self) -> bool:
-        return not (self.creates or self.replaces or self.stale_temps)
+        return not (self.creates or self.replaces or self.edits or self.stale_temps)
 
     def operations(self) -> int:
         """Roughly how many pyroute2 requests the plan costs."""
         members = sum(len(s.members) for s in self.creates + self.replaces)
-        return members + len(self.creates) + 3 * len(self.replaces) + len(self.stale_temps)
+        edited = sum(len(e.removed) + len(e.added) for e in self.edits)
+        return members + edited + len(self.creates) + 3 * len(self.replaces) + len(self.stale_temps)
 
 
 def plan_sets(kernel: Mapping[str, SetSpec], desired: Mapping[str, SetSpec]) -> SetPlan:
-    """Creates and replacements (pure); deletions are ``unused_sets``."""
+    """Creates, edits and replacements (pure); deletions are ``unused_sets``."""
     plan = SetPlan()
     for name in sorted(desired):
         want = desired[name]
@@ -74,6 +91,11 @@ def plan_sets(kernel: Mapping[str, SetSpec], desired: Mapping[str, SetSpec]) -> 
         if have is None:
             plan.creates.append(want)
         elif have != want:
+            removed, added = have.members - want.members, want.members - have.members
+            if (is_group_set(name) and (have.set_type, have.version) == (want.set_type, want.version)
+                    and maxelem(have) == maxelem(want) and 2 * (len(removed) + len(added)) <= len(want.members)):
+                plan.edits.append(SetEdit(want, tuple(sorted(removed)), tuple(sorted(added))))
+                continue
             plan.replaces.append(want)
             if temp_name(name) in kernel:
                 plan.stale_temps.append(temp_name(name))
@@ -94,6 +116,9 @@ def maxelem(spec: SetSpec) -> int:
 def restore_input(plan: SetPlan, deletions: list[str] = ()) -> str:  # type: ignore[assignment]
     """A plan as ``ipset restore`` input."""
     lines = [f"destroy {name}" for name in plan.stale_temps]
+    for edit in plan.edits:
+        lines += [f"del {edit.spec.name} {member_text(m, edit.spec.set_type)}" for m in edit.removed]
+        lines += [f"add {edit.spec.name} {member_text(m, edit.spec.set_type)}" for m in edit.added]
     for spec, target in [(s, s.name) for s in plan.creates] + [(s, temp_name(s.name)) for s in plan.replaces]:
         extra = f" maxelem {maxelem(spec)}" if maxelem(spec) != DEFAULT_MAXELEM else ""
         lines.append(f"create {target} {spec.set_type} family {_FAMILY_WORD[spec.version]}{extra}")
@@ -151,9 +176,10 @@ class IpsetWriter:
             raise
         for name in plan.stale_temps:
             kernel.pop(name, None)
-        for spec in plan.creates + plan.replaces:
+        for spec in plan.creates + plan.replaces + [edit.spec for edit in plan.edits]:
             kernel[spec.name] = spec
-        log.info("ipsets: %d created, %d replaced via %s in %.0f ms", len(plan.creates), len(plan.replaces),
+        log.info("ipsets: %d created, %d edited (%d members), %d replaced via %s in %.0f ms", len(plan.creates),
+                 len(plan.edits), sum(len(e.removed) + len(e.added) for e in plan.edits), len(plan.replaces),
                  "pyroute2" if library else "ipset restore", (time.perf_counter() - started) * 1000)
         return plan
 
@@ -193,23 +219,31 @@ class IpsetWriter:
             raise ValueError("refusing to destroy an ipset with no name")
         self._request("destroy", name)
 
-    def _fill(self, target: str, spec: SetSpec) -> None:
-        from pyroute2.ipset import PortEntry
-
+    def _member(self, method: str, target: str, spec: SetSpec, member) -> None:
         family = _FAMILY[spec.version]
-        self._request("create", target, stype=spec.set_type, family=family, exclusive=False,
+        if spec.set_type == HASH_NET:
+            self._request(method, target, member, family=family, etype="net", exclusive=False)
+        else:
+            from pyroute2.ipset import PortEntry
+
+            cidr, proto, port = member
+            self._request(method, target, (cidr, PortEntry(port, protocol=proto)), family=family,
+                          etype="net,port", exclusive=False)
+
+    def _fill(self, target: str, spec: SetSpec) -> None:
+        self._request("create", target, stype=spec.set_type, family=_FAMILY[spec.version], exclusive=False,
                       maxelem=maxelem(spec) if maxelem(spec) != DEFAULT_MAXELEM else None)
         for member in sorted(spec.members):
-            if spec.set_type == HASH_NET:
-                self._request("add", target, member, family=family, etype="net", exclusive=False)
-            else:
-                cidr, proto, port = member
-                self._request("add", target, (cidr, PortEntry(port, protocol=proto)), family=family,
-                              etype="net,port", exclusive=False)
+            self._member("add", target, spec, member)
 
     def _sync_library(self, plan: SetPlan) -> None:
         for name in plan.stale_temps:
             self._destroy(name)
+        for edit in plan.edits:
+            for member in edit.removed:
+                self._member("delete", edit.spec.name, edit.spec, member)
+            for member in edit.added:
+                self._member("add", edit.spec.name, edit.spec, member)
         for spec in plan.creates:
             self._fill(spec.name, spec)
         for spec in plan.replaces:

@@ -20,11 +20,21 @@ packet's source; ``out`` = from it, matched on the destination):
   port), and an ICMP type with no code (``-m icmp --icmp-type T``: ipset
   has no "any code").
 
-A set exists only while it has members; an empty direction is just the
-chain's final DROP.  ``0.0.0.0/0`` and ``::/0`` are stored as their two /1
-halves (hash:net types refuse a /0).  Rules that cannot be expressed (a
-group rule that was never expanded, an address of the other family, ICMP of
-the other family, anything that is not a Rule) are skipped and reported as
+Per group and family, shared by every local endpoint whose rules name the
+group: ``felix-<4|6>g-<group>`` (hash:net; ``felix-<4|6>h-<hash>`` for a
+name too long for ipset), holding the /32 (/128) of every member address
+of that family.  A group rule becomes one iptables rule per endpoint chain
+that tests the packet against the group's set, with the rule's protocol,
+port (range) or ICMP type/code as plain iptables matches; so a member
+joining or leaving a group changes one entry of one set per host, whatever
+the number of endpoints that name the group, and no chain at all.
+
+A per-endpoint set exists only while it has members; an empty direction is
+just the chain's final DROP.  A group set exists while some rule refers to
+it, even when empty (a rule cannot name a set that does not exist).  ``0.0.0.0/0`` and ``::/0`` are stored as their two /1
+halves (hash:net types refuse a /0).  Rules that cannot be expressed (an
+address of the other family, ICMP of the other family, a group whose
+members are not known, anything that is not a Rule) are skipped and reported as
 warnings: skipping can only narrow what is allowed, never widen it.
 
 Names: ``felix-<4|6><in|out>-<id[:11]>-<kind>`` (at most 28 characters, so a
@@ -35,6 +45,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
+
+import hashlib
 
 import netaddr
 
@@ -70,9 +82,10 @@ class SetMatch:
 
     set_name: str
     set_type: str
-    protocol: str | None = None  # iptables -p name for class sets
+    protocol: str | None = None  # iptables -p name (or number) for class and group sets
     ports: tuple[int, int] | None = None  # destination port range
     icmp_type: int | None = None
+    icmp_code: int | None = None
 
 
 @dataclass
@@ -81,10 +94,51 @@ class DesiredSets:
     # (endpoint_id, version, direction) -> matches in chain order
     matches: dict[tuple[str, int, str], tuple[SetMatch, ...]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    groups: set[tuple[str, int]] = field(default_factory=set)  # (group, version) sets the matches name
 
 
 def set_base_name(endpoint_id: str, version: int, direction: str) -> str:
     return f"{SET_PREFIX}{version}{direction}-{endpoint_id[:ID_CHARS]}"
+
+
+_GROUP_NAME_MAX = 28 - len(f"{SET_PREFIX}4g-")
+
+
+def group_set_name(group: str, version: int) -> str:
+    """The shared set of a group's members of one family."""
+    if len(group) <= _GROUP_NAME_MAX:
+        return f"{SET_PREFIX}{version}g-{group}"
+    return f"{SET_PREFIX}{version}h-{hashlib.sha256(group.encode()).hexdigest()[:_GROUP_NAME_MAX]}"
+
+
+def is_group_set(name: str) -> bool:
+    return name[len(SET_PREFIX) + 1:len(SET_PREFIX) + 3] in ("g-", "h-") and name.startswith(SET_PREFIX)
+
+
+def group_set(group: str, version: int, addrs: Iterable[str]) -> SetSpec:
+    prefix = 128 if version == 6 else 32
+    return SetSpec(group_set_name(group, version), HASH_NET, version,
+                   frozenset(f"{a}/{prefix}" for a in addrs if (":" in a) == (version == 6)))
+
+
+def group_match(rule: Rule, version: int) -> SetMatch | str:
+    """The iptables test of a group rule against the group's set, or a
+    warning if the rule cannot apply to this family."""
+    name = protocol_name(rule.protocol)
+    set_name = group_set_name(rule.group, version)  # type: ignore[arg-type]
+    if rule.protocol is None:
+        return SetMatch(set_name, HASH_NET)
+    if name in ICMP_PROTOCOLS:
+        if name != _ICMP_FOR_VERSION[version]:
+            return f"rule {rule} uses {name} in the IPv{version} ACLs"
+        return SetMatch(set_name, HASH_NET, name, icmp_type=rule.icmp_type, icmp_code=rule.icmp_code)
+    if name in PORT_PROTOCOLS:
+        port = rule.port
+        ports = None if port is None else (port if isinstance(port, tuple) else (port, port))
+        return SetMatch(set_name, HASH_NET, name, ports=ports)
+    if not isinstance(rule.protocol, int):
+        return f"rule {rule} has an unknown protocol"
+    return SetMatch(set_name, HASH_NET, str(rule.protocol))
 
 
 def temp_name(name: str) -> str:
@@ -151,12 +205,25 @@ def _class_match(name: str, key: tuple) -> SetMatch:
 
 
 def direction_sets(endpoint_id: str, rules: Iterable[object], version: int, direction: str,
-                   warnings: list[str]) -> tuple[list[SetSpec], tuple[SetMatch, ...]]:
-    """The sets and chain matches for one endpoint, family and direction."""
+                   warnings: list[str], groups: set[tuple[str, int]] | None = None
+                   ) -> tuple[list[SetSpec], tuple[SetMatch, ...]]:
+    """The sets and chain matches for one endpoint, family and direction
+    (group rules' matches last, in rule order; ``groups`` collects the group
+    sets they name)."""
     nets: set[str] = set()
     ports: set[tuple[str, int, int]] = set()
     classes: dict[tuple, set[str]] = {}
+    group_matches: dict[SetMatch, None] = {}
     for rule in rules:
+        if isinstance(rule, Rule) and rule.group is not None:
+            match = group_match(rule, version)
+            if isinstance(match, str):
+                warnings.append(f"endpoint {endpoint_id} {direction}bound: skipped {match}")
+                continue
+            group_matches[match] = None
+            if groups is not None:
+                groups.add((rule.group, version))
+            continue
         where = classify_rule(rule, version)
         if isinstance(where, str):
             warnings.append(f"endpoint {endpoint_id} {direction}bound: skipped {where}")
@@ -183,6 +250,7 @@ def direction_sets(endpoint_id: str, rules: Iterable[object], version: int, dire
         name = f"{base}-c{index}"
         specs.append(SetSpec(name, HASH_NET, version, frozenset(classes[key])))
         matches.append(_class_match(name, key))
+    matches.extend(group_matches)
     return specs, tuple(matches)
 
 
@@ -199,7 +267,8 @@ def endpoint_sets(spec: EndpointSpec, versions: Iterable[int]) -> DesiredSets:
             continue
         acl = spec.acls.family(version)  # type: ignore[union-attr]
         for direction, rules in (("in", acl.inbound), ("out", acl.outbound)):
-            specs, matches = direction_sets(spec.endpoint_id, rules, version, direction, result.warnings)
+            specs, matches = direction_sets(spec.endpoint_id, rules, version, direction, result.warnings,
+                                            result.groups)
             for set_spec in specs:
                 result.sets[set_spec.name] = set_spec
             result.matches[(spec.endpoint_id, version, direction)] = matches
@@ -215,6 +284,7 @@ def desired_sets(endpoints: Mapping[str, EndpointSpec], versions: Iterable[int])
         desired.sets.update(one.sets)
         desired.matches.update(one.matches)
         desired.warnings.extend(one.warnings)
+        desired.groups |= one.groups
     return desired
 
 

@@ -150,10 +150,12 @@ def set_match_rule(match: SetMatch, direction: str, version: int) -> str:
         proto = _ICMP_NAME[version] if match.protocol in ("icmp", "icmpv6") else match.protocol
         words += ["-p", proto]
         if match.ports is not None:
-            words += ["-m", "multiport", "--dports", f"{match.ports[0]}:{match.ports[1]}"]
+            low, high = match.ports
+            words += ["-m", "multiport", "--dports", f"{low}" if low == high else f"{low}:{high}"]
         elif match.icmp_type is not None:
+            icmp = str(match.icmp_type) + ("" if match.icmp_code is None else f"/{match.icmp_code}")
             words += (["-m", "icmp", "--icmp-type"] if version == 4 else
-                      ["-m", "icmp6", "--icmpv6-type"]) + [str(match.icmp_type)]
+                      ["-m", "icmp6", "--icmpv6-type"]) + [icmp]
     dims = f"{where},dst" if match.set_type == HASH_NET_PORT else where
     words += ["-m", "set", "--match-set", match.set_name, dims, "-j", "RETURN"]
     return " ".join(words)

@@ -6,25 +6,37 @@ messages and the ACL manager's ACLUPDATEs; the dataplane
 Nothing here touches the kernel, so everything that decides *what* to
 program is testable without root.
 
-An endpoint with ``acls`` None has not received its ACLs yet; like a
-disabled endpoint it is programmed fail-closed (route and chains present,
-nothing allowed in or out).
+An endpoint with ``acls`` None has not received its ACLs yet (or not yet
+the members of every group its rules name); like a disabled endpoint it is
+programmed fail-closed (route and chains present, nothing allowed in or
+out).  Group members are plain values too: group name -> every address of
+its members (``GroupAddrs``), handed to the dataplane beside the endpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping
 
 from calico.common.rules import Rule
 from calico.common.validation import interface_name
 
 
+GroupAddrs = Mapping[str, frozenset[str]]
+
+
 @dataclass(frozen=True)
 class AclRules:
-    """One address family's allow rules; every rule has ``cidr`` set."""
+    """One address family's allow rules: each sourced from a CIDR of the
+    family or from a group (matched against the group's shared set)."""
 
     inbound: tuple[Rule, ...] = ()
     outbound: tuple[Rule, ...] = ()
+
+    @cached_property
+    def groups(self) -> frozenset[str]:
+        return frozenset(r.group for r in self.inbound + self.outbound if r.group is not None)
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,11 @@ class Acls:
 
     def family(self, version: int) -> AclRules:
         return self.v4 if version == 4 else self.v6
+
+    @cached_property
+    def groups(self) -> frozenset[str]:
+        """The groups whose members these rules need."""
+        return self.v4.groups | self.v6.groups
 
 
 @dataclass(frozen=True)

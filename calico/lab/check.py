@@ -1,12 +1,15 @@
 """``check``: every ordered pair of containers, ICMP and TCP, against policy.
 
-What *should* happen is computed, not written down: the groups' rules come
-from the lab's cluster file (or the seed's defaults), the memberships from
-the lab's containers, and the per-endpoint ACLs from the ACL manager's own
-pure rule processor, so the expectation uses exactly the semantics the
-running system uses.  A packet from A to B is allowed when A's outbound
-ACLs allow B's address and B's inbound ACLs allow A's (Felix enforces the
-first on A's host, the second on B's).
+What *should* happen is worked out here, independently of the code that
+enforces it: from the groups' rules (the lab's cluster file, or the seed's
+defaults) and the lab's containers, a small evaluator decides each probe
+directly (a rule sourced from group G matches a peer that is in G; one
+sourced from a CIDR matches a peer address inside it; then protocol, port
+and ICMP type).  It shares nothing with the ACL manager's rule processor or
+Felix's rendering, so a bug there shows up as a mismatch instead of being
+mirrored in the expectation.  A packet from A to B is allowed when one of
+A's groups' outbound rules matches B and one of B's groups' inbound rules
+matches A (Felix enforces the first on A's host, the second on B's).
 
 What *does* happen is measured with a real ``ping -c1 -W1`` and a TCP
 connect to the container's listener, all pairs in parallel.
@@ -20,9 +23,7 @@ from dataclasses import dataclass
 
 import netaddr
 
-from calico.acl_manager.network_store import GroupSpec
-from calico.acl_manager.rule_processor import EndpointAcls, RuleProcessor
-from calico.common.datafiles import Cluster, default_group_rules
+from calico.common.datafiles import Cluster, GroupRules, default_group_rules
 from calico.common.rules import Rule, protocol_name
 from calico.lab import probe
 from calico.lab.layout import LISTEN_PORT, Layout, host_name
@@ -41,43 +42,52 @@ class Cell:
         return self.expected == self.actual
 
 
-def expected_acls(cluster: Cluster, containers: list[Container]) -> dict[str, EndpointAcls]:
-    names = sorted({g for c in containers for g in c.groups})
-    specs = []
-    for name in names:
-        rules = cluster.groups.get(name) or default_group_rules(name)
-        members = {c.endpoint_id: tuple(c.addrs) for c in containers if name in c.groups}
-        specs.append(GroupSpec(name, members, rules.inbound, rules.outbound))
-    return RuleProcessor().load(specs)
+def _group_rules(cluster: Cluster, name: str) -> GroupRules:
+    return cluster.groups.get(name) or default_group_rules(name)
 
 
-def _matches(rule: Rule, peer: str, protocol: str, port: int | None, icmp_type: int | None) -> bool:
-    if rule.cidr is None or netaddr.IPAddress(peer) not in netaddr.IPNetwork(rule.cidr):
-        return False
-    if rule.protocol is not None and protocol_name(rule.protocol) != protocol:
-        return False
-    if rule.port is not None:
-        low, high = rule.port if isinstance(rule.port, tuple) else (rule.port, rule.port)
-        if port is None or not low <= port <= high:
+def _rule_matches(rule: Rule, peer: Container, peer_ip: str, protocol: str, port: int | None) -> bool:
+    """Does an allow rule admit a probe whose other end is ``peer``?"""
+    version = 6 if ":" in peer_ip else 4
+    if rule.group is not None:
+        if rule.group not in peer.groups:
             return False
-    if rule.icmp_type is not None and rule.icmp_type != icmp_type:
+    elif rule.cidr is None or netaddr.IPAddress(peer_ip) not in netaddr.IPNetwork(rule.cidr):
         return False
-    if rule.icmp_code is not None and rule.icmp_code != 0:
-        return False
-    return True
-
-
-def allows(acls: EndpointAcls | None, direction: str, peer: str, protocol: str, port: int | None = None,
-           icmp_type: int | None = None) -> bool:
-    if acls is None:
-        return False  # no ACLs: Felix fails closed
-    v6 = ":" in peer
-    rules = getattr(acls, f"v{6 if v6 else 4}_{direction}")
-    if v6 and protocol == "icmp":
-        protocol, icmp_type = "icmpv6", (128 if icmp_type == 8 else icmp_type)
-    if any(_matches(r, peer, protocol, port, icmp_type) for r in rules):
+    if rule.protocol is None:
         return True
-    return getattr(acls, f"{direction}_default") == "allow"
+    name = protocol_name(rule.protocol)
+    if protocol == "tcp":
+        if name != "tcp":
+            return False
+        if rule.port is None:
+            return True
+        low, high = rule.port if isinstance(rule.port, tuple) else (rule.port, rule.port)
+        return low <= (port or 0) <= high
+    # An echo request: ICMP type 8, or ICMPv6 type 128 (code 0).  A rule
+    # written for ICMP applies to ICMPv6 echo as well; one for ICMPv6 only there.
+    if name == "icmp":
+        echo = 8
+    elif name == "icmpv6" and version == 6:
+        echo = 128
+    else:
+        return False
+    return rule.icmp_type is None or (rule.icmp_type == echo and rule.icmp_code in (None, 0))
+
+
+def _allowed(rules: list[Rule], default: str, peer: Container, peer_ip: str, protocol: str,
+             port: int | None) -> bool:
+    return default == "allow" or any(_rule_matches(r, peer, peer_ip, protocol, port) for r in rules)
+
+
+def probe_allowed(cluster: Cluster, src: Container, dst: Container, protocol: str, port: int | None = None) -> bool:
+    """Whether the groups let ``src`` reach ``dst``'s probe address."""
+    s_ip, d_ip = probe_address(src), probe_address(dst)
+    outbound = any(_allowed(list(_group_rules(cluster, g).outbound), "deny", dst, d_ip, protocol, port)
+                   for g in src.groups)
+    inbound = any(_allowed(list(_group_rules(cluster, g).inbound), "deny", src, s_ip, protocol, port)
+                  for g in dst.groups)
+    return outbound and inbound
 
 
 def probe_address(container: Container) -> str:
@@ -86,18 +96,13 @@ def probe_address(container: Container) -> str:
 
 
 def expected_matrix(cluster: Cluster, containers: list[Container]) -> dict[tuple[str, str], dict[str, bool]]:
-    acls = expected_acls(cluster, containers)
     result = {}
     for src in containers:
         for dst in containers:
             if src.name == dst.name:
                 continue
-            s_ip, d_ip = probe_address(src), probe_address(dst)
-            cell = {}
-            for protocol, port, icmp_type in (("icmp", None, 8), ("tcp", LISTEN_PORT, None)):
-                cell[protocol] = (allows(acls.get(src.endpoint_id), "outbound", d_ip, protocol, port, icmp_type)
-                                  and allows(acls.get(dst.endpoint_id), "inbound", s_ip, protocol, port, icmp_type))
-            result[(src.name, dst.name)] = cell
+            result[(src.name, dst.name)] = {"icmp": probe_allowed(cluster, src, dst, "icmp"),
+                                            "tcp": probe_allowed(cluster, src, dst, "tcp", LISTEN_PORT)}
     return result
 
 

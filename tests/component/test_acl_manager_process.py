@@ -9,7 +9,9 @@ REP and PUB peers cannot do together.
 
 Publications are ordered per subscriber, so "nothing else was published"
 is checked with a barrier: ask GETACLSTATE for a known endpoint and wait for
-its ACLUPDATE; anything published before it has arrived by then.
+its ACLUPDATE; anything published before it has arrived by then.  Group
+rules reach Felix as references to the group; who is in a group comes on
+the group's own topic (``members`` below).
 """
 
 from __future__ import annotations
@@ -215,6 +217,10 @@ def updates(sub, endpoint_id):
     return sub.of_topic(endpoint_id.encode())
 
 
+def members(sub, group):
+    return sub.of_topic(messages.members_topic(group))
+
+
 def barrier(sub, req, wait_until, endpoint_id):
     """Ask for a known endpoint's ACLs and wait for them: everything published earlier has arrived."""
     before = len(updates(sub, endpoint_id))
@@ -226,7 +232,7 @@ WEB = {"a": ["192.168.2.1", "fd00::1"], "b": ["192.168.2.2"]}
 OPS = {"o": ["10.0.0.9"]}
 
 
-def test_getgroups_at_start_then_aclupdates_with_exact_content(fake_plugin, acl_manager, felix, wait_until):
+def test_getgroups_at_start_then_aclupdates_with_exact_content(fake_plugin, acl_manager, felix, peers, wait_until):
     plugin = fake_plugin()
     manager = acl_manager()
     first = wait_until(lambda: plugin.received, what="the first request to the plugin")[0]
@@ -238,14 +244,24 @@ def test_getgroups_at_start_then_aclupdates_with_exact_content(fake_plugin, acl_
     plugin.set_group("web", WEB, inbound="group:web; group:ops tcp 22", outbound="group:web; 0.0.0.0/0; ::/0")
     msg = wait_until(lambda: updates(sub, "a"), what="ACLUPDATE for a")[-1]
     assert set(msg) == {"type", "issued", "acls"} and msg["type"] == "ACLUPDATE"
+    # Group rules stay references to the group, in both families.
     assert msg["acls"] == acls(
-        v4_in=["10.0.0.9/32 tcp 22", "192.168.2.1/32", "192.168.2.2/32"],
-        v4_out=["0.0.0.0/0", "192.168.2.1/32", "192.168.2.2/32"],
-        v6_in=["fd00::1/128"],
-        v6_out=["::/0", "fd00::1/128"],
+        v4_in=["group:ops tcp 22", "group:web"],
+        v4_out=["0.0.0.0/0", "group:web"],
+        v6_in=["group:ops tcp 22", "group:web"],
+        v6_out=["::/0", "group:web"],
     )
     assert wait_until(lambda: updates(sub, "b"))[-1]["acls"] == msg["acls"]
-    assert wait_until(lambda: updates(sub, "o"))[-1]["acls"] == acls(v4_in=["10.0.0.9/32"], v4_out=["0.0.0.0/0"])
+    assert wait_until(lambda: updates(sub, "o"))[-1]["acls"] == acls(v4_in=["group:ops"], v4_out=["0.0.0.0/0"],
+                                                                      v6_in=["group:ops"])
+    # Who is in a group comes once, on the group's topic, in answer to the subscription.
+    msub = peers.sub(ACL_PUB, [messages.members_topic("web"), messages.members_topic("ops")])
+    web = wait_until(lambda: members(msub, "web"), what="GROUPMEMBERS for web")[-1]
+    assert set(web) == {"type", "issued", "group", "epoch", "seq", "addrs"}
+    assert (web["type"], web["group"], web["seq"], web["addrs"]) == (
+        "GROUPMEMBERS", "web", 1, ["192.168.2.1", "192.168.2.2", "fd00::1"])
+    ops = wait_until(lambda: members(msub, "ops"), what="GROUPMEMBERS for ops")[-1]
+    assert (ops["type"], ops["seq"], ops["addrs"], ops["epoch"]) == ("GROUPMEMBERS", 1, ["10.0.0.9"], web["epoch"])
     assert manager.alive
 
 
@@ -262,9 +278,33 @@ def test_getaclstate_replies_and_publishes_known_endpoints_only(fake_plugin, acl
     assert reply == {"type": "GETACLSTATE", "rc": "SUCCESS", "message": "", "endpoint_id": "a"}
     wait_until(lambda: len(updates(sub, "a")) == count + 1, what="the ACLUPDATE answering GETACLSTATE")
     assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"] == [
-        {"group": None, "cidr": "192.168.2.1/32", "protocol": None, "port": None},
-        {"group": None, "cidr": "192.168.2.2/32", "protocol": None, "port": None}]
+        {"group": "web", "cidr": None, "protocol": None, "port": None}]
     assert updates(sub, "zz") == []  # published nothing for an endpoint no group names
+
+
+def test_a_subscription_alone_brings_the_current_state(fake_plugin, acl_manager, peers, wait_until):
+    """The slow joiner has no race to lose: the XPUB answers each new
+    subscription, so a Felix subscribing late (here: long after the
+    group arrived) gets the endpoint's ACLs and the group's members
+    without asking."""
+    fake_plugin([group_update("web", WEB)])
+    manager = acl_manager()
+    wait_until(lambda: "group web: 2 members" in manager.log(), what="the group to arrive")
+    late = peers.sub(ACL_PUB, [b"b", messages.members_topic("web"), messages.members_topic("nosuch")])
+    assert wait_until(lambda: updates(late, "b"), what="b's ACLs")[-1]["acls"] == acls(
+        v4_in=["group:web"], v4_out=["0.0.0.0/0", "group:web"], v6_in=["group:web"], v6_out=["::/0", "group:web"])
+    assert wait_until(lambda: members(late, "web"), what="web's members")[-1]["addrs"] == [
+        "192.168.2.1", "192.168.2.2", "fd00::1"]
+    # Asking again after a gap (GETGROUPMEMBERS) publishes the whole group again.
+    req = peers.req(ACL_REQ)
+    assert req.request(messages.make(messages.GETGROUPMEMBERS, group="web")) == {
+        "type": "GETGROUPMEMBERS", "rc": "SUCCESS", "message": "", "group": "web"}
+    wait_until(lambda: len(members(late, "web")) == 2, what="web's members again")
+    assert members(late, "web")[1] == dict(members(late, "web")[0], issued=members(late, "web")[1]["issued"])
+    # A group nobody names and nobody is in: nothing to say.
+    assert req.request(messages.make(messages.GETGROUPMEMBERS, group="nosuch"))["rc"] == "SUCCESS"
+    barrier(late, req, wait_until, "b")
+    assert members(late, "nosuch") == []
 
 
 def test_heartbeats_on_both_pubs_and_both_req_directions(fake_plugin, acl_manager, felix, wait_until):
@@ -299,40 +339,53 @@ def test_groups_published_before_the_subscription_took_effect_are_asked_for_agai
     assert len(plugin.of_type("GETGROUPS")) >= 2
     assert "since subscribing, after the last GETGROUPS was answered" in manager.log()
     barrier(sub, req, wait_until, "a")
-    assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"][0]["cidr"] == "192.168.2.1/32"
+    assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"][0]["group"] == "web"
     assert "dropped as gone (" not in manager.log()
 
 
-def test_incremental_join_publishes_only_changed_endpoints(fake_plugin, acl_manager, felix, wait_until):
+def test_a_join_publishes_the_joiners_acls_and_one_membership_change(fake_plugin, acl_manager, felix, peers,
+                                                                      wait_until):
     groups = [group_update("web", {"w1": ["192.168.2.1"], "w2": ["192.168.2.2"]}),
               group_update("db", {"d1": ["192.168.3.1"]}, inbound="group:web tcp 5432", outbound=""),
               group_update("ops", {"o1": ["192.168.4.1"]}, inbound="0.0.0.0/0 tcp 22", outbound="")]
     plugin = fake_plugin(groups)
     manager = acl_manager()
     sub, req = felix(["w1", "w2", "w3", "d1", "o1"])
+    msub = peers.sub(ACL_PUB, [messages.members_topic("web")])
     wait_until(lambda: "group ops: 1 members" in manager.log(), what="the groups to arrive")
+    first = wait_until(lambda: members(msub, "web"), what="web's members")[-1]
     barrier(sub, req, wait_until, "o1")
     before = {ep: len(updates(sub, ep)) for ep in ("w1", "w2", "w3", "d1", "o1")}
 
-    plugin.set_group("web", {"w1": ["192.168.2.1"], "w2": ["192.168.2.2"], "w3": ["192.168.2.3"]})
-    wait_until(lambda: all(len(updates(sub, ep)) > before[ep] for ep in ("w1", "w2", "w3", "d1")),
-               what="ACLUPDATEs for web's members and db")
+    plugin.set_group("web", {"w1": ["192.168.2.1"], "w2": ["192.168.2.2"], "w3": ["192.168.2.3", "fd00::3"]})
+    wait_until(lambda: updates(sub, "w3"), what="w3's ACLs")
+    change = wait_until(lambda: members(msub, "web")[1:], what="web's membership change")[-1]
+    assert {k: v for k, v in change.items() if k != "issued"} == {
+        "type": "MEMBERSUPDATE", "group": "web", "epoch": first["epoch"], "seq": first["seq"] + 1,
+        "added": ["192.168.2.3", "fd00::3"], "removed": []}
     barrier(sub, req, wait_until, "o1")
     after = {ep: len(updates(sub, ep)) for ep in before}
-    assert after == {"w1": before["w1"] + 1, "w2": before["w2"] + 1, "w3": 1, "d1": before["d1"] + 1,
-                     "o1": before["o1"] + 1}  # o1: only the barrier's copy
-    assert updates(sub, "d1")[-1]["acls"]["v4"]["inbound"] == [
-        {"group": None, "cidr": f"192.168.2.{i}/32", "protocol": "tcp", "port": 5432} for i in (1, 2, 3)]
+    # Only the joiner's ACLs (the others' rules did not change) and the barrier's copy.
+    assert after == dict(before, w3=1, o1=before["o1"] + 1)
 
-    # The same group again, and db's rules restated with a rule that repeats
-    # what the group rule already expands to: the ACLs are unchanged, so
-    # nothing is published.
-    plugin.set_group("web", {"w1": ["192.168.2.1"], "w2": ["192.168.2.2"], "w3": ["192.168.2.3"]})
+    # A leave is the same: one MEMBERSUPDATE, and the leaver's empty ACLs.
+    plugin.set_group("web", {"w1": ["192.168.2.1"], "w3": ["192.168.2.3", "fd00::3"]})
+    wait_until(lambda: updates(sub, "w2")[-1]["acls"] == acls(), what="empty ACLs for w2")
+    leave = wait_until(lambda: members(msub, "web")[2:], what="web's second change")[-1]
+    assert (leave["seq"], leave["added"], leave["removed"]) == (first["seq"] + 2, [], ["192.168.2.2"])
+
+    # The same group again publishes nothing; a changed rule set reaches its members only.
+    plugin.set_group("web", {"w1": ["192.168.2.1"], "w3": ["192.168.2.3", "fd00::3"]})
     plugin.set_group("db", {"d1": ["192.168.3.1"]}, inbound="192.168.2.1 tcp 5432; group:web tcp 5432",
                      outbound="")
     wait_until(lambda: "group db: 1 members, 2 inbound" in manager.log(), what="the restated db group")
     barrier(sub, req, wait_until, "o1")
-    assert {ep: len(updates(sub, ep)) for ep in before} == dict(after, o1=after["o1"] + 1)
+    assert updates(sub, "d1")[-1]["acls"]["v4"]["inbound"] == [
+        {"group": None, "cidr": "192.168.2.1/32", "protocol": "tcp", "port": 5432},
+        {"group": "web", "cidr": None, "protocol": "tcp", "port": 5432}]
+    assert len(members(msub, "web")) == 3
+    assert {ep: len(updates(sub, ep)) for ep in ("w1", "w3", "d1")} == {
+        "w1": after["w1"], "w3": 1, "d1": after["d1"] + 1}
 
 
 def test_endpoint_leaving_every_group_gets_empty_acls(fake_plugin, acl_manager, felix, wait_until):
@@ -386,8 +439,8 @@ def test_plugin_restart_brings_getgroups_and_drops_only_groups_gone(fake_plugin,
     count = len(updates(sub, "o"))
     assert req.request(messages.make(messages.GETACLSTATE, endpoint_id="o"))["rc"] == "SUCCESS"
     wait_until(lambda: len(updates(sub, "o")) > count, what="ACLs for o while the plugin is down")
-    assert updates(sub, "o")[-1]["acls"] == acls(v4_in=["10.0.0.9/32"], v4_out=["0.0.0.0/0", "10.0.0.9/32"],
-                                                 v6_out=["::/0"])
+    assert updates(sub, "o")[-1]["acls"] == acls(v4_in=["group:ops"], v4_out=["0.0.0.0/0", "group:ops"],
+                                                 v6_in=["group:ops"], v6_out=["::/0", "group:ops"])
 
     # Back with ops gone (deleted while the manager was not listening).
     restarted = fake_plugin([group_update("web", WEB)])
@@ -395,7 +448,7 @@ def test_plugin_restart_brings_getgroups_and_drops_only_groups_gone(fake_plugin,
     wait_until(lambda: updates(sub, "o")[-1]["acls"] == acls(), what="empty ACLs for o (group ops dropped)")
     assert "1 dropped as gone (ops)" in manager.log()
     barrier(sub, req, wait_until, "a")
-    assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"][0]["cidr"] == "192.168.2.1/32"
+    assert updates(sub, "a")[-1]["acls"]["v4"]["inbound"][0]["group"] == "web"
 
 
 @pytest.mark.parametrize("frames, reply_type, reason", [
@@ -404,6 +457,8 @@ def test_plugin_restart_brings_getgroups_and_drops_only_groups_gone(fake_plugin,
     ([b'{"type": "ENDPOINTCREATED"}'], "ENDPOINTCREATED", "unexpected message type"),
     ([b'{"type": "GETACLSTATE"}'], "GETACLSTATE", "missing field 'endpoint_id'"),
     ([b'{"type": "GETACLSTATE", "endpoint_id": "-x y"}'], "GETACLSTATE", "bad endpoint id"),
+    ([b'{"type": "GETGROUPMEMBERS", "group": "web\\n"}'], "GETGROUPMEMBERS", "bad group name"),
+    ([b'{"type": "GROUPMEMBERS", "group": "web"}'], "GROUPMEMBERS", "unexpected message type"),
     ([b"[1, 2]"], "UNKNOWN", "not a JSON object"),
     ([b"one", b"two"], "UNKNOWN", "want exactly one message frame"),
 ])
@@ -451,7 +506,7 @@ def write_endpoint(data_dir, eid, ip, groups):
 
 
 def test_real_plugin_files_to_acls_live_and_across_a_plugin_restart(tmp_path, start_plugin, acl_manager, felix,
-                                                                     wait_until):
+                                                                     peers, wait_until):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "felix.txt").write_text(
@@ -467,17 +522,19 @@ def test_real_plugin_files_to_acls_live_and_across_a_plugin_restart(tmp_path, st
     wait_until(lambda: "group ops: 1 members" in manager.log(), what="the plugin's groups")
     barrier(sub, req, wait_until, "a")
     barrier(sub, req, wait_until, "o")
-    assert updates(sub, "o")[-1]["acls"] == acls(v4_in=["192.168.2.1/32 tcp 22"], v4_out=["0.0.0.0/0"],
-                                                 v6_in=["fd00::1/128 tcp 22"])
+    assert updates(sub, "o")[-1]["acls"] == acls(v4_in=["group:web tcp 22"], v4_out=["0.0.0.0/0"],
+                                                 v6_in=["group:web tcp 22"])
+    msub = peers.sub(ACL_PUB, [messages.members_topic("web")])
+    wait_until(lambda: members(msub, "web"), what="web's members")
 
-    # A new endpoint file: b joins web; a's and o's ACLs grow, b gets its own.
+    # A new endpoint file: b joins web; web's members grow by one, b gets its own ACLs.
     write_endpoint(data_dir, "b", "192.168.2.2", ["web"])
     wait_until(lambda: updates(sub, "b"), what="b's ACLs")
-    wait_until(lambda: [r["cidr"] for r in updates(sub, "o")[-1]["acls"]["v4"]["inbound"]]
-               == ["192.168.2.1/32", "192.168.2.2/32"], what="o's ACLs to name b")
+    change = wait_until(lambda: [m for m in members(msub, "web") if m["type"] == "MEMBERSUPDATE"],
+                        what="web's membership change")[-1]
+    assert (change["added"], change["removed"]) == (["192.168.2.2"], [])
     assert updates(sub, "b")[-1]["acls"] == acls(
-        v4_in=["192.168.2.1/32", "192.168.2.2/32"], v4_out=["0.0.0.0/0", "192.168.2.1/32", "192.168.2.2/32"],
-        v6_in=["fd00::1/128"], v6_out=["::/0", "fd00::1/128"])
+        v4_in=["group:web"], v4_out=["0.0.0.0/0", "group:web"], v6_in=["group:web"], v6_out=["::/0", "group:web"])
 
     # The plugin stops; o's file is removed meanwhile; the plugin comes back.
     plugin.stop()
@@ -532,8 +589,10 @@ def test_a_barrage_on_every_input_leaves_the_acl_manager_serving(fake_plugin, ac
     # Still answering correctly, and still turning a change into ACLs.
     assert req.request(messages.make(messages.GETACLSTATE, endpoint_id="zz")) == {
         "type": "GETACLSTATE", "rc": "SUCCESS", "message": "", "endpoint_id": "zz"}
+    msub = peers.sub(ACL_PUB, [messages.members_topic("web")])
+    wait_until(lambda: members(msub, "web"), what="web's members")
     plugin.set_group("web", {**WEB, "c": ["192.168.2.3"]})
-    wait_until(lambda: "192.168.2.3/32" in [r["cidr"] for r in updates(sub, "a")[-1]["acls"]["v4"]["inbound"]],
+    wait_until(lambda: any("192.168.2.3" in m.get("added", []) for m in members(msub, "web")),
                what="a good change, end to end")
     # The oversized publication cost the connection (libzmq drops it, and
     # only a new socket connects again), not the manager.
