@@ -58,6 +58,7 @@ FELIX_ARGV = [os.path.join(os.path.dirname(sys.executable), "calico-felix")]
 
 
 wait_until = functools.partial(polling.wait_until, timeout=WAIT)
+FAKE_EPOCH = "f00d"
 
 
 # --- the fake control plane, inside the host namespace -----------------------------------
@@ -66,8 +67,12 @@ class ControlPlane:
     """Fake plugin and ACL manager, served by one thread in ``ns``.
 
     The plugin side holds ``endpoints`` (its view of this host) and answers
-    RESYNCSTATE by announcing them; the ACL-manager side answers GETACLSTATE
-    and publishes the ACLs it holds for the endpoint (if any).  Tests call
+    RESYNCSTATE by announcing them; the ACL-manager side is an XPUB, as the
+    real one is: it answers each subscription to an endpoint's topic with
+    the ACLs it holds for it and each subscription to a group's topic with
+    the group's GROUPMEMBERS (if it holds them), and answers
+    GETGROUPMEMBERS the same way.  While "hung" it reads nothing, so what
+    Felix sends meanwhile waits in the sockets, as for a stalled process.  Tests call
     the public methods from their own thread; the work is done in the
     serving thread, since ZeroMQ sockets belong to one thread."""
 
@@ -78,7 +83,9 @@ class ControlPlane:
         self.acls: dict[str, dict[str, Any]] = {}
         self.resyncs: list[dict[str, Any]] = []
         self.announcement_replies: list[dict[str, Any]] = []
-        self.acl_requests: list[str] = []
+        self.acl_requests: list[str] = []      # topics subscribed to and GETGROUPMEMBERS asked, in order
+        self.members: dict[str, list[str]] = {}
+        self.member_seq: dict[str, int] = {}
         self._calls: queue.Queue = queue.Queue()
         # (raw, future, seconds to wait for the answer); in flight: (raw, future, deadline)
         self._requests: list[tuple[bytes, concurrent.futures.Future | None, float]] = []
@@ -141,6 +148,28 @@ class ControlPlane:
                 self._publish_acls(endpoint_id)
         self.call(do)
 
+    def set_members(self, group: str, addrs: list[str], publish: bool = True) -> None:
+        """The group's whole membership, published as a GROUPMEMBERS."""
+        def do() -> None:
+            self.members[group] = list(addrs)
+            self.member_seq[group] = self.member_seq.get(group, 0) + 1
+            if publish:
+                self._publish_members(group)
+        self.call(do)
+
+    def change_members(self, group: str, added: list[str] = (), removed: list[str] = (),
+                       skip: int = 0) -> None:
+        """A MEMBERSUPDATE; ``skip`` numbers are left out first (a gap)."""
+        def do() -> None:
+            held = [a for a in self.members[group] if a not in removed] + list(added)
+            self.members[group] = held
+            self.member_seq[group] += 1 + skip
+            body = messages.encode(messages.make(messages.MEMBERSUPDATE, group=group, epoch=FAKE_EPOCH,
+                                                 seq=self.member_seq[group], added=list(added),
+                                                 removed=list(removed)))
+            self.acl_pub.send_multipart([messages.members_topic(group), body])
+        self.call(do)
+
     def publish_raw(self, frames: list[bytes]) -> None:
         self.call(lambda: self.acl_pub.send_multipart(frames))
 
@@ -165,7 +194,7 @@ class ControlPlane:
                 self.ctx = zmq.Context()
                 self._open_plugin()
                 self.acl_router = self._socket(zmq.ROUTER, bind=messages.PORT_ACL_REQ)
-                self.acl_pub = self._socket(zmq.PUB, bind=messages.PORT_ACL_PUB)
+                self.acl_pub = self._socket(zmq.XPUB, bind=messages.PORT_ACL_PUB, verbose=True)
                 self._ready.set()
                 self._loop()
         except BaseException as exc:  # reported to the test through start()
@@ -177,11 +206,13 @@ class ControlPlane:
                     ctx.destroy(linger=0)
 
     def _socket(self, kind: int, bind: int | None = None, connect: int | None = None,
-                ctx: zmq.Context | None = None) -> zmq.Socket:
+                ctx: zmq.Context | None = None, verbose: bool = False) -> zmq.Socket:
         """A socket with the keys of the role the fake plays on that port
         (tests/testkeys.py): the plugin's or the ACL manager's."""
         sock = (ctx or self.ctx).socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if verbose:
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         if bind is not None:
             testkeys.as_server(sock, f"tcp://{LOOPBACK}:{bind}")
             bind_when_free(sock, f"tcp://{LOOPBACK}:{bind}")
@@ -214,7 +245,9 @@ class ControlPlane:
         next_heartbeat = 0.0
         while not self._stopping:
             poller = zmq.Poller()
-            poller.register(self.acl_router, zmq.POLLIN)
+            if self.acl_manager_up:
+                poller.register(self.acl_router, zmq.POLLIN)
+                poller.register(self.acl_pub, zmq.POLLIN)
             if self.plugin_up:
                 poller.register(self.plugin_rep, zmq.POLLIN)
                 poller.register(self.plugin_req, zmq.POLLIN)
@@ -225,6 +258,8 @@ class ControlPlane:
                 self._on_felix_reply()
             if self.acl_router in ready and self.acl_manager_up:
                 self._on_acl_request()
+            if self.acl_pub in ready and self.acl_manager_up:
+                self._on_subscription()
             now = time.monotonic()
             if now >= next_heartbeat and self.acl_manager_up:
                 self.acl_pub.send_multipart([messages.TOPIC_ACL_HEARTBEAT,
@@ -281,10 +316,36 @@ class ControlPlane:
         else:
             future.set_result(reply)
 
+    def _on_subscription(self) -> None:
+        frame = self.acl_pub.recv()
+        if not frame or frame[0] != 1:
+            return
+        topic = frame[1:]
+        group = messages.group_of_topic(topic)
+        if topic == messages.TOPIC_ACL_HEARTBEAT:
+            return
+        self.acl_requests.append(topic.decode())
+        if group is not None:
+            if group in self.members:
+                self._publish_members(group)
+        elif topic.decode() in self.acls:
+            self._publish_acls(topic.decode())
+
+    def _publish_members(self, group: str) -> None:
+        body = messages.encode(messages.make(messages.GROUPMEMBERS, group=group, epoch=FAKE_EPOCH,
+                                             seq=self.member_seq[group], addrs=self.members[group]))
+        self.acl_pub.send_multipart([messages.members_topic(group), body])
+
     def _on_acl_request(self) -> None:
         identity, empty, body = self.acl_router.recv_multipart()
         msg = json.loads(body)
-        if msg["type"] == messages.GETACLSTATE:
+        if msg["type"] == messages.GETGROUPMEMBERS:
+            self.acl_requests.append(f"GETGROUPMEMBERS {msg['group']}")
+            self.acl_router.send_multipart([identity, empty, messages.encode(
+                messages.reply(msg["type"], group=msg["group"]))])
+            if msg["group"] in self.members:
+                self._publish_members(msg["group"])
+        elif msg["type"] == messages.GETACLSTATE:
             endpoint_id = msg["endpoint_id"]
             self.acl_requests.append(endpoint_id)
             known = endpoint_id in self.acls
@@ -567,6 +628,65 @@ def test_acls_decide_what_gets_through(env):
     assert env.topo.has_route(a, a.v6) and env.topo.has_route(c, c.v6)
 
 
+def group_members(env: Env, set_name: str) -> set[str]:
+    prefix = f"add {set_name} "
+    return {line[len(prefix):] for line in env.topo.ipset_save().splitlines() if line.startswith(prefix)}
+
+
+def group_sets(env: Env) -> set[str]:
+    return {line.split()[1] for line in env.topo.ipset_save().splitlines()
+            if line.startswith("create felix-") and line.split()[1][7:9] == "g-"}
+
+
+def test_group_rules_match_one_shared_set_per_group_changed_member_by_member(env):
+    a = env.topo.endpoint("a", "192.168.10.1", "fd00:10::1")
+    b = env.topo.endpoint("b", "192.168.10.2")
+    c = env.topo.endpoint("c", "192.168.10.3")
+    web = {"group": "web", "cidr": None}
+    for ep in (a, b, c):
+        env.cp.set_acls(ep.endpoint_id, allow(web, v6_in=[web]), publish=False)
+    env.cp.set_members("web", [a.v4, b.v4, a.v6], publish=False)
+    for ep in (a, b, c):
+        env.cp.set_endpoint(ep)
+    env.start_felix()
+    env.check([(a, b.v4, "ping", True), (b, a.v4, "ping", True), (a, c.v4, "ping", True),
+               (c, a.v4, "ping", False), (c, b.v4, "ping", False)])  # c is not in web
+    # Three endpoints name web: one set per family, holding web's members.
+    assert group_sets(env) == {"felix-4g-web", "felix-6g-web"}
+    assert group_members(env, "felix-4g-web") == {a.v4, b.v4}
+    assert group_members(env, "felix-6g-web") == {a.v6}
+
+    # c joins web: one entry added, no set replaced, no chain touched.
+    rules_before = env.topo.iptables_save()
+    env.cp.change_members("web", added=[c.v4])
+    env.check([(c, a.v4, "ping", True), (c, b.v4, "ping", True)])
+    assert group_members(env, "felix-4g-web") == {a.v4, b.v4, c.v4}
+    assert "ipsets: 0 created, 1 edited (1 members), 0 replaced" in env.felix.log()
+    assert env.topo.iptables_save() == rules_before
+
+    # A change goes missing (b left, then that news was lost): Felix keeps
+    # what it has, asks for the whole group, and takes the answer.
+    env.cp.change_members("web", removed=[b.v4], skip=1)
+    wait_until(lambda: "GETGROUPMEMBERS web" in env.cp.acl_requests, "Felix to ask for web again")
+    env.check([(b, a.v4, "ping", False), (a, b.v4, "ping", True), (c, a.v4, "ping", True)])
+    assert group_members(env, "felix-4g-web") == {a.v4, c.v4}
+
+    # An endpoint naming a group whose members are not known yet stays
+    # closed, even where another of its rules would let traffic in.
+    d = env.topo.endpoint("d", "192.168.10.4")
+    env.cp.set_acls(d.endpoint_id, allow({"cidr": "192.168.10.0/24"}, {"group": "db", "cidr": None}),
+                    publish=False)
+    assert env.cp.create(d) == ok("ENDPOINTCREATED")
+    env.wait_programmed(d)
+    env.check([(a, d.v4, "ping", False)])
+    env.cp.set_members("db", [])
+    env.check([(a, d.v4, "ping", True)])
+    assert group_sets(env) == {"felix-4g-db", "felix-4g-web", "felix-6g-web"}
+    # Nobody names db any more: its set goes.
+    assert env.cp.destroy(d.endpoint_id) == ok("ENDPOINTDESTROYED")
+    wait_until(lambda: group_sets(env) == {"felix-4g-web", "felix-6g-web"}, "db's set to be removed")
+
+
 def test_no_acls_means_no_traffic_and_bad_rules_open_nothing(env):
     a = env.topo.endpoint("a", "192.168.10.1")
     b = env.topo.endpoint("b", "192.168.10.2")
@@ -582,7 +702,7 @@ def test_no_acls_means_no_traffic_and_bad_rules_open_nothing(env):
     # ACLs arrive, with malformed rules: only the one valid rule is programmed.
     env.cp.set_acls(e.endpoint_id, {"v4": {
         "inbound": [{"cidr": "192.168.10.300"},                 # bad address
-                    {"group": "everyone", "cidr": None},        # group rule: not in an ACL
+                    {"group": "every one", "cidr": None},       # bad group name
                     {"cidr": "::/0"},                           # IPv6 in the v4 list
                     {"cidr": "0.0.0.0/0", "protocol": "tcp", "port": 70000},
                     {"cidr": a.v4, "protocol": "icmp"}],
@@ -857,8 +977,10 @@ def test_acl_manager_lost_keeps_acls_then_catches_up(env):
     env.cp.set_acls(b.endpoint_id, allow(), publish=False)  # changed while nobody could hear
     asked = len(env.cp.acl_requests)
     env.cp.hang_acl_manager(False)
+    # Felix subscribed afresh while it heard nothing; the subscriptions wait
+    # in the socket until the manager reads them, and each brings the ACLs.
     wait_until(lambda: {a.endpoint_id, b.endpoint_id} <= set(env.cp.acl_requests[asked:]),
-               "Felix to ask again for every endpoint's ACLs")
+               "the ACL manager to hear Felix's subscriptions again")
     env.check([(b, a.v4, "ping", True), (a, b.v4, "ping", False)])
 
 
