@@ -11,7 +11,11 @@ have rules with ports, ranges, CIDRs and references to other groups.
    - the same, one group at a time, and as one batch (the process applies
      whatever one wake-up reads as one batch);
    - serialise every ACLUPDATE;
-   - one endpoint joins one group: time, endpoints reconsidered, ACLUPDATEs.
+   - one endpoint joins one group: time, endpoints reconsidered, ACLUPDATEs
+     and membership messages;
+   - one endpoint joins a single group of 1,000 and of 4,000 members (the
+     seed's shape: everyone in one group): every byte the ACL manager
+     publishes for it, on all topics (``--join-sizes``).
 2. The real ``calico-acl-manager`` process over ZeroMQ on loopback (skip with
    ``--no-process``): this script plays the plugin and a Felix subscribed to
    every topic, and times the burst to the 10,000th ACLUPDATE and a join to
@@ -30,7 +34,8 @@ import sys
 import tempfile
 import time
 
-from calico.acl_manager.network_store import parse_group_update
+from calico.acl_manager.memberships import Memberships
+from calico.acl_manager.network_store import GroupSpec, parse_group_update
 from calico.acl_manager.publisher import aclupdate_body
 from calico.acl_manager.rule_processor import RuleProcessor
 from calico.common import messages, security
@@ -123,6 +128,35 @@ def bench_core() -> dict:
     return results
 
 
+def published_by_join(size: int) -> tuple[int, int, int, float]:
+    """One endpoint joins a group of ``size`` members (default rules, one
+    group for everyone): ACLUPDATEs, membership messages and bytes the ACL
+    manager publishes for it, and the time to compute and serialise them."""
+    members = {f"ep{i:05d}": tuple(endpoint_ip(i)) for i in range(size)}
+    rules = default_group_rules("everyone")
+    spec = GroupSpec("everyone", members, rules.inbound, rules.outbound)
+    proc = RuleProcessor()
+    memberships = Memberships()
+    proc.update({"everyone": spec})
+    memberships.update(memberships.changes_for({"everyone": spec}, proc.groups, proc.referenced))
+    joined = GroupSpec("everyone", dict(members, newcomer=("10.200.0.1",)), rules.inbound, rules.outbound)
+    start = time.perf_counter()
+    batch = {"everyone": joined}
+    changes = proc.update(batch)
+    membership = memberships.update(memberships.changes_for(batch, proc.groups, proc.referenced))
+    now = messages.now_ms()
+    size_bytes = sum(len(ep.encode()) + len(aclupdate_body(a, now)) for ep, a in changes.items())
+    size_bytes += sum(len(messages.members_topic(g)) + len(messages.encode(m)) for g, m in membership)
+    return len(changes), len(membership), size_bytes, (time.perf_counter() - start) * 1000
+
+
+def bench_join_sizes(sizes: list[int]) -> None:
+    for size in sizes:
+        acls, member_msgs, size_bytes, ms = published_by_join(size)
+        print(f"one endpoint joins a group of {size}: {acls} ACLUPDATE(s) + {member_msgs} membership message(s), "
+              f"{size_bytes:,} bytes published in all, {ms:.2f} ms to compute and serialise")
+
+
 def bench_process(expected_join: int) -> None:
     import zmq
     tmp = tempfile.mkdtemp(prefix="acl-bench-")
@@ -213,7 +247,9 @@ def bench_process(expected_join: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-process", action="store_true", help="only the pure core, no ZeroMQ process")
+    parser.add_argument("--join-sizes", default="1000,4000", help="single-group sizes to join (%(default)s)")
     args = parser.parse_args()
+    bench_join_sizes([int(n) for n in args.join_sizes.split(",") if n])
     print(f"{ENDPOINTS} endpoints in {GROUPS} groups (every tenth in two groups, every fifth dual-stack)")
     joins = bench_core()
     if not args.no_process:

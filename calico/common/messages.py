@@ -1,6 +1,6 @@
 """The wire protocol: every message type, its fields, and their checks.
 
-All components speak JSON objects over ZeroMQ (DESIGN section 4).  This module
+All components speak JSON objects over ZeroMQ (docs/protocol.md).  This module
 is the only place that knows what a valid message looks like: ``decode``
 turns raw bytes into a checked ``dict`` or raises ``MessageError`` with a
 one-line reason naming the field; ``make`` builds outgoing messages with the
@@ -40,7 +40,7 @@ from calico.common.validation import (
     shown,
 )
 
-# Fixed ports (DESIGN section 4).
+# Fixed ports (docs/protocol.md, "Ports").
 PORT_EP_RESYNC = 9901        # plugin (ep) REP  <- Felix REQ
 PORT_EP_FELIX = 9902         # Felix REP        <- plugin REQ
 PORT_NET_REQ = 9903          # plugin (net) REP <- ACL manager REQ

@@ -4,7 +4,7 @@ A rule allows traffic to or from a SOURCE (another group, or a CIDR),
 optionally narrowed to a protocol and a port or port range, or for ICMP to a
 type and code.  The same ``Rule`` is parsed from the cluster file's text
 syntax (``group:web tcp 80``), carried on the wire as a JSON object
-(DESIGN section 4) and finally rendered into ipset entries by Felix.
+(docs/protocol.md) and finally rendered into ipset entries by Felix.
 
 Keeping one immutable, hashable model means rule sets compare with ``==``
 and ACL changes can be detected without any rendering.

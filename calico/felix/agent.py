@@ -1,8 +1,8 @@
 """Felix's agent: one event loop between the control plane and the dataplane.
 
-Four sockets (DESIGN section 4): a REQ to the plugin (RESYNCSTATE), a REP on
-which the plugin pushes endpoints, a REQ to the ACL manager (GETACLSTATE) and
-a SUB on which the ACLs arrive.  Handlers only record intent in the
+Four sockets (docs/protocol.md): a REQ to the plugin (RESYNCSTATE), a REP on
+which the plugin pushes endpoints, a REQ to the ACL manager (GETGROUPMEMBERS
+after a gap) and a SUB on which the ACLs and group members arrive.  Handlers only record intent in the
 ``EndpointTable`` and mark the desired state dirty; a timer registered last
 then hands the whole desired state to ``dataplane.apply`` once, so every
 message that was ready in one poll costs one kernel pass.

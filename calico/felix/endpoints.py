@@ -13,7 +13,7 @@ allow.  A rule whose CIDR is of the other family than the list it sits in
 is skipped the same way.  Group rules are kept as they are: Felix matches
 them against the group's shared set (``groups``, ``ipsets``).
 
-A resync (DESIGN section 4) is tracked by ``Resync``: the plugin announces
+A resync (docs/protocol.md, "Endpoints: plugin and Felix") is tracked by ``Resync``: the plugin announces
 how many endpoints it will send and then sends them, in any order relative
 to its reply.  Endpoints created or updated live while a resync is running
 are current too, so they are kept even though the resync does not count

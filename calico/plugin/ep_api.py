@@ -1,9 +1,9 @@
 """The endpoint API: tell each Felix which endpoints its host owns.
 
-Two directions (DESIGN section 4).  Felix asks on our REP socket (port
-9901): RESYNCSTATE is answered with the host's endpoint count, and the
-endpoints themselves follow as ENDPOINTCREATED messages carrying the resync
-id; HEARTBEAT is answered.  We push on one REQ channel per ``[felix]`` host
+Two directions (docs/protocol.md, "Endpoints: plugin and Felix").  Felix
+asks on our REP socket (port 9901): RESYNCSTATE is answered with the host's
+endpoint count, and the endpoints themselves follow as ENDPOINTCREATED
+messages carrying the resync id; HEARTBEAT is answered.  We push on one REQ channel per ``[felix]`` host
 (the host's ip, port 9902): ENDPOINTCREATED / UPDATED / DESTROYED as soon as
 the data directory says so.
 
