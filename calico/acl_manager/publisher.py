@@ -114,21 +114,27 @@ class AclPublisher:
         self.publish_members(group, msg)
 
     def _on_subscriptions(self) -> None:
+        # A GROUPMEMBERS reaches every subscriber of the group, so the
+        # subscriptions read in one wake-up (many Felixes reconnecting at
+        # once) are answered with one copy per group.
+        groups: dict[str, None] = {}
         for _ in range(MAX_BATCH):
             try:
                 frame = self.pub.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             if not frame or frame[0] != _SUBSCRIBE:
                 continue  # an unsubscription (or nothing): nothing to answer
-            self._on_subscribe(frame[1:])
+            self._on_subscribe(frame[1:], groups)
+        for group in groups:
+            self._publish_snapshot(group, "subscription")
 
-    def _on_subscribe(self, topic: bytes) -> None:
+    def _on_subscribe(self, topic: bytes, groups: dict[str, None]) -> None:
         if topic == messages.TOPIC_ACL_HEARTBEAT:
             return
         group = messages.group_of_topic(topic)
         if group is not None:
-            self._publish_snapshot(group, "subscription")
+            groups[group] = None
             return
         try:
             endpoint_id = check_endpoint_id(topic.decode("ascii"))

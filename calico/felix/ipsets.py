@@ -105,8 +105,10 @@ _GROUP_NAME_MAX = 28 - len(f"{SET_PREFIX}4g-")
 
 
 def group_set_name(group: str, version: int) -> str:
-    """The shared set of a group's members of one family."""
-    if len(group) <= _GROUP_NAME_MAX:
+    """The shared set of a group's members of one family.  A name that ends
+    like a temporary twin (group ``web-t`` would be ``web``'s) is hashed too:
+    a hex digest never ends in ``-t``."""
+    if len(group) <= _GROUP_NAME_MAX and not group.endswith(TEMP_SUFFIX):
         return f"{SET_PREFIX}{version}g-{group}"
     return f"{SET_PREFIX}{version}h-{hashlib.sha256(group.encode()).hexdigest()[:_GROUP_NAME_MAX]}"
 

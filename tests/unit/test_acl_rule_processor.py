@@ -1,4 +1,8 @@
-"""The ACL manager's pure core: per-endpoint ACLs from groups."""
+"""The ACL manager's pure core: per-endpoint ACLs from groups.
+
+Group rules stay references to the group (in both families): an endpoint's
+ACLs depend only on its own groups' rules, never on who is in a group
+(members travel separately, ``test_acl_memberships``)."""
 
 import logging
 
@@ -32,22 +36,21 @@ def acls_wire(v4_in=(), v4_out=(), v6_in=(), v6_out=()):
     return {"v4": family(v4_in, v4_out), "v6": family(v6_in, v6_out)}
 
 
-def test_default_rules_expand_members_per_family_including_self():
+def test_default_rules_name_the_group_in_both_families_and_expand_no_member():
     proc = RuleProcessor()
     changes = proc.set_group("web", spec("web", {"a": ["192.168.1.1", "fd00::1"], "b": ["192.168.1.2"]}))
     assert set(changes) == {"a", "b"}
     assert changes["a"].to_wire() == acls_wire(
-        v4_in=["192.168.1.1/32", "192.168.1.2/32"],
-        v4_out=["0.0.0.0/0", "192.168.1.1/32", "192.168.1.2/32"],
-        v6_in=["fd00::1/128"],
-        v6_out=["::/0", "fd00::1/128"],
+        v4_in=["group:web"],
+        v4_out=["0.0.0.0/0", "group:web"],
+        v6_in=["group:web"],
+        v6_out=["::/0", "group:web"],
     )
-    # Every member of a group gets the same ACLs.
+    # Every member of a group gets the same ACLs, and no member's address is in them.
     assert changes["b"] == changes["a"]
-    for family in ("v4", "v6"):
-        for direction in ("inbound", "outbound"):
-            for rule in changes["a"].to_wire()[family][direction]:
-                assert rule["group"] is None and rule["cidr"]
+    assert b"192.168.1" not in changes["a"].wire_json and b"fd00::1" not in changes["a"].wire_json
+    assert changes["a"].to_wire()["v4"]["inbound"] == [{"group": "web", "cidr": None, "protocol": None,
+                                                        "port": None}]
 
 
 def test_union_of_groups_with_ports_and_cidrs():
@@ -57,16 +60,19 @@ def test_union_of_groups_with_ports_and_cidrs():
         "web", {"w1": ["192.168.1.1"], "o1": ["10.0.0.1"]},
         inbound="0.0.0.0/0 tcp 80; group:ops tcp 8000-8080; 2001:db8::/32 udp 53",
         outbound="group:web"))
-    # o1 is in both groups: the union; w1 only web's rules.
+    # o1 is in both groups: the union; w1 only web's rules.  CIDR rules sort
+    # before group rules; group rules apply to both families.
     assert changes["o1"].to_wire() == acls_wire(
-        v4_in=["0.0.0.0/0 tcp 80", "10.0.0.1/32", "10.0.0.1/32 tcp 8000-8080"],
-        v4_out=["0.0.0.0/0", "10.0.0.1/32", "192.168.1.1/32"],
-        v6_in=["2001:db8::/32 udp 53"],
+        v4_in=["0.0.0.0/0 tcp 80", "group:ops", "group:ops tcp 8000-8080"],
+        v4_out=["0.0.0.0/0", "group:web"],
+        v6_in=["2001:db8::/32 udp 53", "group:ops", "group:ops tcp 8000-8080"],
+        v6_out=["group:web"],
     )
     assert changes["w1"].to_wire() == acls_wire(
-        v4_in=["0.0.0.0/0 tcp 80", "10.0.0.1/32 tcp 8000-8080"],
-        v4_out=["10.0.0.1/32", "192.168.1.1/32"],
-        v6_in=["2001:db8::/32 udp 53"],
+        v4_in=["0.0.0.0/0 tcp 80", "group:ops tcp 8000-8080"],
+        v4_out=["group:web"],
+        v6_in=["2001:db8::/32 udp 53", "group:ops tcp 8000-8080"],
+        v6_out=["group:web"],
     )
 
 
@@ -80,15 +86,16 @@ def test_duplicate_rules_across_groups_are_merged():
 
 
 @pytest.mark.parametrize("rule_text, v4, v6", [
-    ("group:g icmp", "10.0.0.1/32 icmp", "fd00::1/128 icmpv6"),
-    ("group:g icmp 8", "10.0.0.1/32 icmp 8", "fd00::1/128 icmpv6 128"),
-    ("group:g icmp 0/0", "10.0.0.1/32 icmp 0/0", "fd00::1/128 icmpv6 129/0"),
-    ("group:g icmp 3/1", "10.0.0.1/32 icmp 3/1", None),      # codes differ between families
-    ("group:g icmp 13", "10.0.0.1/32 icmp 13", None),        # timestamp: no ICMPv6 counterpart
-    ("group:g icmpv6", None, "fd00::1/128 icmpv6"),
-    ("group:g icmpv6 135", None, "fd00::1/128 icmpv6 135"),
-    ("group:g 47", "10.0.0.1/32 47", "fd00::1/128 47"),
-    ("group:g udp 53", "10.0.0.1/32 udp 53", "fd00::1/128 udp 53"),
+    ("group:g icmp", "group:g icmp", "group:g icmpv6"),
+    ("group:g icmp 8", "group:g icmp 8", "group:g icmpv6 128"),
+    ("group:g icmp 0/0", "group:g icmp 0/0", "group:g icmpv6 129/0"),
+    ("group:g icmp 3/1", "group:g icmp 3/1", None),      # codes differ between families
+    ("group:g icmp 13", "group:g icmp 13", None),        # timestamp: no ICMPv6 counterpart
+    ("group:g icmpv6", None, "group:g icmpv6"),
+    ("group:g icmpv6 135", None, "group:g icmpv6 135"),
+    ("group:g 47", "group:g 47", "group:g 47"),
+    ("group:g udp 53", "group:g udp 53", "group:g udp 53"),
+    ("group:g tcp 8000-8080", "group:g tcp 8000-8080", "group:g tcp 8000-8080"),
     ("::/0 icmp", None, "::/0 icmpv6"),
     ("0.0.0.0/0 icmpv6", None, None),
 ])
@@ -105,13 +112,35 @@ def test_rule_for_family_keeps_rule_objects_valid():
     assert rule == Rule(group="g", protocol="icmpv6", icmp_type=128, icmp_code=0)
 
 
-def test_reference_to_unknown_group_expands_to_nothing_until_it_appears():
+def test_reference_to_unknown_group_is_kept_and_its_appearance_changes_no_referrer():
     proc = RuleProcessor()
     changes = proc.set_group("web", spec("web", {"w": ["10.0.0.1"]}, inbound="group:ops tcp 22", outbound=""))
-    assert changes["w"] == EMPTY_ACLS and proc.acls["w"] == EMPTY_ACLS
+    assert changes["w"].to_wire() == acls_wire(v4_in=["group:ops tcp 22"], v6_in=["group:ops tcp 22"])
+    assert proc.referenced == {"ops"}
     changes = proc.set_group("ops", spec("ops", {"o": ["10.0.0.9"]}, inbound="", outbound=""))
-    assert changes["w"].to_wire() == acls_wire(v4_in=["10.0.0.9/32 tcp 22"])
+    assert set(changes) == {"o"}  # w's ACLs already name ops: nothing to republish
     assert changes["o"] == EMPTY_ACLS
+    assert proc.acls["w"].to_wire() == acls_wire(v4_in=["group:ops tcp 22"], v6_in=["group:ops tcp 22"])
+
+
+def test_group_rules_sort_after_cidr_rules_then_by_group_name():
+    proc = RuleProcessor()
+    changes = proc.set_group("g", spec("g", {"e": ["10.0.0.1"]},
+                                       inbound="group:zz; 10.0.0.0/8; group:aa tcp 80; group:aa; group:aa udp 53",
+                                       outbound=""))
+    assert [str(r) for r in changes["e"].v4_inbound] == [
+        "10.0.0.0/8", "group:aa", "group:aa tcp 80", "group:aa udp 53", "group:zz"]
+    assert [str(r) for r in changes["e"].v6_inbound] == ["group:aa", "group:aa tcp 80", "group:aa udp 53",
+                                                         "group:zz"]
+
+
+def test_referenced_is_the_groups_some_known_groups_rules_name():
+    proc = big_cluster()
+    assert proc.referenced == {"web", "db", "ops"}
+    proc.set_group("db", None)  # the only group naming ops
+    assert proc.referenced == {"web", "ops"}  # ops still names itself
+    proc.set_group("ops", spec("ops", {}))
+    assert proc.referenced == {"web"}
 
 
 def test_bad_rule_is_skipped_once_logged_and_rest_of_group_stands(caplog):
@@ -143,16 +172,27 @@ def big_cluster():
     return proc
 
 
-def test_join_recomputes_only_the_group_and_publishes_only_changes():
+def test_join_recomputes_and_publishes_only_the_newcomer_even_into_a_named_group():
     proc = big_cluster()
-    web_before = proc.acls["w0"]
+    before = dict(proc.acls)
     members = dict(proc.groups["ops"].members, o9=("10.0.3.9",))
     changes = proc.set_group("ops", spec("ops", members))
-    # ops members (their group:ops rules grew) and db members (group:ops tcp 5432).
-    assert set(changes) == {f"o{i}" for i in range(4)} | {"o9"} | {f"d{i}" for i in range(4)}
-    assert proc.recomputed == 9
-    assert proc.acls["w0"] is web_before
-    assert "10.0.3.9/32 tcp 5432" in [str(r) for r in changes["d0"].v4_inbound]
+    # Neither the other ops members (group:ops rules) nor db's (group:ops tcp 5432) change.
+    assert list(changes) == ["o9"]
+    assert proc.recomputed == 1
+    assert changes["o9"] == proc.acls["o0"]
+    assert all(proc.acls[ep] is acls for ep, acls in before.items())
+    assert [str(r) for r in proc.acls["d0"].v4_inbound] == ["group:db", "group:ops tcp 5432"]
+
+
+def test_join_into_a_group_of_thousands_costs_one_endpoint():
+    proc = RuleProcessor()
+    big = {f"m{i}": [f"10.1.{i // 250}.{i % 250 + 1}"] for i in range(4000)}
+    proc.set_group("big", spec("big", big))
+    proc.set_group("client", spec("client", {"c": ["10.2.0.1"]}, inbound="group:big tcp 443", outbound=""))
+    changes = proc.set_group("big", spec("big", dict(big, joiner=["10.9.9.9"])))
+    assert list(changes) == ["joiner"] and proc.recomputed == 1
+    assert changes["joiner"].rule_count == 6  # the default rules: 2 inbound, 4 outbound
 
 
 def test_join_of_group_nobody_references_touches_only_the_newcomer():
@@ -171,28 +211,33 @@ def test_unchanged_group_and_unchanged_acls_are_not_republished():
     changes = proc.set_group("db", spec("db", {f"d{i}": [f"10.0.2.{i}"] for i in range(4)},
                                         inbound="group:ops tcp 5432; group:db; group:db", outbound="group:db"))
     assert changes == {}
-    # An address change of a member of a group nobody names (web names itself: its members change).
+    # A member's address changes: nobody's ACLs change (the address travels
+    # as a membership change instead).
     members = dict(proc.groups["web"].members, w3=("10.0.1.33",))
-    changes = proc.set_group("web", spec("web", members))
+    assert proc.set_group("web", spec("web", members)) == {}
+    # A rule change reaches every member of the group, and only them.
+    changes = proc.set_group("web", spec("web", members, inbound="group:web tcp 80"))
     assert set(changes) == {"w0", "w1", "w2", "w3"}
+    assert [str(r) for r in changes["w0"].v4_inbound] == ["group:web tcp 80"]
 
 
 def test_leaving_every_group_publishes_empty_acls_once_then_forgets():
     proc = big_cluster()
     members = {ep: ips for ep, ips in proc.groups["web"].members.items() if ep != "w3"}
     changes = proc.set_group("web", spec("web", members))
-    assert changes["w3"] == EMPTY_ACLS
+    assert changes == {"w3": EMPTY_ACLS}  # the others' ACLs do not depend on who is in web
     assert EMPTY_ACLS.to_wire() == acls_wire()
     assert proc.acls_for("w3") is None
-    assert [r.cidr for r in changes["w0"].v4_inbound] == ["10.0.1.0/32", "10.0.1.1/32", "10.0.1.2/32"]
+    assert proc.set_group("web", spec("web", members)) == {}  # once
+    assert [str(r) for r in proc.acls["w0"].v4_inbound] == ["group:web"]
 
 
 def test_group_deletion_by_empty_members_and_by_none():
     proc = big_cluster()
     changes = proc.set_group("ops", spec("ops", {}))
-    assert {ep for ep, acls in changes.items() if acls == EMPTY_ACLS} == {f"o{i}" for i in range(4)}
-    # db's rule naming ops expands to nothing now.
-    assert [str(r) for r in changes["d0"].v4_inbound] == [f"10.0.2.{i}/32" for i in range(4)]
+    assert changes == {f"o{i}": EMPTY_ACLS for i in range(4)}
+    # db's rule still names ops (now empty): db's ACLs are unchanged.
+    assert [str(r) for r in proc.acls["d0"].v4_inbound] == ["group:db", "group:ops tcp 5432"]
     changes = proc.set_group("db", None)
     assert set(changes) == {f"d{i}" for i in range(4)}
     assert sorted(proc.acls) == [f"w{i}" for i in range(4)]
@@ -238,7 +283,11 @@ def test_batch_update_equals_one_by_one_and_reports_each_endpoint_once():
     changes = batched.update(specs)
     assert batched.acls == one_by_one.acls
     assert set(changes) == {"w1", "d1", "both"} and batched.recomputed == 3
-    # A batch deleting one group and changing another.
+    # In both groups: the union of their rules.
+    assert [str(r) for r in batched.acls["both"].v4_inbound] == ["group:db tcp 80", "group:web",
+                                                                   "group:web tcp 5432"]
+    # A batch deleting one group and changing another's rules (back to the defaults).
     changes = batched.update({"db": None, "web": spec("web", {"w1": ["10.0.1.1"]})})
+    assert set(changes) == {"d1", "both", "w1"}
     assert changes["d1"] == EMPTY_ACLS and changes["both"] == EMPTY_ACLS
-    assert [str(r) for r in changes["w1"].v4_inbound] == ["10.0.1.1/32"]
+    assert [str(r) for r in changes["w1"].v4_inbound] == ["group:web"]

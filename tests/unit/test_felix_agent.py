@@ -1,9 +1,14 @@
 """Felix's agent loop with a fake dataplane, peers on inproc ZeroMQ, a fake clock.
 
-The peers are real ZeroMQ sockets (REP, REQ, ROUTER, PUB) speaking the wire
+The peers are real ZeroMQ sockets (REP, REQ, ROUTER, XPUB) speaking the wire
 protocol; only the dataplane is a recording fake and time is a counter, so
 every timer (resync, retry, back-off, connection loss) is exercised without
 sleeping and without root.
+
+The fake ACL manager's publisher is an XPUB, like the real one: it sees
+every subscription and unsubscription Felix makes, and answers each
+subscription with whatever state the test gave it for that topic (an
+endpoint's ACLUPDATE, a group's GROUPMEMBERS), as the real one does.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class FakeDataplane:
     def __init__(self) -> None:
         self.started = 0
         self.applied: list[dict] = []
+        self.groups: list[dict] = []  # the group members handed over with each pass
         self.forgets = 0
         self.missing: set[str] = set()
         self.failures_left = 0
@@ -47,11 +53,12 @@ class FakeDataplane:
     def start(self) -> None:
         self.started += 1
 
-    def apply(self, desired):
+    def apply(self, desired, groups):
         if self.failures_left:
             self.failures_left -= 1
             raise OSError("netlink said no")
         self.applied.append(dict(desired))
+        self.groups.append(dict(groups))
         return self.missing & set(desired)
 
     def forget_kernel_cache(self) -> None:
@@ -68,6 +75,22 @@ def endpoint(msg_type=messages.ENDPOINTCREATED, endpoint_id="ep1", addr="192.168
 
 ALLOW_10 = {"v4": {"inbound": [{"cidr": "10.0.0.0/8", "protocol": "tcp", "port": 80}], "outbound": [],
                    "inbound_default": "deny", "outbound_default": "allow"}}
+# The seed's default rules as the ACL manager sends them: the group, by name, in both families.
+WEB_ACLS = {family: {"inbound": [{"group": "web"}], "outbound": [{"group": "web"}, {"cidr": any_net}],
+                     "inbound_default": "deny", "outbound_default": "deny"}
+            for family, any_net in (("v4", "0.0.0.0/0"), ("v6", "::/0"))}
+EPOCH = "e1"
+WEB_TOPIC = b":members:web:"
+
+
+def groupmembers(group="web", addrs=(), seq=1, epoch=EPOCH) -> bytes:
+    return messages.encode(messages.make(messages.GROUPMEMBERS, group=group, epoch=epoch, seq=seq,
+                                         addrs=list(addrs)))
+
+
+def membersupdate(group="web", seq=2, added=(), removed=(), epoch=EPOCH) -> bytes:
+    return messages.encode(messages.make(messages.MEMBERSUPDATE, group=group, epoch=epoch, seq=seq,
+                                         added=list(added), removed=list(removed)))
 
 
 class Harness:
@@ -85,7 +108,12 @@ class Harness:
         self.plugin_rep = self._socket(zmq.ROUTER, bind=addresses.plugin)
         self._plugin_peer: list[bytes] = []
         self.acl_router = self._socket(zmq.ROUTER, bind=addresses.acl_req)
-        self.acl_pub = self._socket(zmq.PUB, bind=addresses.acl_pub)
+        self.addresses = addresses
+        self.acl_pub = self._xpub()
+        # What the fake ACL manager answers a subscription to a topic with.
+        self.acl_state: dict[bytes, bytes] = {}
+        self.sub_log: list[tuple[str, bytes]] = []  # ("+" or "-", topic), in order
+        self.topics: set[bytes] = set()              # Felix's subscriptions now
         values = dict(felix_hostname="host-1", connection_timeout_millis=6000,
                       connection_keepalive_interval_millis=2000, resync_interval_secs=1800,
                       endpoint_retry_time_millis=500)
@@ -96,6 +124,12 @@ class Harness:
                            loop=EventLoop(clock=self.clock), cluster=cluster)
         self.plugin_req = self._socket(zmq.REQ, connect=addresses.endpoints)
         self._acl_held: list[bytes] | None = None
+
+    def _xpub(self):
+        sock = self._socket(zmq.XPUB)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # as the real one: every subscription, repeats too
+        sock.bind(self.addresses.acl_pub)
+        return sock
 
     def _socket(self, kind, bind=None, connect=None):
         sock = self.ctx.socket(kind)
@@ -115,6 +149,7 @@ class Harness:
     def step(self, rounds: int = 3) -> None:
         for _ in range(rounds):
             self.agent.loop.run_once(max_wait=0.0)
+            self.serve_subscriptions()
 
     def pump_until(self, condition, what: str, timeout: float = 5.0):
         deadline = time.monotonic() + timeout
@@ -125,6 +160,7 @@ class Harness:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
             self.agent.loop.run_once(max_wait=0.01)
+            self.serve_subscriptions()
 
     def advance(self, seconds: float) -> None:
         self.clock.now += seconds
@@ -170,25 +206,83 @@ class Harness:
 
     # --- fake ACL manager ----------------------------------------------------------
 
-    def acl_requests(self, answer: bool = True) -> list[str]:
-        """GETACLSTATE requests waiting now (answered one by one, as a ROUTER does)."""
-        ids = []
+    def serve_subscriptions(self) -> None:
+        """Take every (un)subscription the XPUB has seen; answer each
+        subscription to a topic we hold state for, as the real publisher does."""
+        while self.acl_pub.poll(0):
+            frame = self.acl_pub.recv()
+            sign, topic = ("+" if frame[:1] == b"\x01" else "-"), frame[1:]
+            self.sub_log.append((sign, topic))
+            if sign == "+":
+                self.topics.add(topic)
+                if topic in self.acl_state:
+                    self.acl_pub.send_multipart([topic, self.acl_state[topic]])
+            else:
+                self.topics.discard(topic)
+
+    def subscribed(self, sign: str, topic: bytes) -> int:
+        """How many times Felix (un)subscribed to a topic so far."""
+        return self.sub_log.count((sign, topic))
+
+    def know_acls(self, endpoint_id: str, acls: dict) -> None:
+        self.acl_state[endpoint_id.encode()] = messages.encode(messages.make(messages.ACLUPDATE, acls=acls))
+
+    def know_members(self, group: str, addrs=(), seq: int = 1, epoch: str = EPOCH) -> None:
+        self.acl_state[messages.members_topic(group)] = groupmembers(group, addrs, seq, epoch)
+
+    def restart_acl_manager(self) -> None:
+        """A new publisher on the same address: it knows no subscription."""
+        self.acl_pub.unbind(self.addresses.acl_pub)  # at once: close releases the address later
+        self.acl_pub.close(linger=0)
+        self.acl_pub = self._xpub()
+        self.topics.clear()
+
+    def acl_requests(self, answer: bool = True, publish: bool = False) -> list[tuple[str, str]]:
+        """Requests other than HEARTBEAT waiting now, as (type, group or
+        endpoint id), answered one by one as a ROUTER does.  ``publish``:
+        after acknowledging a GETGROUPMEMBERS, publish the group's state as
+        the real ACL manager does."""
+        asked = []
         while True:
             if self._acl_held is not None and answer:  # one left unanswered before
                 self.acl_router.send_multipart(self._acl_held)
                 self._acl_held = None
             self.step()
             if not self.acl_router.poll(0):
-                return ids
+                return asked
             identity, empty, body = self.acl_router.recv_multipart()
-            msg = messages.decode_request(body, {messages.GETACLSTATE, messages.HEARTBEAT})
+            msg = messages.decode_request(body, {messages.GETACLSTATE, messages.GETGROUPMEMBERS,
+                                                 messages.HEARTBEAT})
+            fields = {}
             if msg["type"] == messages.GETACLSTATE:
-                ids.append(msg["endpoint_id"])
-            answer_frames = [identity, empty, messages.encode(messages.reply(msg["type"]))]
+                asked.append((msg["type"], msg["endpoint_id"]))
+            elif msg["type"] == messages.GETGROUPMEMBERS:
+                asked.append((msg["type"], msg["group"]))
+                fields = {"group": msg["group"]}
+            answer_frames = [identity, empty, messages.encode(messages.reply(msg["type"], **fields))]
             if not answer:
                 self._acl_held = answer_frames
-                return ids
+                return asked
             self.acl_router.send_multipart(answer_frames)
+            topic = messages.members_topic(msg["group"]) if "group" in fields else None
+            if publish and topic in self.acl_state:
+                self.acl_pub.send_multipart([topic, self.acl_state[topic]])
+
+    def refuse_acl_request(self) -> dict:
+        """Answer the next request INVALID; returns it."""
+        while True:
+            self.step()
+            if self.acl_router.poll(0):
+                identity, empty, body = self.acl_router.recv_multipart()
+                msg = messages.json.loads(body)
+                if msg["type"] == messages.HEARTBEAT:
+                    self.acl_router.send_multipart([identity, empty, messages.encode(
+                        messages.reply(messages.HEARTBEAT))])
+                    continue
+                self.acl_router.send_multipart([identity, empty, messages.encode(
+                    messages.reply(msg["type"], messages.RC_INVALID, "no such group"))])
+                self.step()
+                return msg
 
     def publish(self, topic: str | bytes, body: bytes) -> None:
         topic = topic.encode() if isinstance(topic, str) else topic
@@ -198,12 +292,23 @@ class Harness:
     def publish_acls(self, endpoint_id: str, acls: dict) -> None:
         self.publish(endpoint_id, messages.encode(messages.make(messages.ACLUPDATE, acls=acls)))
 
+    def publish_members(self, body: bytes, group: str = "web") -> None:
+        self.publish(messages.members_topic(group), body)
+
     def heartbeat(self) -> None:
         self.publish(messages.TOPIC_ACL_HEARTBEAT, messages.encode(messages.make(messages.HEARTBEAT)))
 
     @property
     def last_desired(self) -> dict:
         return self.dataplane.applied[-1]
+
+    @property
+    def last_groups(self) -> dict:
+        return self.dataplane.groups[-1]
+
+    @property
+    def passes(self) -> int:
+        return len(self.dataplane.applied)
 
 
 @pytest.fixture
@@ -217,12 +322,13 @@ def h():
 
 
 def synced(h: Harness, *endpoint_msgs, acls: dict | None = ALLOW_10) -> None:
-    """Complete the start-up resync and give every endpoint ACLs."""
+    """Complete the start-up resync; the fake ACL manager knows every
+    endpoint's ACLs, so the subscription Felix makes is answered with them."""
+    if acls is not None:
+        for msg in endpoint_msgs:
+            h.know_acls(msg["endpoint_id"], acls)
     h.resync(*endpoint_msgs)
     h.heartbeat()
-    for msg in endpoint_msgs:
-        if acls is not None:
-            h.publish_acls(msg["endpoint_id"], acls)
     h.acl_requests()
     h.step()
 
@@ -339,7 +445,8 @@ def test_live_create_update_destroy_replies(h):
     synced(h)
     create = h.request(endpoint(endpoint_id="x"))
     assert create == {"type": "ENDPOINTCREATED", "rc": "SUCCESS", "message": ""}
-    assert h.acl_requests() == ["x"]  # subscribed first, then asked
+    h.step()
+    assert b"x" in h.topics and h.acl_requests() == []  # subscribed, nothing asked
     again = h.request(endpoint(endpoint_id="x", addr="192.168.1.7"))  # CREATED of a known one: an update
     assert again["rc"] == "SUCCESS"
     assert h.agent.table.get("x").addrs == ("192.168.1.7",)
@@ -408,7 +515,7 @@ def test_one_info_line_per_endpoint_event(h, caplog):
 def test_aclupdate_with_malformed_rules_keeps_the_valid_ones_and_logs_once(h, caplog):
     synced(h, endpoint(endpoint_id="a"), acls=None)
     acls = {"v4": {"inbound": [{"cidr": "10.0.0.999"}, {"cidr": "10.0.0.1", "protocol": "tcp", "port": 22},
-                               {"group": "web"}],
+                               {"group": "bad name"}],
                    "outbound": [{"cidr": "fd00::1"}]}}
     with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
         h.publish_acls("a", acls)
@@ -474,6 +581,229 @@ def test_nothing_changed_means_no_pass(h):
     assert len(h.dataplane.applied) == applied
 
 
+# --- group members -----------------------------------------------------------------
+
+WEB_IN = (Rule(group="web"),)
+
+
+def web_synced(h: Harness, *endpoint_msgs, addrs=("10.1.0.1",), seq: int = 1) -> None:
+    """Synced with every endpoint in group web, whose members the ACL manager knows."""
+    h.know_members("web", addrs, seq)
+    synced(h, *(endpoint_msgs or (endpoint(endpoint_id="a"),)), acls=WEB_ACLS)
+
+
+def test_the_first_pass_waits_for_acls_and_group_members_then_programs_both_at_once(h):
+    web_synced(h, addrs=["10.1.0.1", "fd00:1::1"])
+    assert h.passes == 1
+    acls = h.last_desired["a"].acls
+    assert acls.v4.inbound == WEB_IN and acls.v6.inbound == WEB_IN  # kept as a reference to the group
+    assert acls.v4.outbound == (Rule(group="web"), Rule(cidr="0.0.0.0/0"))
+    assert h.last_groups == {"web": {"10.1.0.1", "fd00:1::1"}}
+    assert h.subscribed("+", WEB_TOPIC) == 1
+    assert h.acl_requests() == []  # the subscriptions brought everything
+
+
+def test_the_first_pass_waits_at_most_the_connection_timeout_for_group_members(h):
+    synced(h, endpoint(endpoint_id="a"), acls=WEB_ACLS)  # nobody answers for web
+    assert WEB_TOPIC in h.topics
+    h.step()
+    assert h.dataplane.applied == []
+    h.advance(6.0)
+    assert h.last_desired["a"].acls is None and h.last_groups == {}  # fail-closed, not open
+    h.publish_members(groupmembers(addrs=["10.1.0.1"]))
+    h.step()
+    assert h.last_desired["a"].acls.v4.inbound == WEB_IN
+    assert h.last_groups == {"web": {"10.1.0.1"}}
+
+
+def test_an_endpoint_whose_acls_come_to_name_a_new_group_is_closed_until_its_members_arrive(h):
+    synced(h, endpoint(endpoint_id="a"))
+    assert h.last_desired["a"].acls.v4.inbound == (Rule(cidr="10.0.0.0/8", protocol="tcp", port=80),)
+    h.publish_acls("a", WEB_ACLS)
+    h.step()
+    assert WEB_TOPIC in h.topics
+    assert h.last_desired["a"].acls is None and h.last_groups == {}
+    h.publish_members(groupmembers(addrs=["10.1.0.1"]))
+    h.step()
+    assert h.last_desired["a"].acls.v4.inbound == WEB_IN and h.last_groups == {"web": {"10.1.0.1"}}
+
+
+def test_a_group_is_subscribed_once_however_many_endpoints_name_it_and_dropped_when_none_does(h):
+    web_synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
+    assert h.subscribed("+", WEB_TOPIC) == 1
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    h.step()
+    assert WEB_TOPIC in h.topics and h.last_groups == {"web": {"10.1.0.1"}}  # b still names it
+    h.publish_acls("b", ALLOW_10)  # b's rules name no group now
+    h.step()
+    assert h.subscribed("-", WEB_TOPIC) == 1 and WEB_TOPIC not in h.topics
+    assert h.last_groups == {} and h.last_desired["b"].acls is not None
+    h.acl_pub.send_multipart([WEB_TOPIC, membersupdate(seq=2, added=["10.1.0.2"])])
+    assert h.agent.acl_socket.poll(200) == 0  # the publisher filters it out now
+    assert h.agent.groups.known() == {}
+
+
+def test_destroying_the_last_endpoint_naming_a_group_unsubscribes_it(h):
+    web_synced(h)
+    h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
+    h.step()
+    assert h.subscribed("-", WEB_TOPIC) == 1 and h.subscribed("-", b"a") == 1
+    assert h.last_desired == {} and h.last_groups == {}
+
+
+def test_acls_moving_from_one_group_to_another_swap_the_subscriptions(h):
+    web_synced(h)
+    h.know_members("db", ["10.2.0.1"])
+    h.publish_acls("a", {"v4": {"inbound": [{"group": "db", "protocol": "tcp", "port": 5432}]}})
+    h.step()
+    assert b":members:db:" in h.topics and WEB_TOPIC not in h.topics
+    assert h.last_desired["a"].acls.v4.inbound == (Rule(group="db", protocol="tcp", port=5432),)
+    assert h.last_groups == {"db": {"10.2.0.1"}}
+
+
+def test_a_membersupdate_one_past_what_was_applied_changes_the_group_and_nothing_else(h):
+    web_synced(h)
+    passes, spec = h.passes, h.last_desired["a"]
+    h.publish_members(membersupdate(seq=2, added=["10.1.0.2", "fd00:1::2"]))
+    h.step()
+    assert h.passes == passes + 1
+    assert h.last_groups == {"web": {"10.1.0.1", "10.1.0.2", "fd00:1::2"}}
+    assert h.last_desired["a"] == spec  # no endpoint changed
+    h.publish_members(membersupdate(seq=3, removed=["10.1.0.1"]))
+    h.step()
+    assert h.passes == passes + 2 and h.last_groups == {"web": {"10.1.0.2", "fd00:1::2"}}
+    assert h.acl_requests() == []
+
+
+def test_old_membersupdates_are_ignored(h):
+    web_synced(h, seq=4)
+    passes = h.passes
+    for seq in (4, 3, 1):
+        h.publish_members(membersupdate(seq=seq, removed=["10.1.0.1"], added=["10.1.0.66"]))
+    h.step()
+    assert h.passes == passes and h.last_groups == {"web": {"10.1.0.1"}}
+    assert h.acl_requests() == []
+
+
+def test_a_gap_keeps_the_members_and_asks_for_the_whole_group_once_until_answered(h, caplog):
+    web_synced(h)
+    passes = h.passes
+    with caplog.at_level(logging.INFO, logger="calico.felix.agent"):
+        h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))  # 2 was missed
+        h.publish_members(membersupdate(seq=4, added=["10.1.0.4"]))
+        h.step()
+    assert h.passes == passes  # the members we hold stay in force, neither widened nor emptied
+    assert h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert len([r for r in caplog.records if "missed a change" in r.getMessage()]) == 1
+    # The ACL manager acknowledges, then publishes the whole group.
+    h.know_members("web", ["10.1.0.2", "10.1.0.3", "10.1.0.4"], seq=4)
+    assert h.acl_requests(publish=True) == [("GETGROUPMEMBERS", "web")]  # one request for two gaps
+    h.step()
+    assert h.passes == passes + 1
+    assert h.last_groups == {"web": {"10.1.0.2", "10.1.0.3", "10.1.0.4"}}
+    h.publish_members(membersupdate(seq=5, added=["10.1.0.5"]))  # the sequence goes on from the snapshot
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5"}}
+    h.publish_members(membersupdate(seq=7, added=["10.1.0.7"]))  # a later gap asks again
+    assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]
+
+
+def test_a_groupmembers_answers_a_gap_even_before_the_request_is_acknowledged(h):
+    web_synced(h)
+    h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))
+    assert h.acl_requests(answer=False) == [("GETGROUPMEMBERS", "web")]  # in flight, unanswered
+    h.publish_members(groupmembers(addrs=["10.1.0.3"], seq=3))  # e.g. another host's subscription
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.3"}}
+    # A new gap is asked about again, though the first request is still unanswered.
+    h.publish_members(membersupdate(seq=5, added=["10.1.0.5"]))
+    assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]  # the held one answered, then this one
+
+
+def test_another_epoch_is_a_gap(h):
+    web_synced(h)
+    passes = h.passes
+    h.publish_members(membersupdate(seq=2, added=["10.1.0.2"], epoch="e2"))  # the ACL manager restarted
+    h.step()
+    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]
+
+
+def test_a_groupmembers_is_always_taken_older_or_of_another_epoch(h):
+    web_synced(h, seq=5)
+    h.publish_members(groupmembers(addrs=["10.1.0.2"], seq=2))
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.2"}}
+    h.publish_members(groupmembers(addrs=["10.1.0.3"], seq=1, epoch="e2"))
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.3"}}
+    h.publish_members(membersupdate(seq=2, epoch="e2", added=["10.1.0.4"]))
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.3", "10.1.0.4"}}
+    assert h.acl_requests() == []
+
+
+def test_a_groupmembers_changing_nothing_costs_no_pass_and_keeps_the_same_address_set(h):
+    web_synced(h)
+    passes, held = h.passes, h.last_groups["web"]
+    h.publish_members(groupmembers(addrs=["10.1.0.1"], seq=2))
+    h.step()
+    assert h.passes == passes
+    h.know_acls("b", ALLOW_10)
+    h.request(endpoint(endpoint_id="b", addr="192.168.1.2"))  # something else changes: a pass
+    h.step()
+    assert h.passes > passes and h.last_groups["web"] is held  # so the dataplane keeps its set as it is
+
+
+def test_a_membersupdate_before_the_first_groupmembers_is_ignored(h):
+    synced(h, endpoint(endpoint_id="a"), acls=WEB_ACLS)
+    h.advance(6.0)
+    passes = h.passes
+    h.publish_members(membersupdate(seq=2, added=["10.1.0.2"]))
+    h.step()
+    assert h.passes == passes and h.last_desired["a"].acls is None
+    assert h.acl_requests() == []  # the GROUPMEMBERS the subscription asked for is on its way
+
+
+def test_bad_membership_messages_keep_the_members_and_are_reported(h, caplog):
+    web_synced(h)
+    passes = h.passes
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        h.publish_members(b"{not json")
+        h.publish_members(groupmembers(group="db", addrs=["10.9.9.9"]))  # another group's, on web's topic
+        h.publish_members(messages.encode(messages.make(messages.ACLUPDATE, acls=ALLOW_10)))
+        h.publish_members(b'{"type":"GROUPMEMBERS","group":"web","epoch":"NOT-HEX","seq":2,"addrs":[]}')
+        h.publish_members(b'{"type":"MEMBERSUPDATE","group":"web","epoch":"e1","seq":2,"added":["0.0.0.0/0"],'
+                          b'"removed":[]}')
+        h.step()
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 5
+    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.acl_requests() == []
+    h.publish_members(membersupdate(seq=2, added=["10.1.0.2"]))  # the next good one still applies
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.1", "10.1.0.2"}}
+
+
+def test_membership_of_a_group_no_endpoint_here_names_is_ignored(h):
+    web_synced(h)
+    passes = h.passes
+    h.agent.handle_members("db", groupmembers(group="db", addrs=["10.2.0.1"]))
+    h.step()
+    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+
+
+def test_a_refused_getgroupmembers_is_reported_and_a_later_gap_asks_again(h, caplog):
+    web_synced(h)
+    h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))
+    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        refused = h.refuse_acl_request()
+    assert (refused["type"], refused["group"]) == ("GETGROUPMEMBERS", "web")
+    assert any("refused GETGROUPMEMBERS for group web" in r.getMessage() for r in caplog.records)
+    assert h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    h.publish_members(membersupdate(seq=4, added=["10.1.0.4"]))
+    assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]
+
+
 # --- lost peers -------------------------------------------------------------------------
 
 def test_plugin_lost_means_a_new_resync(h):
@@ -484,55 +814,62 @@ def test_plugin_lost_means_a_new_resync(h):
     assert msg["type"] == "RESYNCSTATE"
 
 
-def test_acl_manager_reset_asks_again_for_every_endpoint(h):
-    synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
-    h.request(endpoint(endpoint_id="c", addr="192.168.1.3"))
-    assert h.acl_requests(answer=False) == ["c"]  # left unanswered
-    h.advance(6.0)
-    assert sorted(h.acl_requests()) == ["a", "b", "c"]
-    assert h.last_desired["a"].acls is not None  # carries on with what it knew
-
-
-def test_acl_heartbeat_silence_asks_again_and_keeps_programmed_acls(h, caplog):
-    synced(h, endpoint(endpoint_id="a"))
-    applied = len(h.dataplane.applied)
-    h.acl_requests()
+def test_acl_silence_reopens_the_subscription_which_subscribes_to_everything_again(h, caplog):
+    h.know_members("web", ["10.1.0.1"])
+    synced(h, endpoint(endpoint_id="a"), acls=WEB_ACLS)
+    applied = h.passes
+    before = (h.last_desired["a"], h.last_groups)
+    assert h.subscribed("+", b"a") == 1 and h.subscribed("+", WEB_TOPIC) == 1
     with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
-        h.clock.now += 6.0
+        h.clock.now += 6.0  # not even a heartbeat for ConnectionTimeoutMillis
         h.step()
-        # The REQ keepalive is answered, only the PUB went quiet.
-        assert "a" in h.acl_requests()
     assert any("nothing heard" in r.getMessage() for r in caplog.records)
-    assert len(h.dataplane.applied) == applied  # programmed ACLs stay
-    # Back: whatever it published meanwhile was lost, so ask again.  (The
-    # silence also made the subscription afresh, and a new subscription
-    # takes a moment to reach the publisher: heartbeats until one arrives.)
-    asked: list[str] = []
-    for _ in range(200):
-        h.heartbeat()
-        asked = h.acl_requests()
-        if asked:
-            break
-        time.sleep(0.01)
-    assert asked == ["a"]
+    # A new SUB socket: every topic subscribed again, each answered with its
+    # state by the XPUB; nothing changed, so nothing to program.
+    assert h.subscribed("+", b"a") == 2 and h.subscribed("+", WEB_TOPIC) == 2
+    assert h.subscribed("+", messages.TOPIC_ACL_HEARTBEAT) == 2
+    assert {b"a", WEB_TOPIC, messages.TOPIC_ACL_HEARTBEAT} <= h.topics
+    h.step()
+    assert h.passes == applied and (h.last_desired["a"], h.last_groups) == before
+    assert h.acl_requests() == []  # no request: the subscriptions brought the state
 
 
-def test_endpoint_without_acls_is_asked_again_soon_then_every_timeout(h):
-    """An ACLUPDATE published before the subscription took effect is lost:
-    ask again within a fraction of a second, backing off to the timeout."""
+def test_a_restarted_acl_manager_hears_every_subscription_again_and_its_new_epoch_is_taken(h):
+    h.know_members("web", ["10.1.0.1"])
+    synced(h, endpoint(endpoint_id="a"), acls=WEB_ACLS)
+    h.restart_acl_manager()  # inproc never reconnects: only the reopened SUB reaches it
+    h.know_members("web", ["10.1.0.1", "10.1.0.2"], seq=1, epoch="e2")
+    h.advance(6.0)
+    assert {b"a", WEB_TOPIC} <= h.topics
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.1", "10.1.0.2"}}
+    assert h.last_desired["a"].acls is not None
+    h.publish_members(membersupdate(seq=2, epoch="e2", added=["10.1.0.3"]))
+    h.step()
+    assert h.last_groups == {"web": {"10.1.0.1", "10.1.0.2", "10.1.0.3"}}
+
+
+def test_endpoint_without_acls_is_never_asked_for_and_takes_them_when_published(h):
+    """No GETACLSTATE and no retry ladder: the subscription is the question."""
     synced(h, endpoint(endpoint_id="a"), acls=None)
-    h.acl_requests()
-    start = h.clock.now
-    asked_at = []
     for _ in range(200):  # 20 s of fake time in 0.1 s steps
         h.clock.now += 0.1
         h.heartbeat()
-        if h.acl_requests() == ["a"]:
-            asked_at.append(h.clock.now - start)
-    gaps = [b - a for a, b in zip([0.0] + asked_at, asked_at)]
-    assert gaps[0] <= 0.25, asked_at
-    assert all(later >= earlier - 0.15 for earlier, later in zip(gaps, gaps[1:])), gaps
-    assert 5.5 <= gaps[-1] <= 6.5, gaps  # capped at ConnectionTimeoutMillis (6 s here)
+        assert h.acl_requests() == []
+    assert h.last_desired["a"].acls is None
+    h.publish_acls("a", ALLOW_10)
+    h.step()
+    assert h.last_desired["a"].acls.v4.inbound == (Rule(cidr="10.0.0.0/8", protocol="tcp", port=80),)
+
+
+def test_an_acl_manager_reset_asks_again_for_members_still_missing(h):
+    h.know_members("web", ["10.1.0.1"])
+    synced(h, endpoint(endpoint_id="a"), acls=WEB_ACLS)
+    h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))  # a gap
+    assert h.acl_requests(answer=False) == [("GETGROUPMEMBERS", "web")]  # left unanswered
+    h.advance(6.0)
+    assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]  # asked again after the reset
+    assert h.last_groups == {"web": {"10.1.0.1"}}  # carries on with what it knew
 
 
 # --- dataplane results ------------------------------------------------------------------
@@ -591,17 +928,6 @@ def test_resync_with_nothing_changed_needs_no_pass(h):
     h.request(endpoint(endpoint_id="a", resync_id=resync_id))
     h.step()
     assert h.agent.resync is None and len(h.dataplane.applied) == applied
-
-
-def test_first_contact_asks_again_even_for_requests_already_queued(h):
-    resync_id = h.expect_resync()["resync_id"]
-    h.answer_resync(1)
-    h.request(endpoint(endpoint_id="a", resync_id=resync_id))
-    assert h.acl_requests() == ["a"]  # answered; its ACLUPDATE went to no subscriber
-    h.request(endpoint(endpoint_id="b", addr="192.168.1.2"))
-    assert h.acl_requests(answer=False) == ["b"]  # in flight when the first heartbeat comes
-    h.heartbeat()
-    assert sorted(h.acl_requests()) == ["a", "b"]  # b again, though it was in flight
 
 
 # --- cluster settings -------------------------------------------------------------------

@@ -70,14 +70,15 @@ def test_acls_from_wire_keeps_valid_rules():
     assert acls.v6.outbound == ()
 
 
-def test_acls_from_wire_skips_bad_group_and_wrong_family_rules():
+def test_acls_from_wire_skips_bad_and_wrong_family_rules():
     acls, problems = acls_from_wire({
         "v4": {"inbound": [{"cidr": "10.0.0.300"},                   # bad address
                            {"cidr": "10.0.0.2", "protocol": "tcp", "port": 99999},  # bad port
-                           {"group": "web", "cidr": None},          # group rule: not in an ACL
+                           {"group": "web", "cidr": "10.0.0.9"},    # both a group and a CIDR
                            {"cidr": "fd00::1"},                      # v6 in the v4 list
                            "not a rule",
                            {"cidr": "10.0.0.3", "colour": "blue"},  # unknown field
+                           {"group": "bad name"},                    # bad group name
                            {"cidr": "10.0.0.4", "protocol": "tcp", "port": 22}],
                "outbound": []},
         "v6": {"inbound": [{"cidr": "10.0.0.5"}], "outbound": [{"cidr": "fd00::2"}]},
@@ -85,11 +86,57 @@ def test_acls_from_wire_skips_bad_group_and_wrong_family_rules():
     assert acls.v4.inbound == (Rule(cidr="10.0.0.4/32", protocol="tcp", port=22),)
     assert acls.v6.inbound == ()
     assert acls.v6.outbound == (Rule(cidr="fd00::2/128"),)
-    assert len(problems) == 7
+    assert acls.groups == frozenset()
+    assert len(problems) == 8
     assert problems[0].startswith("v4 inbound rule 0 ") and "10.0.0.300" in problems[0]
-    assert "group rules are not allowed" in problems[2]
+    assert problems[2].startswith("v4 inbound rule 2 ") and "exactly one of group and cidr" in problems[2]
     assert "IPv6 CIDR in the v4 list" in problems[3]
-    assert problems[6].startswith("v6 inbound rule 0 ")
+    assert problems[6].startswith("v4 inbound rule 6 ") and "bad group name" in problems[6]
+    assert problems[7].startswith("v6 inbound rule 0 ")
+
+
+def test_acls_from_wire_keeps_group_rules_in_either_family():
+    acls, problems = acls_from_wire({
+        "v4": {"inbound": [{"group": "web"}, {"group": "db", "protocol": "tcp", "port": 5432}],
+               "outbound": [{"group": "web", "protocol": "icmp", "icmp_type": 8, "icmp_code": 0}]},
+        "v6": {"inbound": [{"group": "web", "cidr": None}], "outbound": [{"group": "ops", "protocol": "icmpv6"}]},
+    })
+    assert problems == []
+    assert acls.v4.inbound == (Rule(group="web"), Rule(group="db", protocol="tcp", port=5432))
+    assert acls.v4.outbound == (Rule(group="web", protocol="icmp", icmp_type=8, icmp_code=0),)
+    assert acls.v6.inbound == (Rule(group="web"),)
+    assert acls.v6.outbound == (Rule(group="ops", protocol="icmpv6"),)
+    assert acls.v4.groups == {"web", "db"} and acls.v6.groups == {"web", "ops"}
+    assert acls.groups == {"web", "db", "ops"}
+
+
+def test_acls_name_no_group_when_they_have_only_cidr_rules():
+    assert Acls(v4=AclRules(inbound=(Rule(cidr="10.0.0.0/8"),))).groups == frozenset()
+    assert Acls().groups == frozenset()
+
+
+def test_desired_hands_over_endpoints_naming_an_unknown_group_without_acls():
+    table = EndpointTable()
+    for eid, addr in (("cidr", "192.168.1.1"), ("web", "192.168.1.2"), ("both", "192.168.1.3"),
+                      ("waiting", "192.168.1.4")):
+        table.upsert(spec_from_message(endpoint_msg(endpoint_id=eid, addrs=(addr,))))
+    cidr_only = Acls(v4=AclRules(inbound=(Rule(cidr="10.0.0.0/8"),)))
+    web = Acls(v4=AclRules(inbound=(Rule(group="web"),)))
+    both = Acls(v4=AclRules(inbound=(Rule(group="web"),)), v6=AclRules(outbound=(Rule(group="db"),)))
+    table.set_acls("cidr", cidr_only)
+    table.set_acls("web", web)
+    table.set_acls("both", both)
+    desired = table.desired(set())
+    assert {k: v.acls for k, v in desired.items()} == {"cidr": cidr_only, "web": None, "both": None,
+                                                      "waiting": None}
+    desired = table.desired({"web"})
+    assert {k: v.acls for k, v in desired.items()} == {"cidr": cidr_only, "web": web, "both": None,
+                                                      "waiting": None}
+    desired = table.desired({"web": frozenset(), "db": frozenset({"10.0.0.1"})}.keys())  # as the agent passes them
+    assert desired["both"].acls == both and desired["web"].acls == web
+    # Without known groups (or as the table holds it), nothing is withheld.
+    assert table.desired()["web"].acls == web and table.get("web").acls == web
+    assert desired["web"].addrs == ("192.168.1.2",) and desired["web"].enabled
 
 
 def test_default_allow_is_allow_all_and_missing_family_allows_nothing():

@@ -130,8 +130,60 @@ def test_chain_names_fit_iptables_limit():
 
 def test_a_malformed_rule_never_widens_the_chains():
     good = [Rule(cidr="10.1.0.0/16", protocol="tcp", port=22)]
-    with_bad = open_endpoint(inbound=good + [Rule(group="all"), "0.0.0.0/0", Rule(cidr="::/0")])
+    with_bad = open_endpoint(inbound=good + [Rule(group="all", protocol="icmpv6"), "0.0.0.0/0", Rule(cidr="::/0")])
     assert chains_for([with_bad]) == chains_for([open_endpoint(inbound=good)])
+
+
+def test_group_rules_test_the_shared_group_set_after_the_endpoints_own_sets():
+    spec = open_endpoint(inbound=[Rule(group="web", protocol="tcp", port=80), Rule(cidr="10.0.0.0/24"),
+                                  Rule(group="ops")],
+                         outbound=[Rule(group="db", protocol="udp", port=(5000, 5010))])
+    chains = chains_for([spec])
+    assert chains["felix-to-web-1-abcde"] == (
+        "-m conntrack --ctstate INVALID -j DROP",
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-m set --match-set felix-4in-web-1-abcde-net src -j RETURN",
+        "-p tcp -m multiport --dports 80 -m set --match-set felix-4g-web src -j RETURN",
+        "-m set --match-set felix-4g-ops src -j RETURN",
+        "-j DROP",
+    )
+    assert chains["felix-from-web-1-abcde"][-2:] == (
+        "-p udp -m multiport --dports 5000:5010 -m set --match-set felix-4g-db dst -j RETURN",
+        "-j DROP",
+    )
+
+
+def test_group_rules_of_every_protocol_kind_render_as_iptables_save_prints_them():
+    dual = open_endpoint(eid="dual", addrs=("10.0.0.5", "fd00::5"),
+                         inbound=[Rule(group="g", protocol="icmp", icmp_type=8, icmp_code=0),
+                                  Rule(group="g", protocol="icmp", icmp_type=3),
+                                  Rule(group="g", protocol="icmp"),
+                                  Rule(group="g", protocol=47)],
+                         inbound6=[Rule(group="g", protocol="icmpv6", icmp_type=128, icmp_code=0),
+                                   Rule(group="g", protocol="sctp")])
+    v4 = chains_for([dual])["felix-to-dual"]
+    assert v4[2:-1] == (
+        "-p icmp -m icmp --icmp-type 8/0 -m set --match-set felix-4g-g src -j RETURN",
+        "-p icmp -m icmp --icmp-type 3 -m set --match-set felix-4g-g src -j RETURN",
+        "-p icmp -m set --match-set felix-4g-g src -j RETURN",
+        "-p 47 -m set --match-set felix-4g-g src -j RETURN",
+    )
+    v6 = chains_for([dual], version=6)["felix-to-dual"]
+    assert v6[2:-1] == (
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 128/0 -m set --match-set felix-6g-g src -j RETURN",
+        "-p sctp -m set --match-set felix-6g-g src -j RETURN",
+    )
+
+
+def test_set_match_rule_renders_a_single_port_without_a_range_and_a_range_with_one():
+    from calico.felix.ipsets import HASH_NET, SetMatch
+
+    assert layout.set_match_rule(SetMatch("s", HASH_NET, "tcp", ports=(443, 443)), "in", 4) == \
+        "-p tcp -m multiport --dports 443 -m set --match-set s src -j RETURN"
+    assert layout.set_match_rule(SetMatch("s", HASH_NET, "tcp", ports=(1, 1024)), "out", 6) == \
+        "-p tcp -m multiport --dports 1:1024 -m set --match-set s dst -j RETURN"
+    assert layout.set_match_rule(SetMatch("s", HASH_NET, "icmpv6", icmp_type=135), "in", 6) == \
+        "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -m set --match-set s src -j RETURN"
 
 
 # -- plans ----------------------------------------------------------------------

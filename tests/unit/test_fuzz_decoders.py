@@ -40,8 +40,17 @@ VALID_REQUESTS = {
     messages.ACLUPDATE: {"acls": {"v4": {"inbound": [{"cidr": "10.0.0.0/8", "protocol": "tcp", "port": [80, 90]}],
                                          "outbound": [], "inbound_default": "deny", "outbound_default": "allow"},
                                   "v6": {"inbound": [], "outbound": []}}},
+    messages.GETGROUPMEMBERS: {"group": "web"},
+    messages.GROUPMEMBERS: {"group": "web", "epoch": "0f3a9c", "seq": 1, "addrs": ["192.168.1.1", "fd00::1"]},
+    messages.MEMBERSUPDATE: {"group": "web", "epoch": "0f3a9c", "seq": 2, "added": ["192.168.1.2"],
+                             "removed": ["fd00::1"]},
 }
 ALL_TYPES = frozenset(messages.REQUEST_FIELDS)
+ADDRESS_LISTS = {messages.GROUPMEMBERS: ("addrs",), messages.MEMBERSUPDATE: ("added", "removed")}
+
+
+def test_every_message_type_is_fuzzed():
+    assert set(VALID_REQUESTS) == ALL_TYPES
 
 
 def one_line(reason: str) -> None:
@@ -79,6 +88,35 @@ def test_decode_request_mutations(msg_type):
         check_request(fuzzdata.encode(mutated), msg_type)
 
 
+@pytest.mark.parametrize("msg_type, field", [(t, f) for t, fields in sorted(ADDRESS_LISTS.items()) for f in fields])
+def test_address_lists_survive_hostile_elements(msg_type, field):
+    """``mutations`` does not reach inside lists of strings: every nasty value
+    as an element of a membership's address list, alone and beside good ones."""
+    valid = {"type": msg_type, "issued": 1, **VALID_REQUESTS[msg_type]}
+    for value in fuzzdata.nasty_values():
+        for addrs in ([value], ["192.168.1.1", value], [value] * 3):
+            check_request(fuzzdata.encode({**valid, field: addrs}), msg_type)
+
+
+def test_membership_topics_are_total_and_only_name_valid_groups():
+    for value in fuzzdata.nasty_values():
+        if not isinstance(value, str):
+            continue
+        raw = value.encode("utf-8", "surrogatepass")
+        for topic in (raw, b":members:" + raw + b":", b":members:" + raw, raw + b":"):
+            group = messages.group_of_topic(topic)
+            assert group is None or messages.members_topic(group) == topic
+        try:
+            topic = messages.members_topic(value)
+        except ValidationError as exc:
+            one_line(str(exc))
+            continue
+        assert messages.group_of_topic(topic) == value
+    for raw in fuzzdata.raw_payloads():
+        group = messages.group_of_topic(raw)
+        assert group is None or messages.members_topic(group) == raw
+
+
 def test_decode_request_raw_payloads():
     for raw in fuzzdata.raw_payloads():
         check_request(raw, messages.HEARTBEAT)
@@ -102,6 +140,21 @@ def test_decode_request_raw_payloads():
     (b'{"type":"RESYNCSTATE","resync_id":"' + b"r" * 65 + b'","hostname":"h1"}', "'resync_id'"),
     (b'{"type":"RESYNCSTATE","resync_id":"r","hostname":"h1\\n"}', "'hostname'"),
     (b'{"type":"RESYNCSTATE","resync_id":"r","hostname":"\\u00b2"}', "'hostname'"),
+    (b'{"type":"GETGROUPMEMBERS","group":"web\\n"}', "bad group name 'web\\n'"),
+    (b'{"type":"GETGROUPMEMBERS","group":"a:b"}', "'group'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ABC","seq":1,"addrs":[]}', "'epoch'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"' + b"a" * 33 + b'","seq":1,"addrs":[]}', "'epoch'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab\\n","seq":1,"addrs":[]}', "'epoch'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":-1,"addrs":[]}', "'seq'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":true,"addrs":[]}', "'seq'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":1,"addrs":"10.0.0.1"}', "'addrs'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":1,"addrs":["10.0.0.0/8"]}', "'addrs'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":1,"addrs":["0.0.0.0"]}', "'addrs'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":1,"addrs":["224.0.0.1"]}', "'addrs'"),
+    (b'{"type":"GROUPMEMBERS","group":"web","epoch":"ab","seq":1}', "missing field 'addrs'"),
+    (b'{"type":"MEMBERSUPDATE","group":"web","epoch":"ab","seq":2,"added":["10.0.0.1\\n"],"removed":[]}',
+     "'added'"),
+    (b'{"type":"MEMBERSUPDATE","group":"web","epoch":"ab","seq":2,"added":[]}', "missing field 'removed'"),
 ])
 def test_named_attacks_are_refused_with_a_reason(raw, reason):
     with pytest.raises(messages.MessageError) as caught:
@@ -131,6 +184,27 @@ def test_decode_reply_is_total():
             continue
         assert set(reply) <= {"type", "rc", "message", "endpoint_count"}
         assert len(reply.get("message", "")) <= messages.MAX_TEXT
+
+
+def test_membership_addresses_are_canonical_and_without_repeats():
+    raw = fuzzdata.encode({"type": "GROUPMEMBERS", "group": "web", "epoch": "ab", "seq": 3,
+                           "addrs": ["fd00:0:0::0001", "192.168.1.1", "fd00::1", "192.168.1.1"]})
+    assert messages.decode_request(raw, ALL_TYPES) == {"type": "GROUPMEMBERS", "group": "web", "epoch": "ab",
+                                                       "seq": 3, "addrs": ["fd00::1", "192.168.1.1"]}
+
+
+def test_a_getgroupmembers_reply_carries_its_group_and_a_bad_group_is_refused():
+    good = {"type": "GETGROUPMEMBERS", "rc": "SUCCESS", "message": "", "group": "web"}
+    assert messages.decode_reply(fuzzdata.encode(good), "GETGROUPMEMBERS") == good
+    with pytest.raises(messages.MessageError, match="'group'"):
+        messages.decode_reply(fuzzdata.encode({**good, "group": "web\n"}), "GETGROUPMEMBERS")
+    for mutated in fuzzdata.mutations(good):
+        try:
+            reply = messages.decode_reply(fuzzdata.encode(mutated), "GETGROUPMEMBERS")
+        except messages.MessageError as exc:
+            one_line(str(exc))
+            continue
+        assert set(reply) <= {"type", "rc", "message", "group", "endpoint_count"}
 
 
 def test_rule_from_wire_is_total():

@@ -26,3 +26,18 @@ def test_rule_text_wire_round_trip(text):
     rule = parse_rule_text(text)
     assert rule_from_wire(rule.to_wire()) == rule
     assert str(rule) == text
+
+
+def test_members_topic_round_trip_and_what_is_not_a_members_topic():
+    from calico.common.validation import ValidationError
+
+    assert messages.members_topic("web") == b":members:web:"
+    assert messages.members_topic("a.b-c_9") == b":members:a.b-c_9:"
+    assert messages.group_of_topic(b":members:web:") == "web"
+    for topic in (b"web", b":members:web", b"members:web:", b":members::", b":members:", b":members:a:b:",
+                  b":members:w\xffb:", b"aclheartbeat", b"ep1"):
+        assert messages.group_of_topic(topic) is None, topic
+    # SUB topics match by prefix: no group's topic is a prefix of another's.
+    assert not messages.members_topic("webx").startswith(messages.members_topic("web"))
+    with pytest.raises(ValidationError):
+        messages.members_topic("a:b")
