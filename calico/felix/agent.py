@@ -65,7 +65,7 @@ from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.common.validation import DEFAULT_POOL, DEFAULT_POOL6
 from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
 from calico.felix.endpoints import (FULL, Change, EndpointTable, Refusal, Resync, acls_from_wire, describe_acls,
-                                    describe_pools, parse_pools, spec_from_message)
+                                    describe_pools, in_pools, parse_pools, spec_from_message)
 from calico.felix.groups import GroupMembers, Outcome
 from calico.felix.state import EndpointSpec
 
@@ -117,6 +117,7 @@ class Agent:
         own_role = security.felix_host_role(config.felix_hostname)
         pools = parse_pools(config.ip_pool or (DEFAULT_POOL,), config.ip_pool6 or (DEFAULT_POOL6,))
         self.table = EndpointTable(pools, config.max_endpoints)
+        self.pools = pools
         # Refused for a conflict that may clear (another endpoint's address
         # or interface, the MaxEndpoints bound): taken once it has, without
         # waiting for the next resync.  Newer news for the endpoint replaces it.
@@ -568,6 +569,7 @@ class Agent:
         if msg["group"] != group:
             log.warning("%s for group %s arrived on group %s's topic; ignored", msg["type"], msg["group"], group)
             return
+        msg = self._inside_pools(msg)
         if msg["type"] == messages.GROUPMEMBERS:
             outcome = self.groups.snapshot(msg)
             self._members_asked.discard(group)
@@ -581,6 +583,19 @@ class Agent:
             log.info("Group %s: %d addresses (%s seq %d)", group, len(held.addrs), msg["type"],  # type: ignore[union-attr]
                      msg["seq"])
             self.dirty = True
+
+    def _inside_pools(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """No address outside the pools joins a group's set, whoever says so:
+        endpoints can only hold pool addresses (``EndpointTable.refusal``),
+        so such a member is a mistake or an attempt to let a stranger in."""
+        key = "addrs" if msg["type"] == messages.GROUPMEMBERS else "added"
+        outside = [addr for addr in msg[key] if not in_pools(addr, self.pools)]
+        if not outside:
+            return msg
+        log.warning("Group %s: ignoring %d address(es) outside the pools (%s): %s", msg["group"], len(outside),
+                    describe_pools(self.pools), " ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
+        dropped = set(outside)
+        return dict(msg, **{key: [addr for addr in msg[key] if addr not in dropped]})
 
     def _heard_from_acl_manager(self) -> None:
         self._acl_heard_at = self.loop.clock()

@@ -10,8 +10,10 @@ writes only the difference:
 1. routes, neighbour entries and interface sysctls of endpoints whose
    interface exists (the others are returned, for the agent to retry, and
    cost nothing else: no sets, no chains);
-2. ipsets: new sets created; a group's shared set gains and loses members
-   entry by entry, other changed sets are replaced by fill-and-swap;
+2. ipsets: new sets created (an endpoint's CIDR sets are named by their
+   content, so a changed rule is a new set); a group's shared set gains and
+   loses members entry by entry; a set the kernel holds otherwise than
+   written is replaced by fill-and-swap;
 3. iptables, per family: one commit with new/changed rules, then deleted
    chains;
 4. ipsets no longer referenced destroyed;

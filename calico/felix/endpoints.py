@@ -63,6 +63,12 @@ def parse_pools(ip_pool: Iterable[str], ip_pool6: Iterable[str]) -> dict[int, tu
     return {4: tuple(parse_cidr(p) for p in ip_pool), 6: tuple(parse_cidr(p) for p in ip_pool6)}
 
 
+def in_pools(addr: str, pools: Pools) -> bool:
+    """Whether an (already canonical) address lies inside one of the pools."""
+    address = netaddr.IPAddress(addr)
+    return any(address in pool for pool in pools.get(address.version, ()))
+
+
 def describe_pools(pools: Pools) -> str:
     return " ".join(str(p) for version in (4, 6) for p in pools.get(version, ())) or "none"
 

@@ -74,7 +74,13 @@ class _Collector:
                 adt = (value_start, value_end)
         if name is None or not is_felix_set(name):
             return
-        self.headers[name] = (set_type or "", version)
+        # A set too large for one message is dumped over several: only the
+        # first names its type and family; the rest carry name and members.
+        if set_type is not None:
+            self.headers[name] = (set_type, version)
+        else:
+            self.headers.setdefault(name, ("", version))
+        set_type, version = self.headers[name]
         found = self.members.setdefault(name, set())
         if adt is None:
             return

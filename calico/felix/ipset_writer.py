@@ -9,9 +9,12 @@ commit: ``sync`` (before it) creates new sets and replaces changed ones;
 ``delete_unused`` (after it, once no rule references them) destroys felix-
 sets that are no longer wanted, leftover temporaries included.
 
-An endpoint's own set is never edited in place: a temporary twin
-(``<name>-t``) is filled, swapped with it in one kernel operation, and
-destroyed, so a packet never sees a half-written ACL.  A group's shared
+A set named by its content (an endpoint's CIDR rules) never needs
+changing: its name changes with its content.  Should the kernel hold
+something else under such a name (left over, or altered by hand), it is
+never edited in place: a temporary twin (``<name>-t``) is filled, swapped
+with it in one kernel operation, and destroyed, so a packet never sees a
+half-written ACL.  A group's shared
 set (``ipsets.group_set``) is edited in place, member by member, removals
 first: each member stands for one address, so any moment in between allows
 no address that neither the old nor the new membership holds, and a join

@@ -6,14 +6,15 @@ makes against them (rendered by ``iptables_layout``).  Nothing here touches
 the kernel; ``ipset_writer`` makes the kernel match.
 
 Per endpoint, family and direction (``in`` = to the endpoint, matched on the
-packet's source; ``out`` = from it, matched on the destination):
+packet's source; ``out`` = from it, matched on the destination), the CIDR
+rules fill up to three kinds of set (named by content, see below):
 
-- ``...-net``  (hash:net): CIDRs allowed with any protocol;
-- ``...-port`` (hash:net,port): CIDR + protocol:port for single TCP/UDP/SCTP/
+- a hash:net set: CIDRs allowed with any protocol;
+- a hash:net,port set: CIDR + protocol:port for single TCP/UDP/SCTP/
   UDPLite ports, ICMP type/code pairs (ipset stores them as ``icmp:T/C``),
   and any other protocol by number (the kernel stores and matches such
   entries with port 0, so ``CIDR,47:0`` means "GRE from CIDR");
-- ``...-c<N>`` (hash:net, one per distinct class): what hash:net,port cannot
+- hash:net sets, one per distinct class: what hash:net,port cannot
   hold cheaply, each paired with one iptables match: a protocol with no port
   (``-p tcp``; for ICMP this is the "any type" ICMP set), a port range
   (``-p tcp -m multiport --dports L:H``: ipset would store one entry per
@@ -29,16 +30,23 @@ port (range) or ICMP type/code as plain iptables matches; so a member
 joining or leaving a group changes one entry of one set per host, whatever
 the number of endpoints that name the group, and no chain at all.
 
-A per-endpoint set exists only while it has members; an empty direction is
-just the chain's final DROP.  A group set exists while some rule refers to
+The sets holding an endpoint's CIDR and port rules are named by what they
+hold, ``felix-<4|6>s-<digest>``: endpoints whose rules hold the same CIDRs
+(every endpoint with the seed's default "out to anywhere", say) share one
+set, and a set's name changes exactly when its contents do, so such a set
+is never edited; a change is a new set, taken into use by the same atomic
+iptables commit that drops the old one.
+
+Such a set exists only while it has members; an empty direction is just
+the chain's final DROP.  A group set exists while some rule refers to
 it, even when empty (a rule cannot name a set that does not exist).  ``0.0.0.0/0`` and ``::/0`` are stored as their two /1
 halves (hash:net types refuse a /0).  Rules that cannot be expressed (an
 address of the other family, ICMP of the other family, a group whose
 members are not known, anything that is not a Rule) are skipped and reported as
 warnings: skipping can only narrow what is allowed, never widen it.
 
-Names: ``felix-<4|6><in|out>-<id[:11]>-<kind>`` (at most 28 characters, so a
-temporary twin ``<name>-t`` used for fill-and-swap stays within ipset's 31).
+Names are at most 28 characters, so a temporary twin ``<name>-t`` used for
+fill-and-swap stays within ipset's 31.
 """
 
 from __future__ import annotations
@@ -59,7 +67,6 @@ TEMP_SUFFIX = "-t"
 HASH_NET = "hash:net"
 HASH_NET_PORT = "hash:net,port"
 DIRECTIONS = ("in", "out")
-ID_CHARS = 11
 _ICMP_FOR_VERSION = {4: "icmp", 6: "icmpv6"}
 _HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}
 
@@ -97,8 +104,18 @@ class DesiredSets:
     groups: set[tuple[str, int]] = field(default_factory=set)  # (group, version) sets the matches name
 
 
-def set_base_name(endpoint_id: str, version: int, direction: str) -> str:
-    return f"{SET_PREFIX}{version}{direction}-{endpoint_id[:ID_CHARS]}"
+_DIGEST_CHARS = 28 - len(f"{SET_PREFIX}4s-")
+
+
+def content_set_name(set_type: str, version: int, members: Iterable[Member]) -> str:
+    """The name of the set holding exactly ``members`` (see module docstring)."""
+    text = "\n".join([set_type, *sorted(member_text(m, set_type) for m in members)])
+    return f"{SET_PREFIX}{version}s-{hashlib.sha256(text.encode()).hexdigest()[:_DIGEST_CHARS]}"
+
+
+def _content_set(set_type: str, version: int, members: Iterable[Member]) -> SetSpec:
+    frozen = frozenset(members)
+    return SetSpec(content_set_name(set_type, version, frozen), set_type, version, frozen)
 
 
 _GROUP_NAME_MAX = 28 - len(f"{SET_PREFIX}4g-")
@@ -239,19 +256,17 @@ def direction_sets(endpoint_id: str, rules: Iterable[object], version: int, dire
             ports.update((cidr, proto, port) for cidr in cidrs)
         else:
             classes.setdefault(detail, set()).update(cidrs)  # type: ignore[arg-type]
-    base = set_base_name(endpoint_id, version, direction)
     specs: list[SetSpec] = []
     matches: list[SetMatch] = []
     if nets:
-        specs.append(SetSpec(base + "-net", HASH_NET, version, frozenset(nets)))
-        matches.append(SetMatch(base + "-net", HASH_NET))
+        specs.append(_content_set(HASH_NET, version, nets))
+        matches.append(SetMatch(specs[-1].name, HASH_NET))
     if ports:
-        specs.append(SetSpec(base + "-port", HASH_NET_PORT, version, frozenset(ports)))
-        matches.append(SetMatch(base + "-port", HASH_NET_PORT))
-    for index, key in enumerate(sorted(classes)):
-        name = f"{base}-c{index}"
-        specs.append(SetSpec(name, HASH_NET, version, frozenset(classes[key])))
-        matches.append(_class_match(name, key))
+        specs.append(_content_set(HASH_NET_PORT, version, ports))
+        matches.append(SetMatch(specs[-1].name, HASH_NET_PORT))
+    for key in sorted(classes):
+        specs.append(_content_set(HASH_NET, version, classes[key]))
+        matches.append(_class_match(specs[-1].name, key))
     matches.extend(group_matches)
     return specs, tuple(matches)
 

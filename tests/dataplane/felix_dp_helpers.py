@@ -10,6 +10,7 @@ sockets opened inside the endpoint namespaces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -175,6 +176,10 @@ class Lab:
         # initval is random per set; members are listed in hash order.
         return "\n".join(sorted(re.sub(r" initval 0x[0-9a-f]+", "", line) for line in lines))
 
+    def set_members(self, name: str) -> set[str]:
+        """The members of one set, as ``ipset save`` spells them."""
+        return {line.split(" ", 2)[2] for line in self.ipset_save().splitlines() if line.startswith(f"add {name} ")}
+
     def routes(self) -> str:
         v4 = sh(self.host, "ip", "route", "show", "proto", "80")
         v6 = sh(self.host, "ip", "-6", "route", "show", "proto", "80")
@@ -280,6 +285,14 @@ def echo_round_trip(sock: socket.socket, payload: bytes = b"hello") -> bool:
 def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
     """True once ``condition`` holds; False if it never did (the caller asserts)."""
     return bool(polling.poll(condition, timeout, interval))
+
+
+def content_set_name(set_type: str, version: int, *members: str) -> str:
+    """The documented name of the set holding ``members`` (as ``ipset restore``
+    spells them): felix-<4|6>s- and the first 19 hex characters of the sha256
+    of the set type and the sorted members, one a line."""
+    text = "\n".join([set_type, *sorted(members)])
+    return f"felix-{version}s-{hashlib.sha256(text.encode()).hexdigest()[:19]}"
 
 
 def acls(inbound=(), outbound=(), inbound6=(), outbound6=()) -> Acls:

@@ -18,13 +18,14 @@ from calico import netns
 from calico.common.rules import Rule
 from calico.felix.dataplane import Dataplane
 from calico.felix.tools import ToolError
-from felix_dp_helpers import Lab, acls, echo_round_trip, sh, spec
+from felix_dp_helpers import Lab, acls, content_set_name, echo_round_trip, sh, spec
 
 A, B, C, D, E, F = "aaaaaaaaaaaa01", "bbbb02", "cccc03", "dddd04", "eeee05", "ffff06"
 ADDRS = {A: ("10.65.0.1",), B: ("10.65.0.2",), C: ("10.65.0.3", "10.65.0.13"),
          D: ("10.65.0.4", "fd00::4"), E: ("fd00::5",), F: ("10.65.0.6",)}
 MACS = {eid: f"02:00:00:00:00:{n:02x}" for n, eid in enumerate((A, B, C, D, E, F), start=1)}
 OPEN = acls(inbound=["0.0.0.0/0"], outbound=["0.0.0.0/0"], inbound6=["::/0"], outbound6=["::/0"])
+ANYWHERE = content_set_name("hash:net", 4, "0.0.0.0/1", "128.0.0.0/1")  # 0.0.0.0/0, as its two halves
 
 
 def ep(eid: str, acl=OPEN, enabled: bool = True):
@@ -210,13 +211,18 @@ def test_acl_change_keeps_established_flows(lab, dp):
 
 def test_destroy_removes_route_neighbour_chains_and_sets(lab, dp):
     c_acl = acls(inbound=["0.0.0.0/0", Rule(cidr="0.0.0.0/0", protocol="tcp", port=22)], outbound=["0.0.0.0/0"])
+    c_port = content_set_name("hash:net,port", 4, "0.0.0.0/1,tcp:22", "128.0.0.0/1,tcp:22")  # only C's rules
     dp.apply(state(ep(A), ep(B), ep(C, c_acl), ep(D), ep(E)))
     assert "felix-from-cccc03" in lab.iptables_save()
-    assert "felix-4in-cccc03-port" in lab.ipset_save()
+    assert f"-A felix-to-cccc03 -m set --match-set {c_port} src,dst -j RETURN" in lab.iptables_save()
+    assert lab.set_members(c_port) == {"0.0.0.0/1,tcp:22", "128.0.0.0/1,tcp:22"}
+    assert f"-A felix-to-cccc03 -m set --match-set {ANYWHERE} src -j RETURN" in lab.iptables_save()
     assert "10.65.0.13 dev tapcccc03" in lab.routes()
     dp.apply(state(ep(A), ep(B), ep(D), ep(E)))
     for text in (lab.iptables_save(), lab.ipset_save(), lab.routes(), lab.neighbours()):
         assert "cccc03" not in text
+    assert c_port not in lab.ipset_save()  # the set only C named goes with C ...
+    assert lab.set_members(ANYWHERE) == {"0.0.0.0/1", "128.0.0.0/1"}  # ... the one it shared stays
     assert not lab.ping(C, "10.65.0.2", expect=False)  # its tap now meets the catch-all drop
     assert lab.ping(B, "10.65.0.1")
 
@@ -276,7 +282,11 @@ def test_ipv6_endpoint_routes_chains_sets_and_ping6(lab, dp):
     assert "fe80::1 dev tapeeee05 proxy" in lab.neighbours()
     assert "felix-from-eeee05" in lab.iptables_save(6)
     assert "felix-from-eeee05" not in lab.iptables_save(4)  # no IPv4 address, no IPv4 chains
-    assert "create felix-6in-eeee05-c0 hash:net family inet6" in lab.ipset_save()
+    echo_from = content_set_name("hash:net", 6, "fd00::/64")
+    assert f"create {echo_from} hash:net family inet6" in lab.ipset_save()
+    assert lab.set_members(echo_from) == {"fd00::/64"}
+    assert (f"-A felix-to-eeee05 -p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set {echo_from} src "
+            "-j RETURN") in lab.iptables_save(6)
     assert lab.ping(D, "fd00::5")
     assert not lab.ping(E, "fd00::4", expect=False)
     with lab.listening(D, 22, v6=True), lab.listening(D, 23, v6=True):
@@ -364,8 +374,8 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     sh(host, "iptables-legacy", "-A", "INPUT", "-j", "felix-INPUT")
     sh(host, "iptables-legacy", "-N", "felix-from-zzzz99")
     sh(host, "iptables-legacy", "-A", "felix-from-zzzz99", "-j", "DROP")
-    sh(host, "ipset", "create", "felix-4in-zzzz99-net", "hash:net")
-    sh(host, "ipset", "create", "felix-4in-bbbb02-net-t", "hash:net")  # a temp left by a crash
+    sh(host, "ipset", "create", "felix-4in-zzzz99-net", "hash:net")  # (named as Felix once named sets)
+    sh(host, "ipset", "create", f"{ANYWHERE}-t", "hash:net")  # a temp left by a crash (B still names the set)
     sh(host, "ip", "route", "add", "10.65.9.9/32", "dev", "tapbbbb02", "proto", "80")
 
     new_a = acls(inbound=[Rule(cidr="10.65.0.4/32", protocol="udp", port=53)], outbound=["0.0.0.0/0"])
@@ -388,7 +398,8 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     assert "-A OTHER-CHAIN -s 192.0.2.1/32 -j DROP" in saved
     for text in converged.values():
         assert "cccc03" not in text and "zzzz99" not in text and "10.65.9.9" not in text
-    assert "felix-4in-bbbb02-net-t" not in converged["ipsets"]
+    assert f"{ANYWHERE}-t" not in converged["ipsets"]
+    assert lab.set_members(ANYWHERE) == {"0.0.0.0/1", "128.0.0.0/1"}
     assert "add other-set 192.0.2.1" in converged["ipsets"]
     assert "192.0.2.0/24 dev tapbbbb02" in sh(host, "ip", "route", "show", "proto", "static")
 

@@ -29,7 +29,7 @@ import pytest
 from calico import netns
 from calico.common.rules import Rule
 from calico.felix.dataplane import Dataplane
-from felix_dp_helpers import Lab, acls, sh, spec
+from felix_dp_helpers import Lab, acls, content_set_name, sh, spec
 
 A, B, G, H, I, J = "aaaa01", "bbbb02", "gggg07", "hhhh08", "iiii09", "jjjj10"
 ADDRS = {A: ("10.65.0.1",), B: ("10.65.0.2",), G: ("10.65.0.7", "fd00::7"), H: ("10.65.0.8",),
@@ -38,6 +38,8 @@ MACS = {eid: f"02:00:00:00:02:{n:02x}" for n, eid in enumerate((A, B, G, H, I, J
 OPEN = acls(inbound=["0.0.0.0/0"], outbound=["0.0.0.0/0"], inbound6=["::/0"], outbound6=["::/0"])
 # In only from B, out anywhere: what H and I are checked against.
 ONLY_FROM_B = acls(inbound=[Rule(cidr="10.65.0.2/32")], outbound=["0.0.0.0/0"])
+# In from the lab's /24, out anywhere: J's, an inbound set no other endpoint here names.
+FROM_THE_LAB = acls(inbound=["10.65.0.0/24"], outbound=["0.0.0.0/0"])
 
 
 def ep(eid: str, acl=OPEN):
@@ -136,13 +138,16 @@ def test_a_set_the_kernel_will_not_swap_is_cleared_by_the_known_good_pass(lab, d
     in the same apply."""
     dp.apply(state(ep(A), ep(B)))
     # Left behind by someone else under J's inbound set name, with another type.
-    sh(lab.host, "ipset", "create", f"felix-4in-{J}-net", "hash:ip")
+    j_in = content_set_name("hash:net", 4, "10.65.0.0/24")
+    sh(lab.host, "ipset", "create", j_in, "hash:ip")
     dp.forget_kernel_cache()  # as at start-up or a periodic resync: the kernel is read again
     with caplog.at_level(logging.INFO, logger="calico.felix"):
-        assert dp.apply(state(ep(A), ep(B), ep(J), ep(H, ONLY_FROM_B))) == set()
+        assert dp.apply(state(ep(A), ep(B), ep(J, FROM_THE_LAB), ep(H, ONLY_FROM_B))) == set()
     refused = [r.getMessage() for r in caplog.records if "refused a dataplane pass" in r.getMessage()]
     assert len(refused) == 1 and "type does not match" in refused[0]
     assert dp.failed == {} and not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "create felix-4in-jjjj10-net hash:net family inet" in lab.ipset_save()
+    assert f"create {j_in} hash:net family inet" in lab.ipset_save()
+    assert lab.set_members(j_in) == {"10.65.0.0/24"}
+    assert f"-A felix-to-{J} -m set --match-set {j_in} src -j RETURN" in lab.iptables_save()
     assert lab.ping(J, "10.65.0.2") and lab.ping(B, "10.65.0.10")
     assert_only_b_gets_in(lab, H, "10.65.0.8")

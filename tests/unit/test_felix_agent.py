@@ -116,7 +116,9 @@ class Harness:
         self.topics: set[bytes] = set()              # Felix's subscriptions now
         values = dict(felix_hostname="host-1", connection_timeout_millis=6000,
                       connection_keepalive_interval_millis=2000, resync_interval_secs=1800,
-                      endpoint_retry_time_millis=500)
+                      endpoint_retry_time_millis=500,
+                      # Group members in these tests come from 10/8 and fd00::/16 too.
+                      ip_pool=("192.168.0.0/16", "10.0.0.0/8"), ip_pool6=("fd00::/16",))
         values.update(config_values)
         self.config = Config(**values)
         self.dataplane = FakeDataplane()
@@ -962,7 +964,19 @@ def addrs(*values):
     return [{"addr": value} for value in values]
 
 
-def test_an_address_outside_the_pools_is_refused(h):
+@pytest.fixture
+def h_default_pools():
+    """A harness with the pools Felix has when none is configured."""
+    harness = Harness(ip_pool=(), ip_pool6=())
+    harness.agent.start()
+    try:
+        yield harness
+    finally:
+        harness.close()
+
+
+def test_an_address_outside_the_pools_is_refused(h_default_pools):
+    h = h_default_pools
     synced(h)
     reply = h.request(endpoint(endpoint_id="x", addr="10.1.2.3"))
     assert reply == {"type": "ENDPOINTCREATED", "rc": "INVALID",
@@ -1045,7 +1059,8 @@ def test_a_resync_refusing_an_address_held_by_a_stale_endpoint_still_converges(h
     assert list(h.last_desired) == ["new"] and h.last_desired["new"].addrs == ("192.168.1.1",)
 
 
-def test_refused_announcements_count_towards_the_resync(h):
+def test_refused_announcements_count_towards_the_resync(h_default_pools):
+    h = h_default_pools
     resync_id = h.expect_resync()["resync_id"]
     h.answer_resync(3)
     assert h.request(endpoint(endpoint_id="a", resync_id=resync_id))["rc"] == "SUCCESS"
@@ -1087,3 +1102,19 @@ def test_a_resync_drops_claims_parked_before_it(h):
     h.request(endpoint(endpoint_id="a", addr="192.168.1.1", resync_id=resync_id))  # the plugin no longer has b
     h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
     assert "b" not in h.agent.table
+
+
+def test_group_members_outside_the_pools_never_reach_the_dataplane(caplog):
+    h = Harness(ip_pool=("192.168.0.0/16",), ip_pool6=("fd00:1::/64",))
+    h.agent.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+            web_synced(h, addrs=["192.168.1.1", "10.240.0.250", "fd00:1::1", "fd00:2::1"])
+        assert h.last_groups == {"web": {"192.168.1.1", "fd00:1::1"}}
+        assert any("ignoring 2 address(es) outside the pools" in m and "10.240.0.250 fd00:2::1" in m
+                   for m in caplog.messages)
+        h.publish_members(membersupdate(seq=2, added=["10.240.0.251", "192.168.1.2"]))
+        h.step()
+        assert h.last_groups == {"web": {"192.168.1.1", "192.168.1.2", "fd00:1::1"}}
+    finally:
+        h.close()

@@ -8,6 +8,7 @@ pass would feed the kernel, and the chains it would commit.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import pytest
@@ -84,6 +85,14 @@ def ipset_inputs(dp) -> list[str]:
 
 def last_chains(dp, version: int) -> dict:
     return [e[2] for e in dp.events if e[0] == "iptables" and e[1] == version][-1]
+
+
+def content_name(set_type, version, *members):
+    """The documented name of the set holding ``members`` (as ``ipset restore``
+    spells them): felix-<4|6>s- and the first 19 hex characters of the sha256
+    of the set type and the sorted members, one a line."""
+    text = "\n".join([set_type, *sorted(members)])
+    return f"felix-{version}s-{hashlib.sha256(text.encode()).hexdigest()[:19]}"
 
 
 def spec(eid, n, v6=False, inbound=(), outbound=(), inbound6=(), outbound6=(), acls=True):
@@ -183,12 +192,44 @@ def test_a_set_no_open_chain_names_is_destroyed_after_the_chains_stop_naming_it(
     desired["b"] = spec("b", 2, v6=True, inbound6=[Rule(cidr="::/0")])  # names no group now
     dp.apply(desired, {"web": WEB})
     kinds = [(e[0], e[1]) if e[0] == "iptables" else e for e in dp.events]
+    anywhere6 = content_name("hash:net", 6, "::/1", "8000::/1")
     assert kinds == [
-        ("ipset", "create felix-6in-b-net hash:net family inet6\nadd felix-6in-b-net 8000::/1\n"
-                  "add felix-6in-b-net ::/1\n"),
+        ("ipset", f"create {anywhere6} hash:net family inet6\nadd {anywhere6} 8000::/1\nadd {anywhere6} ::/1\n"),
         ("iptables", 4), ("iptables", 6),
         ("ipset", "destroy felix-4g-db\ndestroy felix-6g-web\n"),
     ]
+
+
+def test_endpoints_with_the_default_rule_share_one_set_destroyed_once_no_chain_names_it(dp):
+    anywhere = content_name("hash:net", 4, "0.0.0.0/1", "128.0.0.0/1")
+    default = [Rule(cidr="0.0.0.0/0")]  # the seed's "out to anywhere"
+    desired = {"a": spec("a", 1, outbound=default), "b": spec("b", 2, outbound=default)}
+    dp.apply(desired)
+    assert ipset_inputs(dp) == [f"create {anywhere} hash:net family inet\n"
+                                f"add {anywhere} 0.0.0.0/1\nadd {anywhere} 128.0.0.0/1\n"]  # one set for both
+    for eid in ("a", "b"):
+        assert f"-m set --match-set {anywhere} dst -j RETURN" in last_chains(dp, 4)[f"felix-from-{eid}"]
+
+    # a's rules change: a new set for a, taken into use by the chains; b's set is left as it is.
+    dp.events.clear()
+    tens = content_name("hash:net", 4, "10.0.0.0/8")
+    desired["a"] = spec("a", 1, outbound=[Rule(cidr="10.0.0.0/8")])
+    dp.apply(desired)
+    assert ipset_inputs(dp) == [f"create {tens} hash:net family inet\nadd {tens} 10.0.0.0/8\n"]
+    chains = last_chains(dp, 4)
+    assert f"-m set --match-set {tens} dst -j RETURN" in chains["felix-from-a"]
+    assert not any(anywhere in rule for rule in chains["felix-from-a"])
+    assert f"-m set --match-set {anywhere} dst -j RETURN" in chains["felix-from-b"]
+
+    # b follows: it takes a's set as it is, and the shared set no chain names any more goes after the commits.
+    dp.events.clear()
+    desired["b"] = spec("b", 2, outbound=[Rule(cidr="10.0.0.0/8")])
+    dp.apply(desired)
+    kinds = [(e[0], e[1]) if e[0] == "iptables" else e for e in dp.events]
+    assert kinds == [("iptables", 4), ("iptables", 6), ("ipset", f"destroy {anywhere}\n")]
+    chains = last_chains(dp, 4)
+    assert f"-m set --match-set {tens} dst -j RETURN" in chains["felix-from-b"]
+    assert not any(anywhere in rule for rules in chains.values() for rule in rules)
 
 
 def test_fail_closed_and_interfaceless_endpoints_name_no_group_set(dp):

@@ -70,3 +70,24 @@ def test_list_request_is_a_dump_of_the_ipset_subsystem():
     length, kind, flags, sequence, _pid = struct.unpack_from("=IHHII", request)
     assert (length, kind, sequence) == (len(request), 6 << 8 | 7, 42)
     assert flags == ipset_dump.NLM_F_REQUEST | ipset_dump.NLM_F_DUMP
+
+
+def continuation(name: str, entries: list[bytes]) -> bytes:
+    """A later message of a split dump, as the kernel sends it: protocol, name
+    and members only (no type name, no family)."""
+    return (struct.pack("=BBH", socket.AF_INET, 0, 0)
+            + nla(ipset_dump.ATTR_PROTOCOL, bytes([7]))
+            + nla(ipset_dump.ATTR_SETNAME, name.encode() + b"\0")
+            + nla(ipset_dump.ATTR_ADT | NESTED, b"".join(entries)))
+
+
+def test_the_later_messages_of_a_split_dump_keep_the_first_ones_type_and_family():
+    first = list_message("felix-4s-p", HASH_NET_PORT, socket.AF_INET, [entry("10.0.0.0", 8, 80, 6)])
+    later = continuation("felix-4s-p", [entry("10.1.0.0", 16, 443, 6)])
+    first6 = list_message("felix-6g-web", HASH_NET, socket.AF_INET6, [entry("fd00::1", 128)])
+    later6 = continuation("felix-6g-web", [entry("fd00::2", 128)])
+    assert collect(first, first6, later, later6) == {
+        "felix-4s-p": SetSpec("felix-4s-p", HASH_NET_PORT, 4, frozenset({("10.0.0.0/8", 6, 80),
+                                                                        ("10.1.0.0/16", 6, 443)})),
+        "felix-6g-web": SetSpec("felix-6g-web", HASH_NET, 6, frozenset({"fd00::1/128", "fd00::2/128"})),
+    }

@@ -1,5 +1,7 @@
 """Felix's desired ipsets and their plans (pure; no kernel)."""
 
+import hashlib
+
 from calico.common.rules import Rule
 from calico.felix import ipset_writer, ipsets
 from calico.felix.ipset_writer import SetEdit
@@ -18,6 +20,14 @@ def sets_of(spec, versions=(4, 6)):
     return ipsets.desired_sets({spec.endpoint_id: spec}, versions)
 
 
+def content_name(set_type, version, *members):
+    """The documented name of the set holding ``members``, written as ``ipset
+    restore`` spells them: felix-<4|6>s- and the first 19 hex characters of
+    the sha256 of the set type and the sorted members, one a line."""
+    text = "\n".join([set_type, *sorted(members)])
+    return f"felix-{version}s-{hashlib.sha256(text.encode()).hexdigest()[:19]}"
+
+
 def test_rules_are_sorted_into_net_port_and_class_sets():
     spec = endpoint(inbound=[
         Rule(cidr="10.1.0.0/16"),
@@ -31,20 +41,26 @@ def test_rules_are_sorted_into_net_port_and_class_sets():
         Rule(cidr="10.8.0.0/16", protocol="icmp", icmp_type=3),
     ])
     desired = sets_of(spec)
-    base = "felix-4in-endpoint-on"
-    assert desired.sets[base + "-net"] == SetSpec(base + "-net", HASH_NET, 4, frozenset({"10.1.0.0/16"}))
-    assert desired.sets[base + "-port"].members == {
-        ("10.2.0.0/16", 6, 80), ("10.2.0.0/16", 17, 53), ("10.3.0.0/16", 1, 8 << 8), ("10.4.0.0/16", 47, 0)}
+    net = content_name(HASH_NET, 4, "10.1.0.0/16")
+    port = content_name(HASH_NET_PORT, 4, "10.2.0.0/16,tcp:80", "10.2.0.0/16,udp:53", "10.3.0.0/16,icmp:8/0",
+                        "10.4.0.0/16,47:0")
+    assert desired.sets[net] == SetSpec(net, HASH_NET, 4, frozenset({"10.1.0.0/16"}))
+    assert desired.sets[port] == SetSpec(port, HASH_NET_PORT, 4, frozenset({
+        ("10.2.0.0/16", 6, 80), ("10.2.0.0/16", 17, 53), ("10.3.0.0/16", 1, 8 << 8), ("10.4.0.0/16", 47, 0)}))
     matches = desired.matches[("endpoint-one-long", 4, "in")]
-    assert matches[:2] == (SetMatch(base + "-net", HASH_NET), SetMatch(base + "-port", HASH_NET_PORT))
+    assert matches[:2] == (SetMatch(net, HASH_NET), SetMatch(port, HASH_NET_PORT))
     # classes in (protocol number, kind) order: icmp any, icmp type 3, tcp any, tcp range
+    classes = {cidr: content_name(HASH_NET, 4, cidr) for cidr in ("10.7.0.0/16", "10.8.0.0/16", "10.5.0.0/16",
+                                                                   "10.6.0.0/16")}
     assert matches[2:] == (
-        SetMatch(base + "-c0", HASH_NET, "icmp"),
-        SetMatch(base + "-c1", HASH_NET, "icmp", icmp_type=3),
-        SetMatch(base + "-c2", HASH_NET, "tcp"),
-        SetMatch(base + "-c3", HASH_NET, "tcp", ports=(1000, 2000)),
+        SetMatch(classes["10.7.0.0/16"], HASH_NET, "icmp"),
+        SetMatch(classes["10.8.0.0/16"], HASH_NET, "icmp", icmp_type=3),
+        SetMatch(classes["10.5.0.0/16"], HASH_NET, "tcp"),
+        SetMatch(classes["10.6.0.0/16"], HASH_NET, "tcp", ports=(1000, 2000)),
     )
-    assert desired.sets[base + "-c3"].members == {"10.6.0.0/16"}
+    for cidr, name in classes.items():
+        assert desired.sets[name] == SetSpec(name, HASH_NET, 4, frozenset({cidr}))
+    assert set(desired.sets) == {net, port, *classes.values()}
     assert desired.matches[("endpoint-one-long", 4, "out")] == ()
     assert not desired.warnings
 
@@ -53,10 +69,13 @@ def test_zero_prefix_is_stored_as_two_halves_in_every_set_type():
     spec = endpoint(outbound=[Rule(cidr="0.0.0.0/0"), Rule(cidr="0.0.0.0/0", protocol="tcp", port=443)],
                     outbound6=[Rule(cidr="::/0", protocol="icmpv6")], addrs=("10.0.0.1", "fd00::1"))
     desired = sets_of(spec)
-    assert desired.sets["felix-4out-endpoint-on-net"].members == {"0.0.0.0/1", "128.0.0.0/1"}
-    assert desired.sets["felix-4out-endpoint-on-port"].members == {("0.0.0.0/1", 6, 443), ("128.0.0.0/1", 6, 443)}
-    v6 = desired.sets["felix-6out-endpoint-on-c0"]
+    assert desired.sets[content_name(HASH_NET, 4, "0.0.0.0/1", "128.0.0.0/1")].members == {"0.0.0.0/1",
+                                                                                            "128.0.0.0/1"}
+    port = content_name(HASH_NET_PORT, 4, "0.0.0.0/1,tcp:443", "128.0.0.0/1,tcp:443")
+    assert desired.sets[port].members == {("0.0.0.0/1", 6, 443), ("128.0.0.0/1", 6, 443)}
+    v6 = desired.sets[content_name(HASH_NET, 6, "::/1", "8000::/1")]
     assert (v6.version, v6.members) == (6, frozenset({"::/1", "8000::/1"}))
+    assert len(desired.sets) == 3
 
 
 def test_fail_closed_and_missing_family_get_no_sets():
@@ -84,6 +103,40 @@ def test_rules_that_cannot_apply_are_skipped_with_a_warning_and_never_widen():
     assert with_bad.groups == set()  # the skipped group rule names no set
 
 
+# --- sets named by their content, shared by endpoints whose rules hold the same CIDRs ---
+
+def test_endpoints_whose_rules_hold_the_same_cidrs_share_one_set_and_a_change_is_a_new_one():
+    anywhere = [Rule(cidr="0.0.0.0/0")]  # the seed's default "out to anywhere"
+    a = endpoint(inbound=[Rule(cidr="10.1.0.0/16"), Rule(cidr="10.2.0.0/16")], outbound=anywhere, eid="a")
+    b = endpoint(inbound=[Rule(cidr="10.2.0.0/16"), Rule(cidr="10.1.0.0/16")], outbound=anywhere, eid="b",
+                 addrs=("10.0.0.2",))  # a's CIDRs in another order
+    c = endpoint(inbound=[Rule(cidr="10.1.0.0/16")], outbound=anywhere, eid="c", addrs=("10.0.0.3",))
+    desired = ipsets.desired_sets({"a": a, "b": b, "c": c}, (4, 6))
+    out = content_name(HASH_NET, 4, "0.0.0.0/1", "128.0.0.0/1")
+    both = content_name(HASH_NET, 4, "10.1.0.0/16", "10.2.0.0/16")
+    one = content_name(HASH_NET, 4, "10.1.0.0/16")
+    assert len({out, both, one}) == 3
+    for eid in "abc":
+        assert desired.matches[(eid, 4, "out")] == (SetMatch(out, HASH_NET),)
+    assert desired.matches[("a", 4, "in")] == desired.matches[("b", 4, "in")] == (SetMatch(both, HASH_NET),)
+    assert desired.matches[("c", 4, "in")] == (SetMatch(one, HASH_NET),)
+    assert desired.sets == {
+        out: SetSpec(out, HASH_NET, 4, frozenset({"0.0.0.0/1", "128.0.0.0/1"})),
+        both: SetSpec(both, HASH_NET, 4, frozenset({"10.1.0.0/16", "10.2.0.0/16"})),
+        one: SetSpec(one, HASH_NET, 4, frozenset({"10.1.0.0/16"})),
+    }
+
+    # b's inbound rules change: b names a new set; a's set and matches stay exactly as they were.
+    b2 = endpoint(inbound=[Rule(cidr="10.2.0.0/16")], outbound=anywhere, eid="b", addrs=("10.0.0.2",))
+    after = ipsets.desired_sets({"a": a, "b": b2, "c": c}, (4, 6))
+    two = content_name(HASH_NET, 4, "10.2.0.0/16")
+    assert after.matches[("b", 4, "in")] == (SetMatch(two, HASH_NET),)
+    assert after.matches[("a", 4, "in")] == desired.matches[("a", 4, "in")]
+    assert after.sets[both] == desired.sets[both]
+    assert after.sets[two] == SetSpec(two, HASH_NET, 4, frozenset({"10.2.0.0/16"}))
+    assert set(after.sets) == {out, both, one, two}
+
+
 # --- group rules: one shared set per group and family --------------------------------
 
 def test_group_set_names_are_the_group_or_a_hash_of_a_long_one():
@@ -109,8 +162,8 @@ def test_no_groups_set_is_another_groups_temporary_twin():
 def test_only_group_sets_are_group_sets():
     for name in ("felix-4g-web", "felix-6g-web", "felix-4h-8cdb4031d714e37859a"):
         assert ipsets.is_group_set(name), name
-    for name in ("felix-4in-endpoint-on-net", "felix-6out-endpoint-on-c0", "other-4g-web", "felix-4gweb",
-                 "felix-", ""):
+    for name in (content_name(HASH_NET, 4, "10.0.0.0/8"), content_name(HASH_NET_PORT, 6, "::/1,tcp:80"),
+                 "other-4g-web", "felix-4gweb", "felix-", ""):
         assert not ipsets.is_group_set(name), name
 
 
@@ -152,16 +205,16 @@ def test_group_rules_match_after_the_endpoints_own_sets_in_rule_order_and_make_n
                     inbound6=[Rule(group="web")], outbound6=[Rule(group="ops", protocol="icmpv6", icmp_type=128)],
                     addrs=("10.0.0.1", "fd00::1"))
     desired = sets_of(spec)
-    base = "felix-4in-endpoint-on"
+    net = content_name(HASH_NET, 4, "10.1.0.0/16")
     assert desired.matches[("endpoint-one-long", 4, "in")] == (
-        SetMatch(base + "-net", HASH_NET),
+        SetMatch(net, HASH_NET),
         SetMatch("felix-4g-web", HASH_NET, "tcp", ports=(80, 80)),
         SetMatch("felix-4g-db", HASH_NET),
     )
     assert desired.matches[("endpoint-one-long", 6, "in")] == (SetMatch("felix-6g-web", HASH_NET),)
     assert desired.matches[("endpoint-one-long", 6, "out")] == (
         SetMatch("felix-6g-ops", HASH_NET, "icmpv6", icmp_type=128),)
-    assert set(desired.sets) == {base + "-net"}  # group sets are shared: the dataplane makes them
+    assert set(desired.sets) == {net}  # group sets are shared: the dataplane makes them
     assert desired.groups == {("web", 4), ("db", 4), ("web", 6), ("ops", 6)}
     assert not desired.warnings
 
@@ -290,8 +343,9 @@ def test_the_last_member_leaving_or_the_first_joining_a_group_set_replaces_it():
 
 
 def test_an_endpoints_own_set_is_never_edited_in_place():
-    have = spec_set("felix-4in-endpoint-on-net", host_routes(1000))
-    want = spec_set("felix-4in-endpoint-on-net", host_routes(1001))
+    name = content_name(HASH_NET, 4, "10.9.0.0/16")  # an endpoint's set, whatever the kernel holds under it
+    have = spec_set(name, host_routes(1000))
+    want = spec_set(name, host_routes(1001))
     plan = ipset_writer.plan_sets({have.name: have}, {want.name: want})
     assert plan.edits == [] and plan.replaces == [want]
 

@@ -1,5 +1,7 @@
 """Felix's iptables layout and the table plans made from it (pure; no kernel)."""
 
+import hashlib
+
 import pytest
 
 from calico.common.rules import Rule
@@ -14,6 +16,17 @@ MAC = "02:00:00:00:00:0a"
 def chains_for(endpoints, version=4):
     endpoints = {e.endpoint_id: e for e in endpoints}
     return layout.desired_chains(endpoints, version, desired_sets(endpoints, (4, 6)).matches)
+
+
+def content_name(set_type, version, *members):
+    """The documented name of the set holding ``members`` (as ``ipset restore``
+    spells them): felix-<4|6>s- and the first 19 hex characters of the sha256
+    of the set type and the sorted members, one a line."""
+    text = "\n".join([set_type, *sorted(members)])
+    return f"felix-{version}s-{hashlib.sha256(text.encode()).hexdigest()[:19]}"
+
+
+ANYWHERE = content_name("hash:net", 4, "0.0.0.0/1", "128.0.0.0/1")  # 0.0.0.0/0, as its two halves
 
 
 def open_endpoint(eid="web-1-abcdefgh", addrs=("10.0.0.1",), inbound=(), outbound=(), inbound6=(), outbound6=()):
@@ -33,14 +46,15 @@ def test_open_endpoint_chains_check_conntrack_mac_spoofing_then_sets():
         "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
         f"-m mac ! --mac-source {MAC} -j DROP",
         "! -s 10.0.0.1/32 -j DROP",
-        "-m set --match-set felix-4out-web-1-abcde-net dst -j RETURN",
+        f"-m set --match-set {ANYWHERE} dst -j RETURN",
         "-j DROP",
     )
     assert chains["felix-to-web-1-abcde"] == (
         "-m conntrack --ctstate INVALID -j DROP",
         "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-        "-m set --match-set felix-4in-web-1-abcde-net src -j RETURN",
-        "-p tcp -m multiport --dports 80:90 -m set --match-set felix-4in-web-1-abcde-c0 src -j RETURN",
+        f"-m set --match-set {content_name('hash:net', 4, '10.0.0.0/24')} src -j RETURN",
+        # the port range's CIDRs are the outbound set's: the two rules test the one set
+        f"-p tcp -m multiport --dports 80:90 -m set --match-set {ANYWHERE} src -j RETURN",
         "-j DROP",
     )
     assert chains[layout.FROM_ENDPOINT] == ("-i tapweb-1-abcde -g felix-from-web-1-abcde", "-j DROP")
@@ -52,8 +66,10 @@ def test_port_sets_match_destination_port_in_both_directions():
     spec = open_endpoint(inbound=[Rule(cidr="10.0.0.0/8", protocol="tcp", port=22)],
                          outbound=[Rule(cidr="10.0.0.0/8", protocol="udp", port=53)])
     chains = chains_for([spec])
-    assert "-m set --match-set felix-4in-web-1-abcde-port src,dst -j RETURN" in chains["felix-to-web-1-abcde"]
-    assert "-m set --match-set felix-4out-web-1-abcde-port dst,dst -j RETURN" in chains["felix-from-web-1-abcde"]
+    ssh_in = content_name("hash:net,port", 4, "10.0.0.0/8,tcp:22")
+    dns_out = content_name("hash:net,port", 4, "10.0.0.0/8,udp:53")
+    assert f"-m set --match-set {ssh_in} src,dst -j RETURN" in chains["felix-to-web-1-abcde"]
+    assert f"-m set --match-set {dns_out} dst,dst -j RETURN" in chains["felix-from-web-1-abcde"]
 
 
 def test_several_addresses_use_a_spoof_chain():
@@ -86,7 +102,8 @@ def test_ipv6_chains_exist_only_for_v6_endpoints_and_hold_no_early_exceptions():
     assert from_chain[2] == f"-m mac ! --mac-source {MAC} -j DROP"  # right after conntrack
     assert not any("icmpv6-type 13" in rule or "546" in rule for rule in from_chain)
     assert "! -s fd00::5/128 -j DROP" in from_chain
-    assert ("-p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set felix-6in-dual-c0 src -j RETURN"
+    anywhere6 = content_name("hash:net", 6, "::/1", "8000::/1")
+    assert (f"-p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set {anywhere6} src -j RETURN"
             in chains["felix-to-dual"])
 
 
@@ -142,7 +159,7 @@ def test_group_rules_test_the_shared_group_set_after_the_endpoints_own_sets():
     assert chains["felix-to-web-1-abcde"] == (
         "-m conntrack --ctstate INVALID -j DROP",
         "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
-        "-m set --match-set felix-4in-web-1-abcde-net src -j RETURN",
+        f"-m set --match-set {content_name('hash:net', 4, '10.0.0.0/24')} src -j RETURN",
         "-p tcp -m multiport --dports 80 -m set --match-set felix-4g-web src -j RETURN",
         "-m set --match-set felix-4g-ops src -j RETURN",
         "-j DROP",
