@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import re
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -42,7 +42,7 @@ from zmq.utils.monitor import recv_monitor_message
 import testkeys
 from calico import netns
 from calico.common.security import ClusterKeys
-from calico.lab import control, fabric, state
+from calico.lab import fabric, state
 from calico.lab.layout import Layout, host_ip
 from e2e_lab import kernel_snapshot
 
@@ -249,10 +249,5 @@ def gateway_mac(ns: str) -> str:
     return macs[0]
 
 
-def status_on_failure(layout: Layout) -> str:
-    return control.status(layout)
-
-
-def wait_settle(seconds: float) -> None:
-    """Only where a test must let frames already sent arrive (never an assertion on time)."""
-    time.sleep(seconds)
+def link_mac(ns: str, interface: str) -> str:
+    return json.loads(netns.run(ns, ["ip", "-j", "link", "show", interface]).stdout)[0]["address"]
