@@ -96,8 +96,18 @@ class Attempt:
         self.monitor = self.sock.get_monitor_socket()
         self.events: list[tuple[int, int]] = []
         self.sock.connect(address)
+        self.sent = False
         if payload is not None:
-            self.sock.send(payload, zmq.NOBLOCK)  # queued until a handshake succeeds
+            # Queued until a handshake succeeds.  On a fast network the
+            # server may have refused the handshake already (and ZeroMQ
+            # then drops the connection's queue, and after a ZAP refusal
+            # does not try again): the message cannot even be queued,
+            # which is the same outcome, sooner.
+            try:
+                self.sock.send(payload, zmq.NOBLOCK)
+                self.sent = True
+            except zmq.Again:
+                pass
 
     def _drain(self) -> None:
         while self.monitor.poll(0):

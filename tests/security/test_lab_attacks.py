@@ -270,6 +270,7 @@ def test_with_a_hosts_keys_felix_and_every_decoder_still_refuse(lab):
     with dialer(lab.intruder) as made:
         def ask(target: str, payload: bytes, host: str | None = "host-1", role: str | None = None):
             attempt = made.attempt(f"{target}", zmq.REQ, target, payload, host=host, role=role)
+            assert attempt.sent, f"could not queue a request to {target}"
             frames = wait_until(lambda: attempt.received(0.2), what=f"an answer from {target}")
             attempt.close()
             return json.loads(frames[0])
