@@ -12,7 +12,8 @@ while the calling thread is in ``ns`` (namespaces are per thread, and
 threads inherit them).  ``Dialer.attempt`` makes one client, with CURVE
 keys from tests/testkeys.py (``keys=None``: plain ZeroMQ,
 ``testkeys.OTHER_KEYS``: a stranger's, who knows the server's public
-key, since that is no secret), sends its payload at once and watches the
+key, since that is no secret), queues its payload at once (``sent``: a
+handshake refused first leaves nothing to queue it on) and watches the
 socket's events: ``Attempt.outcome`` tells what a user of that client
 would see (refused by the server's ZAP handler, the handshake ended by the
 server, admitted, or no connection at all).
