@@ -1,6 +1,6 @@
 """Shared test set-up: root-only test directories and their skip policy.
 
-Tests under dataplane/, e2e/ and docker/ need root.  Outside root they skip,
+Tests under dataplane/, e2e/, security/ and docker/ need root.  Outside root they skip,
 unless CALICO_REQUIRE_ROOT_TESTS=1 (CI), where a skip would hide a failure,
 so they fail instead.
 """
@@ -10,7 +10,7 @@ import pathlib
 
 import pytest
 
-ROOT_DIRS = {"dataplane", "e2e", "docker"}
+ROOT_DIRS = {"dataplane", "e2e", "security", "docker"}
 TESTS_DIR = pathlib.Path(__file__).parent
 
 
@@ -32,19 +32,31 @@ def pytest_collection_modifyitems(config, items):
 # dockerds, loopback ports), so two runs on one machine (two clones, two
 # engineers) would trip over each other.  The first root test of a run
 # takes this machine-wide lock and holds it until the run ends; another
-# run's root tests wait for it.
+# run's root tests wait for it.  A module-scoped fixture that builds
+# something with fixed names before its first test runs (a lab) asks for
+# ``root_lock`` to take it first.
 ROOT_LOCK_PATH = "/tmp/calico-root-tests.lock"
 _root_lock_handle = None
 
 
-@pytest.fixture(autouse=True)
-def _machine_wide_root_lock(request):
+def _take_root_lock() -> None:
     global _root_lock_handle
-    if request.node.get_closest_marker("root") is not None and _root_lock_handle is None:
+    if _root_lock_handle is None:
         import fcntl
 
         _root_lock_handle = open(ROOT_LOCK_PATH, "w")
         fcntl.flock(_root_lock_handle, fcntl.LOCK_EX)
+
+
+@pytest.fixture(scope="session")
+def root_lock():
+    _take_root_lock()
+
+
+@pytest.fixture(autouse=True)
+def _machine_wide_root_lock(request):
+    if request.node.get_closest_marker("root") is not None:
+        _take_root_lock()
     yield
 
 

@@ -15,15 +15,16 @@ import json
 import os
 import re
 import socket
-import struct
 import threading
-import time
 from contextlib import contextmanager
 
 import polling
 from calico import netns
 from calico.common.rules import Rule
 from calico.felix.state import AclRules, Acls, EndpointSpec
+# The packet helpers live in tests/packets.py (the lab tests use them too);
+# imported here so that the dataplane tests keep one place to import from.
+from packets import received, send_frame, send_udp, udp_frame, udp_listening  # noqa: F401
 
 PREFIX = "tdp-"
 HOST = "host"  # Lab.ns_of / Lab.listening: the host namespace rather than an endpoint's
@@ -194,72 +195,6 @@ class Lab:
     def kernel_state(self) -> dict[str, str]:
         return {"iptables": self.iptables_save(4), "ip6tables": self.iptables_save(6),
                 "ipsets": self.ipset_save(), "routes": self.routes(), "neighbours": self.neighbours()}
-
-
-@contextmanager
-def udp_listening(ns: str, port: int, address: str = "0.0.0.0"):
-    """A UDP socket bound in ``ns`` for the body's duration (see ``received``)."""
-    with netns.entered(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        yield sock
-    finally:
-        sock.close()
-
-
-def received(sock: socket.socket, marker: bytes, timeout: float) -> tuple[str, int] | None:
-    """The sender of a datagram carrying ``marker`` within ``timeout``, else None."""
-    deadline = time.monotonic() + timeout
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data, sender = sock.recvfrom(2048)
-        except OSError:
-            return None
-        if data == marker:
-            return sender
-    return None
-
-
-def send_udp(ns: str, source: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
-    """One datagram from inside ``ns``, from a chosen source address and port."""
-    with netns.entered(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(source)
-        sock.sendto(payload, dst)
-    finally:
-        sock.close()
-
-
-def _ip_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
-def udp_frame(src_mac: str, dst_mac: str, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
-    """An Ethernet frame holding one IPv4 UDP datagram, built byte by byte, for
-    packets no socket would send (from 0.0.0.0, or to 127.0.0.1 out of eth0)."""
-    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload  # no UDP checksum (IPv4)
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
-                         socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
-    header = header[:10] + struct.pack("!H", _ip_checksum(header)) + header[12:]
-    return bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00" \
-        + header + udp
-
-
-def send_frame(ns: str, interface: str, frame: bytes) -> None:
-    with netns.entered(ns):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    try:
-        sock.bind((interface, 0))
-        sock.send(frame)
-    finally:
-        sock.close()
 
 
 def _echo(conn: socket.socket) -> None:

@@ -1,9 +1,12 @@
-"""Helpers for the end-to-end tests: a real lab per test module.
+"""Helpers for the lab tests (tests/e2e, tests/security): a real lab per test module.
 
-Each module gets its own namespace prefix (``te2e`` + a letter) and lab
-directory under /tmp/calico-e2e, so modules, and a user's own lab, never
-meet.  A lab is always taken down, also when the test fails; a lab left by
-a crashed earlier run with the same prefix is removed before starting.
+Each module gets its own namespace prefix (``te2e`` + a letter, ``tsec-``)
+and lab directory under /tmp/calico-e2e, so modules, and a user's own lab,
+never meet.  A lab is always taken down, also when the test fails; a lab
+left by a crashed earlier run with the same prefix is removed before
+starting.  ``secret`` gives the lab a cluster secret of the test's (e.g.
+tests/testkeys.py's) instead of a fresh one, so the test's own ZeroMQ
+clients can speak as, or pose as, the lab's components.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Iterator
 import pytest
 
 import polling
+import testkeys
 from calico.lab import check, containers, control, hosts, state
 from calico.lab.layout import Layout
 
@@ -26,10 +30,13 @@ CONVERGE_S = 30.0
 
 @contextlib.contextmanager
 def running_lab(prefix: str, count: int, cluster_extra: str = "", subnets: int = 1,
-                settings: dict[str, str] | None = None) -> Iterator[Layout]:
+                settings: dict[str, str] | None = None, secret: bytes | None = None) -> Iterator[Layout]:
     layout = Layout.from_env(os.path.join(E2E_ROOT, prefix.rstrip("-")), prefix)
     control.down(layout)
     try:
+        if secret is not None:  # 'up' keeps a secret it finds
+            os.makedirs(layout.lab_dir, exist_ok=True)
+            testkeys.write_secret_file(layout.secret_file, secret)
         problems = control.up(layout, count, cluster_extra=cluster_extra, subnets=subnets, settings=settings)
         if problems:
             pytest.fail("lab did not come up: " + "; ".join(problems) + "\n" + control.status(layout))
