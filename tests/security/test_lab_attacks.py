@@ -362,30 +362,26 @@ def test_endpoint_files_claiming_another_endpoints_address_id_or_interface_are_s
     assert_nothing_changed(lab)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "VULNERABILITY (not fixed here): an endpoint file with an address outside the pool is refused by "
-    "Felix, but the plugin's network API still publishes it as a member of its groups, so every member "
-    "lets that address in (here: the intruder's own, 10.240.0.250, into group web)"))
 def test_an_endpoint_file_with_an_address_outside_the_pool_grants_nothing(lab, planted):
-    """Felix refuses an endpoint outside the pool; its group must not take
-    it in either, or every member would let that address in.  Here: the
-    intruder's own address, in group web."""
-    pool = hosts.load_lab_cluster(lab.layout).settings.pool
-    skipped = f"zz-outside.txt: [endpoint outsider]: address {INTRUDER_IP} is outside the pool {pool}; skipped"
+    """Felix refuses an endpoint outside the pool; and though the plugin
+    still lists it as a member of its group, no Felix lets that address in
+    (every Felix keeps group members outside its pools out of its sets).
+    Here: the intruder's own address, in group web."""
     refused = f"answered INVALID: 'address {INTRUDER_IP} is outside the pool"
-    seen = {component: len(lab.log(1, component)) for component in ("plugin-ep", "plugin-network")}
+    ignored = "Group web: ignoring 1 address(es) outside the pools"
+    seen = {(index, component): len(lab.log(index, component))
+            for index, component in ((1, "plugin-ep"), (1, "felix"), (2, "felix"))}
 
-    def since(component: str) -> str:
-        return lab.log(1, component)[seen[component]:]
+    def since(index: int, component: str) -> str:
+        return lab.log(index, component)[seen[(index, component)]:]
 
     planted("zz-outside.txt", endpoint_file("outsider", "d" * 40, INTRUDER_IP, "host-1", "web", "06:00:00:00:00:15"))
-    wait_until(lambda: skipped in since("plugin-ep") or refused in since("plugin-ep"),
-               what="plugin-ep to skip zz-outside.txt, or Felix to refuse its endpoint")
-    wait_until(lambda: skipped in since("plugin-network") or "group web:" in since("plugin-network"),
-               what="plugin-network to skip zz-outside.txt, or to publish group web")
-    assert "group web:" not in since("plugin-network"), "group web took in the endpoint Felix refused"
-    assert skipped in since("plugin-ep") and skipped in since("plugin-network")
+    wait_until(lambda: refused in since(1, "plugin-ep"), what="Felix to refuse the endpoint outside the pool")
+    for index in (1, 2):
+        wait_until(lambda: ignored in since(index, "felix") and INTRUDER_IP in since(index, "felix"),
+                   what=f"host-{index}'s Felix to keep the outsider's address out of group web")
     assert not probe.tcp_connect(lab.intruder, lab.ip("web1"), LISTEN_PORT)
+    assert not probe.tcp_connect(lab.intruder, lab.ip("web2"), LISTEN_PORT)
     assert_nothing_changed(lab)
 
 
