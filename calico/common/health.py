@@ -399,20 +399,30 @@ def component_of(argv: Sequence[str]) -> tuple[str, list[str]] | None:
 def health_url(component: str, args: Sequence[str]) -> str | None:
     """The base URL of this component's health server, from its own
     arguments and settings (None when its HealthEnabled is off)."""
+    args = list(args)
     if component == "felix":
-        from calico.felix.main import health_settings
+        from calico.felix.main import DEFAULT_CONFIG_FILE, health_settings
     elif component == "acl-manager":
-        from calico.acl_manager.main import health_settings  # type: ignore[no-redef]
+        from calico.acl_manager.main import DEFAULT_CONFIG_FILE, health_settings  # type: ignore[no-redef]
     else:
         from calico.plugin.main import health_settings  # type: ignore[no-redef]
-    enabled, host, port = health_settings(list(args))
+        DEFAULT_CONFIG_FILE = ""
+        api = component.split("-", 1)[1]
+        if api not in args:
+            args.append(api)
+    if DEFAULT_CONFIG_FILE and not any(a.startswith("--config-file") for a in args) \
+            and not os.path.exists(DEFAULT_CONFIG_FILE):
+        args += ["--config-file", os.devnull]  # no config file here: the environment and the defaults
+    enabled, host, port = health_settings(args)
     return base_url(host, port) if enabled else None
 
 
 def _bird_check(args: Sequence[str]) -> tuple[bool, str]:
     from calico.status import BirdError, bird_command, find_bird_socket
 
-    path = find_bird_socket()
+    args = list(args)
+    given = args[args.index("-s") + 1] if "-s" in args[:-1] else None  # bird ... -s SOCKET
+    path = given or find_bird_socket()
     if path is None:
         return False, "BIRD: no control socket found"
     try:
