@@ -297,6 +297,7 @@ class HealthServer:
         self.metrics = metrics
         self._server: _Server | None = None
         self._stopping = threading.Event()
+        self.serving = threading.Event()  # set once bound (port 0: ``port`` is then the one chosen)
         self._thread = threading.Thread(target=self._run, name=f"health-{health.component}", daemon=True)
 
     @property
@@ -320,6 +321,8 @@ class HealthServer:
                     failed_before = True
                 self._stopping.wait(BIND_RETRY_SECS)
                 continue
+            self.port = self._server.server_address[1]
+            self.serving.set()
             log.info("health: serving /liveness, /readiness, /status%s on %s",
                      " and /metrics" if self.metrics else "", self.url)
             try:

@@ -195,9 +195,14 @@ def run(argv: list[str] | None = None) -> int:
     api.apply(data.state, data.load())  # the directory before the first request
     log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
     health.watch(loop)
-    health.set_ready()
 
     def publish_health(now: float) -> float:
+        # Ready once the directory has been read; a directory that cannot be
+        # read at start (a missing mount) has told us nothing yet.
+        if data.watcher.read_once:
+            health.set_ready()
+        else:
+            health.set_not_ready(f"data directory {args.data_dir} not read yet: {data.watcher.error}")
         state = data.state
         files, bad = data.file_counts()
         metrics.data(files, bad, len(state.hosts), len(state.endpoints), len(state.groups))

@@ -116,6 +116,7 @@ class DirectoryWatcher:
         self._next_full_scan = 0.0
         self._next_rescan = 0.0
         self.changed_at: dict[str, float] = {}  # the last batch's files -> when they changed (wall clock)
+        self.read_once = False  # the directory has been listed in full at least once
 
     # --- mode --------------------------------------------------------------
 
@@ -300,6 +301,7 @@ class DirectoryWatcher:
         if self._dir_error is not None:
             log.info("data directory %s is readable again", self.path)
             self._dir_error = None
+        self.read_once = True
         for name in self._entries.keys() - found.keys():
             self._pending[name] = None
         for name, dir_entry in found.items():
