@@ -14,6 +14,7 @@ setup(
         "python-iptables>=1.0.1",
         "pyroute2>=0.7.2,<0.8",
         "watchdog>=2.2.1",
+        "prometheus-client>=0.16.0",
         "docker",
     ],
     extras_require={
@@ -29,6 +30,8 @@ setup(
             "calico-lab=calico.lab.cli:main",
             "calico-bird-config=calico.bird:main",
             "calico-attach=calico.attach:main",
+            "calico-status=calico.status:main",
+            "calico-health=calico.common.health:main",
         ]
     },
 )

@@ -11,7 +11,10 @@ stays, so only the system's own reaction is measured) and the time from the
 deletion to the first ping that goes unanswered is taken.  Figures are
 printed; nothing is asserted.
 
-    sudo .venv/bin/python bench/lab_convergence_bench.py [--containers 50] [--hosts 3]
+    sudo .venv/bin/python bench/lab_convergence_bench.py [--containers 50] [--hosts 3] [--metrics off]
+
+``--metrics off`` runs the lab's components without Prometheus metrics
+(CALICO_LAB_METRICS=0; health is served either way), to see what they cost.
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ def main() -> int:
     parser.add_argument("--containers", type=int, default=50)
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--verbose", action="store_true", help="one line per container")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="Prometheus metrics in every component (default on, as in the lab)")
     args = parser.parse_args()
+    os.environ["CALICO_LAB_METRICS"] = "1" if args.metrics == "on" else "0"
     layout = Layout.from_env("/tmp/calico-bench-lab", "tbench-")
     control.down(layout)
     try:
@@ -56,7 +62,7 @@ def main() -> int:
         if problems:
             print("lab problems: " + "; ".join(problems), file=sys.stderr)
             return 1
-        print(f"lab up: {args.hosts} hosts in {time.monotonic() - started:.1f} s")
+        print(f"lab up: {args.hosts} hosts in {time.monotonic() - started:.1f} s (metrics {args.metrics})")
         anchors = {1: containers.add(layout, "anchor1", "host-1", ["192.168.100.1"], [GROUP]),
                    2: containers.add(layout, "anchor2", "host-2", ["192.168.100.2"], [GROUP])}
         if probe.wait_for_echo(layout.container_ns("anchor1"), "192.168.100.2", True, 60) is None:

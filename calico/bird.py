@@ -268,9 +268,12 @@ def render(cluster: Cluster, local: Host, felix_proto: int = FELIX_ROUTE_PROTO,
     ]
     taken: set[str] = set()
     for peer, client in peers:
+        # calico-status reads the peer's type from the description.
+        kind = " (route reflector client)" if client else (
+            " (route reflector)" if peer.name in settings.route_reflectors else "")
         lines += [
             f"protocol bgp {protocol_name(peer, taken)} from calico_peer {{",
-            f"  description \"{peer.name}{' (route reflector client)' if client else ''}\";",
+            f"  description \"{peer.name}{kind}\";",
             f"  neighbor {peer.ip} as {asn};",
             *(["  rr client;", f"  rr cluster id {cluster_id};"] if client else []),
             "}",

@@ -30,11 +30,16 @@ When we ask for every group (GETGROUPS):
   for ConnectionTimeoutMillis.
 A GETGROUPS already queued and not yet sent is not duplicated.  How the
 following burst replaces the whole state is described in ``network_store``.
+
+Health (``calico.common.health``, HealthPort 9096 by default): ready once
+the first GETGROUPS burst is complete (it has the groups); live while its
+loop turns.  Metrics: ``calico.acl_manager.metrics``.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import signal
 import sys
@@ -45,11 +50,14 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from calico.common import messages, security
+from calico.common.config import _KEYS as CONFIG_KEYS
 from calico.common.config import Config, ConfigError, load_config, resolve_peers
+from calico.common.health import DEFAULT_PORTS, Health, HealthServer
 from calico.common.logs import setup_logging
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
 from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.acl_manager import metrics as acl_metrics
 from calico.acl_manager.memberships import Memberships
 from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
 from calico.acl_manager.publisher import AclPublisher
@@ -66,8 +74,11 @@ SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's reque
 
 class AclManager:
     def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0,
-                 keys: ClusterKeys | None = None):
+                 keys: ClusterKeys | None = None, health: Health | None = None,
+                 metrics: acl_metrics.AclMetrics | None = None):
         self.config = config
+        self.health = health
+        self.metrics = metrics or acl_metrics.AclMetrics()
         self.context = context or zmq.Context.instance()
         self.loop = EventLoop()
         self.transport = Transport(self.context, self.loop, keys, config.max_message_bytes)
@@ -95,6 +106,14 @@ class AclManager:
                                   on_reply=self._on_reply, on_reset=self._on_reset)
         self.retry_getgroups_at: float | None = None
         self.last_request_reason = ""
+        # For /status and the metrics.
+        self.have_groups = False  # a GETGROUPS burst has completed
+        self.snapshot_completed_at: float | None = None
+        self.last_batch: dict[str, Any] | None = None
+        self._published_seen = (0, collections.Counter(), 0)
+        if health is not None:
+            health.watch(self.loop)
+            self.loop.add_timer(self._health_timer)
         self.loop.add_timer(self._tick)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
 
@@ -127,6 +146,7 @@ class AclManager:
         self.last_request_reason = reason
         log.log(level, "asking the plugin for every group: %s", reason)
         self.channel.send(messages.make(messages.GETGROUPS))
+        self.metrics.getgroups_sent()
         self.snapshot.request_sent(self.loop.clock())
 
     def _on_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
@@ -184,6 +204,11 @@ class AclManager:
         seen = self.snapshot.complete(now, self.subscribed and self.proven)
         if seen is not None:
             self._drop_unannounced(seen)
+            self.metrics.snapshot_completed()
+            self.snapshot_completed_at = time.time()
+            if not self.have_groups:
+                self.have_groups = True
+                self.publish_health()
         due = self.snapshot.next_due(now)
         if due is not None:
             waits.append(due)
@@ -267,9 +292,55 @@ class AclManager:
         gone = sorted(ep for ep in changes if ep not in self.processor.acls)
         if gone:
             log.info("endpoints %s are in no group now: published empty ACLs and forgot them", ", ".join(gone))
+        seconds = time.monotonic() - started
         log.info("groups %s: reconsidered %d endpoints, published %d ACLUPDATEs and %d membership changes "
                  "in %.1f ms", ", ".join(sorted(batch)), self.processor.recomputed, len(changes), len(membership),
-                 (time.monotonic() - started) * 1000)
+                 seconds * 1000)
+        self.metrics.computed(seconds)
+        self.last_batch = {"at": time.time(), "seconds": round(seconds, 6), "groups": len(batch),
+                           "acl_updates": len(changes), "membership_messages": len(membership)}
+        self._count_published()
+
+    # --- health and metrics --------------------------------------------------
+
+    def _count_published(self) -> None:
+        pub = self.publisher
+        acl_seen, members_seen, bytes_seen = self._published_seen
+        by_type = {kind: count - members_seen.get(kind, 0) for kind, count in pub.published_members_by_type.items()}
+        self.metrics.published(pub.published - acl_seen, by_type, pub.published_bytes - bytes_seen)
+        self._published_seen = (pub.published, collections.Counter(pub.published_members_by_type),
+                                pub.published_bytes)
+        self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
+
+    def _health_timer(self, now: float) -> float:
+        self._count_published()  # answers to subscriptions are published outside _apply
+        self.publish_health()
+        return 1.0
+
+    def publish_health(self) -> None:
+        health = self.health
+        if health is None:
+            return
+        if self.have_groups:
+            health.set_ready()
+        else:
+            health.set_not_ready(
+                f"no complete set of groups from the plugin yet (GETGROUPS to {self.channel.address}: "
+                f"{'answering' if self.channel.connected else 'no answer yet'}; subscription to "
+                f"{self.sub_address}: {'up' if self.subscribed else 'down'})")
+        pub = self.publisher
+        health.publish({
+            "groups": len(self.processor.groups),
+            "endpoints": len(self.processor.acls),
+            "referenced_groups": len(self.processor.referenced),
+            "plugin": {"requests": self.channel.address, "requests_connected": self.channel.connected,
+                       "subscription": self.sub_address, "subscribed": self.subscribed},
+            "snapshot_completed": self.snapshot_completed_at,
+            "last_batch": self.last_batch,
+            "published": {"acl_updates": pub.published, "membership_messages": pub.published_members,
+                          "bytes": pub.published_bytes},
+            "metrics": self.metrics.registry is not None,
+        })
 
     # --- life cycle ----------------------------------------------------------
 
@@ -301,8 +372,36 @@ def _override_ms(value: str, flag: str) -> int:
     return int(value)
 
 
+HEALTH_FLAGS = {  # attribute -> flag; checked by the config file's own parsers
+    "health_enabled": "--health-enabled",
+    "health_host": "--health-host",
+    "health_port": "--health-port",
+    "health_timeout_secs": "--health-timeout-secs",
+    "prometheus_metrics_enabled": "--prometheus-metrics-enabled",
+}
+
+
+def _health_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config_file, defaults={"health_port": DEFAULT_PORTS["acl-manager"]})
+    for section, key, attr, parse in CONFIG_KEYS:
+        raw = getattr(args, attr, None) if attr in HEALTH_FLAGS else None
+        if raw is None:
+            continue
+        try:
+            setattr(config, attr, parse(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{HEALTH_FLAGS[attr]} ([{section}] {key}) = {raw!r}: {exc}") from None
+    return config
+
+
+def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
+    """(HealthEnabled, HealthHost, HealthPort) that ``calico-acl-manager argv`` serves on."""
+    config = _health_config(parse_args(argv))
+    return config.health_enabled, config.health_host, config.health_port
+
+
 def build_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config_file)
+    config = _health_config(args)
     if args.plugin_address is not None:
         config.plugin_address = _override_address(args.plugin_address, "--plugin-address")
     if args.bind is not None:
@@ -325,6 +424,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-file", help=f"overrides [log] LogFilePath (default {DEFAULT_LOG_FILE})")
     parser.add_argument("--connection-timeout-ms", help="overrides [connection] ConnectionTimeoutMillis")
     parser.add_argument("--keepalive-ms", help="overrides [connection] ConnectionKeepaliveIntervalMillis")
+    for attr, flag in HEALTH_FLAGS.items():
+        key = next(k for _, k, a, _ in CONFIG_KEYS if a == attr)
+        parser.add_argument(flag, dest=attr, metavar="VALUE", help=f"overrides [health] {key}")
     return parser.parse_args(argv)
 
 
@@ -353,18 +455,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in credentials.warnings:
         log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _terminate)
+    metrics = acl_metrics.make(config.prometheus_metrics_enabled)
+    health = Health("acl-manager", config.health_timeout_secs)
+    server = None
+    if config.health_enabled:
+        server = HealthServer(health, config.health_host, config.health_port,
+                              metrics.render if metrics.registry is not None else None).start()
     try:
-        manager = AclManager(config, keys=credentials.keys)
+        manager = AclManager(config, keys=credentials.keys, health=health, metrics=metrics)
     except zmq.ZMQError as exc:
         log.error("cannot start: %s (LocalAddress %r, PluginAddress %r)", exc, config.local_address,
                   config.plugin_address)
         return 1
     try:
+        manager.publish_health()
         manager.run()
     except (KeyboardInterrupt, SystemExit):
         log.info("ACL manager stopping")
     finally:
         manager.close()
+        if server is not None:
+            server.close()
     return 0
 
 

@@ -37,6 +37,7 @@ is ignored; the sockets keep serving.
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Callable
 
@@ -80,6 +81,7 @@ class AclPublisher:
         self.next_heartbeat = loop.clock()
         self.published = 0          # ACLUPDATEs
         self.published_members = 0  # GROUPMEMBERS and MEMBERSUPDATEs
+        self.published_members_by_type: collections.Counter[str] = collections.Counter()
         self.published_bytes = 0    # bodies of both
         loop.add_socket(self.router, self._on_readable)
         loop.add_socket(self.pub, self._on_subscriptions)
@@ -103,6 +105,7 @@ class AclPublisher:
         body = messages.encode(msg)
         self.pub.send_multipart([messages.members_topic(group), body])
         self.published_members += 1
+        self.published_members_by_type[msg["type"]] += 1
         self.published_bytes += len(body)
         log.debug("published %s for group %s (seq %d)", msg["type"], group, msg["seq"])
 

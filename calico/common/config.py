@@ -14,7 +14,11 @@ or the cluster file so that one Docker image serves every site:
 The ``[security]`` keys (ClusterSecretFile, Insecure) left empty or out
 come from ``CALICO_SECRET_FILE`` and ``CALICO_INSECURE``, then their
 defaults (/etc/calico/cluster.secret; secure), so that a Docker run can set
-them with ``-e``.
+them with ``-e``.  The ``[health]`` keys likewise (``CALICO_HEALTH_ENABLED``,
+``CALICO_HEALTH_HOST``, ``CALICO_HEALTH_PORT``, ``CALICO_HEALTH_TIMEOUT_SECS``,
+``CALICO_PROMETHEUS_METRICS_ENABLED``); HealthPort's default is the
+component's own (``calico.common.health.DEFAULT_PORTS``: Felix 9099, the
+ACL manager 9096), given to ``load_config`` as ``defaults``.
 
 A bad value stops start-up with ``ConfigError``, one line naming the file,
 key and value.
@@ -27,9 +31,12 @@ import os
 import re
 import socket
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from calico.common.datafiles import DataFileError, Host, load_cluster
+from calico.common.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
+from calico.common.health import DEFAULT_PORTS as DEFAULT_HEALTH_PORTS
+from calico.common.health import DEFAULT_TIMEOUT_SECS as DEFAULT_HEALTH_TIMEOUT_SECS
 from calico.common.security import DEFAULT_SECRET_FILE, parse_flag
 from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES
 from calico.common.validation import (DEFAULT_POOL, DEFAULT_POOL6, ValidationError, check_hostname, parse_cidr,
@@ -70,6 +77,13 @@ class Config:
     ip_pool: tuple[str, ...] = ()
     ip_pool6: tuple[str, ...] = ()
     max_endpoints: int = 5000
+    # Health and metrics over HTTP (calico.common.health): on the host's
+    # loopback unless the operator says otherwise; metrics off by default.
+    health_enabled: bool = True
+    health_host: str = DEFAULT_HEALTH_HOST
+    health_port: int = DEFAULT_HEALTH_PORTS["felix"]
+    health_timeout_secs: int = DEFAULT_HEALTH_TIMEOUT_SECS
+    prometheus_metrics_enabled: bool = False
     source: str = "<defaults>"
 
 
@@ -101,6 +115,21 @@ def _address(text: str) -> str:
     if re.fullmatch(r"[A-Za-z][A-Za-z0-9.-]{0,252}", text):
         return text  # a DNS name; ZeroMQ resolves it on connect
     return str(parse_ip(text, allow_loopback=True))
+
+
+def _listen_host(text: str) -> str:
+    """An address to serve on: an IP literal, 0.0.0.0 or :: for every one."""
+    text = text.strip()
+    if text in ("0.0.0.0", "::"):
+        return text
+    return str(parse_ip(text, allow_loopback=True))
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise ValueError("not a port number (1-65535)")
+    return value
 
 
 def _hostname(text: str) -> str:
@@ -154,6 +183,11 @@ _KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
     ("connection", "MaxMessageBytes", "max_message_bytes", _message_bytes),
     ("security", "ClusterSecretFile", "cluster_secret_file", _path),
     ("security", "Insecure", "insecure", parse_flag),
+    ("health", "HealthEnabled", "health_enabled", parse_flag),
+    ("health", "HealthHost", "health_host", _listen_host),
+    ("health", "HealthPort", "health_port", _port),
+    ("health", "HealthTimeoutSecs", "health_timeout_secs", _positive_int),
+    ("health", "PrometheusMetricsEnabled", "prometheus_metrics_enabled", parse_flag),
 ]
 
 _ENV = {
@@ -166,6 +200,11 @@ _ENV = {
 _ENV_UNLESS_SET = {
     "cluster_secret_file": "CALICO_SECRET_FILE",
     "insecure": "CALICO_INSECURE",
+    "health_enabled": "CALICO_HEALTH_ENABLED",
+    "health_host": "CALICO_HEALTH_HOST",
+    "health_port": "CALICO_HEALTH_PORT",
+    "health_timeout_secs": "CALICO_HEALTH_TIMEOUT_SECS",
+    "prometheus_metrics_enabled": "CALICO_PROMETHEUS_METRICS_ENABLED",
 }
 
 
@@ -174,10 +213,12 @@ def is_placeholder(value: str) -> bool:
     return bool(PLACEHOLDER_RE.search(value))
 
 
-def load_config(path: str | None, env: dict[str, str] | None = None) -> Config:
-    """Read a component config file; ``path`` None means defaults only."""
+def load_config(path: str | None, env: dict[str, str] | None = None,
+                defaults: Mapping[str, Any] | None = None) -> Config:
+    """Read a component config file; ``path`` None means defaults only.
+    ``defaults`` (attribute -> value) replaces Config's own for this component."""
     env = dict(os.environ) if env is None else env
-    config = Config()
+    config = Config(**(defaults or {}))
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # keys are CamelCase, as in the original Calico
     if path is not None:

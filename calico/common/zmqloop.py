@@ -21,6 +21,13 @@ and ``on_reset`` tells the owner that whatever state the peer held may be
 gone (Felix resyncs, the ACL manager asks for all groups again).  When the
 line is quiet for ConnectionKeepaliveIntervalMillis it sends a HEARTBEAT, so
 a dead peer is noticed even when there is nothing to say.
+
+``EventLoop.last_iteration`` is stamped at the start of every iteration
+(an idle loop still turns at least once a second): the health server's
+liveness watchdog reads it from its own thread (``calico.common.health``).
+For the tests of that watchdog only, ``CALICO_DEBUG_STALL_FILE`` names a
+file: while it exists, the loop sleeps instead of turning, as a stuck
+component would.  Unset (the default), it costs nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Protocol
 
@@ -52,6 +60,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Below this even ordinary requests could be refused; a setting smaller
 # than this is a mistake, not a policy.
 MIN_MAX_MESSAGE_BYTES = 64 * 1024
+# The liveness tests' hook (module docstring); never set in production.
+STALL_FILE_ENV = "CALICO_DEBUG_STALL_FILE"
 
 
 class Dialer(Protocol):
@@ -96,6 +106,8 @@ class EventLoop:
         self._handlers: dict[zmq.Socket, Handler] = {}
         self._timers: list[Timer] = []
         self.stopped = False
+        self.last_iteration = clock()  # read by the health server's thread
+        self._stall_file = os.environ.get(STALL_FILE_ENV) or None
 
     def add_socket(self, sock: zmq.Socket | int, handler: Handler) -> None:
         """Call ``handler`` when ``sock`` is readable: a ZeroMQ socket or a
@@ -117,8 +129,11 @@ class EventLoop:
             self._timers.remove(timer)
 
     def run_once(self, max_wait: float = 1.0) -> None:
+        if self._stall_file is not None:
+            self._debug_stall()
         wait = max_wait
         now = self.clock()
+        self.last_iteration = now
         for timer in list(self._timers):
             try:
                 due = timer(now)
@@ -139,6 +154,15 @@ class EventLoop:
                 self._failed(f"the handler of a {zmq.SocketType(sock.type).name} socket", exc)
                 if sock.type == zmq.REP and not sock.closed:
                     _answer_if_owed(sock)
+
+    def _debug_stall(self) -> None:
+        """The test hook (CALICO_DEBUG_STALL_FILE): sleep while the file exists."""
+        if not os.path.exists(self._stall_file):  # type: ignore[arg-type]
+            return
+        log.warning("%s exists (%s): the event loop stalls until it is removed", self._stall_file, STALL_FILE_ENV)
+        while os.path.exists(self._stall_file) and not self.stopped:  # type: ignore[arg-type]
+            time.sleep(0.05)
+        log.warning("%s removed: the event loop runs again", self._stall_file)
 
     @staticmethod
     def _failed(what: str, exc: Exception) -> None:

@@ -46,11 +46,21 @@ The dataplane reports endpoints whose interface does not exist yet; a timer
 retries them every EndpointRetryTimeMillis.  If a pass raises, the dataplane
 forgets what it believed about the kernel and the pass is retried after a
 growing back-off, so a persistent fault is neither a busy loop nor a crash.
+
+Health and metrics (``calico.common.health``, ``calico.felix.metrics``).
+The agent tells its ``Health`` when it is ready (first resync complete,
+first dataplane pass applied, and the ACL manager heard within
+ConnectionTimeoutMillis) and since when passes have been failing (a
+liveness failure once that lasts HealthTimeoutSecs), and publishes its view
+for ``/status`` after every pass and every second: endpoints by what the
+last pass made of them, the last pass, the peers.  Metrics are recorded
+where things happen; with metrics off those calls do nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -67,6 +77,7 @@ from calico.felix.cluster import POLL_INTERVAL_SECS, ClusterSource
 from calico.felix.endpoints import (FULL, Change, EndpointTable, Refusal, Resync, acls_from_wire, describe_acls,
                                     describe_pools, in_pools, parse_pools, spec_from_message)
 from calico.felix.groups import GroupMembers, Outcome
+from calico.felix.metrics import ENDPOINT_STATES, FelixMetrics
 from calico.felix.state import EndpointSpec
 
 log = logging.getLogger(__name__)
@@ -107,8 +118,11 @@ class Addresses:
 class Agent:
     def __init__(self, config: Config, dataplane: Dataplane, *, addresses: Addresses | None = None,
                  context: zmq.Context | None = None, loop: EventLoop | None = None,
-                 cluster: ClusterSource | None = None, keys: ClusterKeys | None = None):
+                 cluster: ClusterSource | None = None, keys: ClusterKeys | None = None,
+                 health: Any = None, metrics: FelixMetrics | None = None):
         self.config = config
+        self.health = health  # calico.common.health.Health, or None
+        self.metrics = metrics or FelixMetrics()
         self.dataplane = dataplane
         self.addresses = addresses or Addresses.from_config(config)
         self.context = context or zmq.Context.instance()
@@ -151,6 +165,15 @@ class Agent:
         self._retry_at: float | None = None
         self._failures = 0
         self._last_apply_end = now
+        # What /status and calico-status show (wall-clock times).
+        self._failing_since: float | None = None  # loop clock: first failed pass since the last good one
+        self._last_error = ""
+        self._last_pass: dict[str, Any] | None = None
+        self._by_state: dict[str, int] = {state: 0 for state in ENDPOINT_STATES}
+        self._passes = 0
+        self._synced_wall: float | None = None
+        self._last_request_wall: float | None = None
+        self._resyncs = 0
 
         self.plugin = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, self.addresses.plugin, own_role,
                                                                   security.ROLE_PLUGIN_EP), "plugin",
@@ -175,6 +198,9 @@ class Agent:
             self.loop.add_timer(self._cluster_timer)
         self.loop.add_timer(self._resync_timer)
         self.loop.add_timer(self._acl_timer)
+        if self.health is not None:
+            self.health.watch(self.loop)
+            self.loop.add_timer(self._health_timer)
         self.loop.add_timer(self._apply_timer)  # last: runs after the others marked work
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
@@ -204,8 +230,11 @@ class Agent:
     # --- life cycle -----------------------------------------------------------
 
     def start(self) -> None:
+        self._set_not_ready("setting up the host (sysctls, top-level chains)")
         self.dataplane.start()
+        self._count_kernel_writes()
         self.begin_resync("start-up")
+        self.publish_health()
 
     def run(self) -> None:
         self.start()
@@ -238,6 +267,8 @@ class Agent:
         """Ask the plugin for every endpoint of this host; any resync still
         running is abandoned (its count no longer means anything)."""
         self.resync = Resync(str(uuid.uuid4()), reason)
+        self._resyncs += 1
+        self.metrics.resync_started()
         self._parked.clear()  # the plugin announces afresh whatever it still has
         self._resync_retry_at = None
         self._resync_progress_at = self.loop.clock()
@@ -288,6 +319,7 @@ class Agent:
         log.info("Resync %s complete: %d endpoint(s), %d removed", resync.resync_id, len(self.table), len(stale))
         if self.synced_at is None:
             self.synced_at = self.loop.clock()
+            self._synced_wall = time.time()
             self.dirty = True  # the first pass, even for an empty table: it removes leftovers
         elif stale:
             self.dirty = True
@@ -323,6 +355,7 @@ class Agent:
                 raw = self.endpoint_socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            self._last_request_wall = time.time()
             try:
                 answer = self.handle_endpoint_request(raw)
             except Exception as exc:  # a bug must not wedge the REP socket
@@ -337,8 +370,10 @@ class Agent:
         except messages.MessageError as exc:
             log.warning("Endpoint API: rejected request (%s)", exc)
             self._count_rejected_announcement(raw)
+            self.metrics.endpoint_request("rejected")
             return messages.invalid_reply(exc)
         msg_type = msg["type"]
+        self.metrics.endpoint_request(msg_type)
         if msg_type == messages.HEARTBEAT:
             return messages.reply(messages.HEARTBEAT)
         if msg_type == messages.ENDPOINTDESTROYED:
@@ -522,6 +557,7 @@ class Agent:
                 continue
             topic, body = frames
             if topic == messages.TOPIC_ACL_HEARTBEAT:
+                self.metrics.acl_publication(messages.HEARTBEAT)
                 continue
             group = messages.group_of_topic(topic)
             if group is not None:
@@ -540,7 +576,9 @@ class Agent:
             msg = messages.decode_request(body, {messages.ACLUPDATE})
         except messages.MessageError as exc:
             log.warning("ACLUPDATE for endpoint %s rejected (%s); keeping its previous ACLs", endpoint_id, exc)
+            self.metrics.acl_publication("rejected")
             return
+        self.metrics.acl_publication(messages.ACLUPDATE)
         acls, problems = acls_from_wire(msg["acls"])
         reported = self._acl_problems.get(endpoint_id, frozenset())
         for problem in problems:
@@ -565,7 +603,9 @@ class Agent:
             msg = messages.decode_request(body, MEMBERS_TYPES)
         except messages.MessageError as exc:
             log.warning("Membership message for group %s rejected (%s); keeping the members we have", group, exc)
+            self.metrics.acl_publication("rejected")
             return
+        self.metrics.acl_publication(msg["type"])
         if msg["group"] != group:
             log.warning("%s for group %s arrived on group %s's topic; ignored", msg["type"], msg["group"], group)
             return
@@ -641,9 +681,11 @@ class Agent:
         desired = self.table.desired(groups.keys())
         self.dirty = False
         self._retry_at = None
+        started, started_wall = time.perf_counter(), time.time()
         try:
             missing = self.dataplane.apply(desired, groups)
         except Exception as exc:
+            self._pass_done(started, started_wall, desired, error=exc)
             self._failures += 1
             backoff = min(BACKOFF_MIN_SECS * 2 ** (self._failures - 1), BACKOFF_MAX_SECS)
             log.error("Dataplane pass failed (%s: %s); re-reading the kernel, retrying in %.1fs",
@@ -662,10 +704,106 @@ class Agent:
         self.applied_once = True
         self._last_apply_end = self.loop.clock()
         self._note_missing(set(missing) & set(desired), desired)
+        self._pass_done(started, started_wall, desired)
         if self.missing:
             self._retry_at = self._last_apply_end + self.retry_interval
         log.debug("Dataplane pass done: %d endpoint(s), %d waiting for their interface",
                   len(desired), len(self.missing))
+
+    # --- health and metrics --------------------------------------------------------
+
+    def _pass_done(self, started: float, started_wall: float, desired: Mapping[str, EndpointSpec],
+                   error: Exception | None = None) -> None:
+        seconds = time.perf_counter() - started
+        self._passes += 1
+        self.metrics.pass_done(seconds, error is None)
+        self._count_kernel_writes()
+        if error is None:
+            self._failing_since = None
+            failed = getattr(self.dataplane, "failed", {})
+            by_state = dict.fromkeys(ENDPOINT_STATES, 0)
+            for endpoint_id, spec in desired.items():
+                if endpoint_id in self.missing:
+                    state = "interface-missing"
+                elif endpoint_id in failed:
+                    state = "fail-closed"
+                elif not spec.enabled:
+                    state = "disabled"
+                elif spec.acls is None:
+                    state = "waiting-for-acls"
+                else:
+                    state = "programmed"
+                by_state[state] += 1
+            self._by_state = by_state
+            self.metrics.endpoints(len(desired), by_state)
+        else:
+            if self._failing_since is None:
+                self._failing_since = self.loop.clock()
+            self._last_error = f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+        self._last_pass = {"at": started_wall, "seconds": round(seconds, 6), "ok": error is None,
+                           "endpoints": len(desired), "error": None if error is None else self._last_error}
+        self.publish_health()
+
+    def _count_kernel_writes(self) -> None:
+        writes = getattr(self.dataplane, "writes", None)
+        if writes is not None:
+            ipsets = getattr(self.dataplane, "ipsets", None)
+            self.metrics.kernel_writes(writes.snapshot(), getattr(ipsets, "request_errors", 0))
+
+    def _set_not_ready(self, reason: str) -> None:
+        if self.health is not None:
+            self.health.set_not_ready(reason)
+
+    def _health_timer(self, now: float) -> float:
+        self.publish_health()
+        return 1.0
+
+    def readiness_problems(self) -> list[str]:
+        """Why Felix is not ready (empty: ready)."""
+        problems = []
+        if self.synced_at is None:
+            resync = self.resync
+            progress = (f": {len(resync.counted)} of {resync.expected} endpoint(s) so far"
+                        if resync is not None and resync.expected is not None else "")
+            problems.append(f"first resync with the plugin ({self.addresses.plugin}) not complete{progress}")
+        elif not self.applied_once:
+            problems.append("first dataplane pass not applied yet" +
+                            (f" (failing: {self._last_error})" if self._failures else ""))
+        if not self._acl_live:
+            problems.append(f"not hearing the ACL manager (nothing on {self.addresses.acl_pub})")
+        return problems
+
+    def publish_health(self) -> None:
+        """Readiness, the dataplane's progress and the /status view, for the health server."""
+        connected = {"plugin": self.plugin.connected, "acl-manager-requests": self.acl_manager.connected,
+                     "acl-manager-publications": self._acl_live}
+        self.metrics.peers(connected)
+        health = self.health
+        if health is None:
+            return
+        problems = self.readiness_problems()
+        if problems:
+            health.set_not_ready("; ".join(problems))
+        else:
+            health.set_ready()
+        health.set_stall(self._failing_since, f"dataplane passes failing (last: {self._last_error})")
+        now, wall = self.loop.clock(), time.time()
+        health.publish({
+            "host": self.config.felix_hostname,
+            "endpoints": dict(self._by_state),
+            "endpoint_count": len(self.table),
+            "last_pass": self._last_pass,
+            "passes": self._passes,
+            "failing_since": None if self._failing_since is None else wall - (now - self._failing_since),
+            "resync": {"first_completed": self._synced_wall, "in_progress": self.resync is not None,
+                       "started": self._resyncs},
+            "plugin": {"address": self.addresses.plugin, "connected": self.plugin.connected},
+            "endpoint_api": {"address": self.addresses.endpoints, "last_request": self._last_request_wall},
+            "acl_manager": {"requests": self.addresses.acl_req, "requests_connected": self.acl_manager.connected,
+                            "publications": self.addresses.acl_pub, "hearing": self._acl_live,
+                            "last_heard": wall - (now - self._acl_heard_at) if self._acl_live else None},
+            "metrics": self.metrics.registry is not None,
+        })
 
     def _note_missing(self, missing: set[str], desired: Mapping[str, EndpointSpec]) -> None:
         for endpoint_id in sorted(missing - self.missing):

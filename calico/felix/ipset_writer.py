@@ -141,6 +141,7 @@ class IpsetWriter:
         self.runner = runner
         self.kernel: dict[str, SetSpec] | None = None
         self._ipset = None
+        self.request_errors = 0  # pyroute2 requests the kernel refused (Felix's metrics)
 
     def close(self) -> None:
         if self._ipset is not None:
@@ -215,7 +216,11 @@ class IpsetWriter:
 
     def _request(self, method: str, *args, **kwargs):
         self.counter.ipset_requests += 1
-        return getattr(self._socket(), method)(*args, **kwargs)
+        try:
+            return getattr(self._socket(), method)(*args, **kwargs)
+        except Exception:
+            self.request_errors += 1
+            raise
 
     def _destroy(self, name: str) -> None:
         if not name:  # a nameless destroy would remove every set on the host

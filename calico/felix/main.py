@@ -5,6 +5,10 @@ command-line flags after ``--config-file`` override single keys; they exist
 for tests and one-off runs (several Felixes on one machine, each in its own
 namespace with its own log), and go through the same checks as the file, so
 a bad value is one line on stderr naming the key, and exit status 2.
+
+The health server (``calico.common.health``: /liveness, /readiness,
+/status, and /metrics when PrometheusMetricsEnabled) starts before
+anything else, so it answers "not ready" while Felix sets up the host.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ OVERRIDES = {
     "ip_pool": "--ip-pool",
     "ip_pool6": "--ip-pool6",
     "max_endpoints": "--max-endpoints",
+    "health_enabled": "--health-enabled",
+    "health_host": "--health-host",
+    "health_port": "--health-port",
+    "health_timeout_secs": "--health-timeout-secs",
+    "prometheus_metrics_enabled": "--prometheus-metrics-enabled",
 }
 
 
@@ -79,6 +88,13 @@ def local_addresses() -> set[str]:
         return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
 
 
+def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
+    """(HealthEnabled, HealthHost, HealthPort) that ``calico-felix argv`` serves on."""
+    args = _arguments(argv)
+    config = apply_overrides(load_config(args.config_file), args)
+    return config.health_enabled, config.health_host, config.health_port
+
+
 def load(argv: Sequence[str] | None = None) -> Config:
     args = _arguments(argv)
     config = apply_overrides(load_config(args.config_file), args)
@@ -99,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in credentials.warnings:
         log.warning("%s", warning)
 
+    from calico.common.health import Health, HealthServer
+    from calico.felix import metrics as felix_metrics
+    from calico.felix import tools
+
+    metrics = felix_metrics.make(config.prometheus_metrics_enabled)
+    health = Health("felix", config.health_timeout_secs)
+    server = None
+    if config.health_enabled:
+        server = HealthServer(health, config.health_host, config.health_port,
+                              metrics.render if metrics.registry is not None else None).start()
+    if metrics.registry is not None:
+        tools.observers.append(metrics.tool_run)
+
     from calico.felix.agent import Agent
     from calico.felix.cluster import ClusterSource
     from calico.felix.dataplane import Dataplane
@@ -112,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("Cluster settings: %s", cluster.view.describe())
     try:
         agent = Agent(config, Dataplane(cluster=cluster.view, endpoint_to_host_action=config.default_endpoint_to_host_action),
-                      cluster=cluster, keys=credentials.keys)
+                      cluster=cluster, keys=credentials.keys, health=health, metrics=metrics)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
         return 1
@@ -129,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("Felix stopped: %s", exc)
         log.debug("Felix failure detail", exc_info=True)
         return 1
+    finally:
+        if server is not None:
+            server.close()
     log.info("Felix stopped")
     return 0
 

@@ -17,8 +17,8 @@ import shutil
 import subprocess
 import time
 
-from calico import netns
-from calico.common import security
+from calico import netns, status as host_status
+from calico.common import health, security
 from calico.lab import fabric, hosts, ipip, processes, state
 from calico.lab.layout import MAX_HOSTS, MAX_SUBNETS, LabError, Layout, host_ip, host_name
 
@@ -146,12 +146,10 @@ def status(layout: Layout) -> str:
             pid = processes.alive(layout, label)
             lines.append(f"  {component:15} {'running, pid ' + str(pid) if pid else 'NOT RUNNING'}"
                          f"  log {layout.log_file(label)}")
-        sessions = hosts.bgp_sessions(layout, index)
-        lines.append(f"  bgp (birdc -s {layout.bird_socket(index)} show protocols):")
-        for name, info in sorted(sessions.items()):
-            lines.append(f"    {name:18} {info}")
-        if lab.hosts > 1 and not sessions:
-            lines.append("    no answer from birdc")
+        report = host_report(layout, index)
+        lines.append(f"  calico-status (BIRD: birdc -s {layout.bird_socket(index)}; health and metrics on "
+                     f"127.0.0.1 in {ns}):")
+        lines += [f"    {line}" if line else "" for line in report.text.splitlines()]
         routes = _routes(ns, "-4") + _routes(ns, "-6")
         rules = _iptables(ns)
         for container in sorted(lab.containers.values(), key=lambda c: c.name):
@@ -169,6 +167,36 @@ def status(layout: Layout) -> str:
             else:
                 lines.append(f"  remote   {container.name} on {host_name(container.host)}: {'; '.join(route_state)}")
     return "\n".join(lines)
+
+
+def health_url(component: str) -> str:
+    """Where a lab component's health server answers, inside its host's namespace."""
+    return health.base_url(health.DEFAULT_HOST, health.DEFAULT_PORTS[component])
+
+
+def http_get_in(layout: Layout, index: int):
+    """An HTTP GET made from inside host ``index``'s namespace (for calico.status)."""
+    ns = layout.host_ns(index)
+
+    def get(url: str, timeout: float) -> tuple[int, str]:
+        if not netns.exists(ns):
+            raise OSError(f"namespace {ns} is missing")
+        with netns.entered(ns):
+            return health.get(url, timeout)
+    return get
+
+
+def host_report(layout: Layout, index: int) -> host_status.HostReport:
+    """``calico-status`` for one lab host: its Felix, its BIRD (by the
+    lab's socket path), and on host 1 the plugin and the ACL manager."""
+    plugin_host = index == 1
+    targets = host_status.Targets(
+        felix=health_url("felix"), bird_socket=layout.bird_socket(index),
+        plugin_ep=health_url("plugin-ep") if plugin_host else None,
+        plugin_network=health_url("plugin-network") if plugin_host else None,
+        acl_manager=health_url("acl-manager") if plugin_host else None,
+        plugin_host=True if plugin_host else None, bird_candidates=(layout.bird_socket(index),))
+    return host_status.host_report(targets, http_get_in(layout, index))
 
 
 def kernel_state(layout: Layout, index: int) -> dict[str, str]:

@@ -17,6 +17,13 @@ started through ``calico.lab.processes``; labels are ``host-N-bird``,
 ``host-1-acl-manager``, and ``host-N-tunl0`` where the kernel has no
 IP-in-IP and the lab runs its user-space tunl0 (``calico.lab.ipip``).
 
+Every component serves health and metrics (``calico.common.health``) on
+its default port on the host namespace's own 127.0.0.1 (Felix 9099, plugin
+9097 and 9098, ACL manager 9096), with Prometheus metrics on
+(``CALICO_LAB_METRICS=0`` in the environment of ``up`` turns them off, for
+measuring what they cost); ``calico-lab status`` reads them there
+(``calico.status``).
+
 Cluster settings ([global] in the cluster file) change with ``set_settings``:
 it rewrites the cluster file, which Felix re-reads by itself, and renders
 every host's BIRD config again and has BIRD reload it (``birdc configure``),
@@ -44,6 +51,11 @@ ENDPOINT_RETRY_MS = 100
 COMPONENTS = ("bird", "felix", "plugin-ep", "plugin-network", "acl-manager")
 PLUGIN_HOST_COMPONENTS = ("plugin-ep", "plugin-network", "acl-manager")
 STANDIN = "tunl0"  # the user-space tunl0 (calico.lab.ipip), before BIRD and Felix
+
+
+def metrics_on() -> bool:
+    """The lab's components serve Prometheus metrics unless CALICO_LAB_METRICS=0."""
+    return os.environ.get("CALICO_LAB_METRICS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def label(index: int, component: str) -> str:
@@ -158,6 +170,8 @@ def write_configs(layout: Layout, index: int, cluster: Cluster) -> None:
         f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
         "[security]",
         f"ClusterSecretFile = {layout.secret_file}",
+        "[health]",
+        f"PrometheusMetricsEnabled = {str(metrics_on()).lower()}",
         "",
     ])
     write_file_atomically(os.path.join(layout.host_dir(index), "felix.cfg"), felix_cfg)
@@ -175,6 +189,8 @@ def write_configs(layout: Layout, index: int, cluster: Cluster) -> None:
             f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
             "[security]",
             f"ClusterSecretFile = {layout.secret_file}",
+            "[health]",
+            f"PrometheusMetricsEnabled = {str(metrics_on()).lower()}",
             "",
         ])
         write_file_atomically(os.path.join(layout.host_dir(index), "acl_manager.cfg"), acl_cfg)
@@ -194,7 +210,7 @@ def command(layout: Layout, index: int, component: str) -> list[str]:
         return [_script("calico-plugin"), api, "--data-dir", layout.data_dir, "--bind", bind,
                 "--log-file", layout.log_file(label(index, component)),
                 "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS),
-                "--secret-file", layout.secret_file]
+                "--secret-file", layout.secret_file, "--prometheus-metrics-enabled", str(metrics_on()).lower()]
     if component == "acl-manager":
         return [_script("calico-acl-manager"), "--config-file", os.path.join(host_dir, "acl_manager.cfg")]
     raise LabError(f"unknown component {component!r} (want one of {', '.join(COMPONENTS)})")

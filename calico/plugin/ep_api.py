@@ -20,13 +20,18 @@ one entry per endpoint, not one per change.  Resync messages sit in their
 own outbox, sent first and never merged with live changes, because Felix
 counts them; a new RESYNCSTATE replaces both outboxes, since the resync
 describes everything.
+
+Metrics (``calico.plugin.metrics``): each message sent, per host and type,
+and for live changes the time since the file change that caused it (the
+earliest, when changes were merged in the outbox).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -36,6 +41,7 @@ from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.common.validation import printable, short_hostname
 from calico.plugin import store
+from calico.plugin.metrics import PluginMetrics
 from calico.plugin.store import DataState, StateChange
 
 log = logging.getLogger(__name__)
@@ -47,23 +53,29 @@ class FelixLink:
     """The REQ channel to one Felix and its coalescing outboxes."""
 
     def __init__(self, loop: EventLoop, transport: Transport, host: Host, timeout_ms: int, keepalive_ms: int,
-                 on_missing: Callable[[str, str], None]):
+                 on_missing: Callable[[str, str], None], metrics: PluginMetrics | None = None):
         self.host = host
         self.on_missing = on_missing
+        self.metrics = metrics or PluginMetrics()
+        self.origins: dict[str, float] = {}  # endpoint id -> when the file change behind its queued message happened
         self.resync_outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.outbox: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         dialer = transport.dialer(zmq.REQ, tcp_address(host.ip, messages.PORT_EP_FELIX),
                                   security.ROLE_PLUGIN_EP, security.felix_host_role(host.name))
         self.channel = ReqChannel(loop, dialer, f"felix {host.name}", timeout_ms, keepalive_ms,
                                   on_reply=self._on_reply)
+        self.resyncs = 0
 
     @property
     def pending(self) -> int:
         return len(self.resync_outbox) + len(self.outbox)
 
-    def push(self, msg: dict[str, Any]) -> None:
-        """Queue a live change, replacing any queued change of the same endpoint."""
+    def push(self, msg: dict[str, Any], origin: float | None = None) -> None:
+        """Queue a live change, replacing any queued change of the same endpoint
+        (``origin``: when the file change behind it happened, wall clock)."""
         endpoint_id = msg["endpoint_id"]
+        if origin is not None:
+            self.origins[endpoint_id] = min(origin, self.origins.get(endpoint_id, origin))
         queued = self.outbox.get(endpoint_id)
         if queued is not None and queued["type"] == messages.ENDPOINTCREATED and msg["type"] == messages.ENDPOINTUPDATED:
             # Felix never heard of it: it still needs a CREATED.
@@ -74,6 +86,7 @@ class FelixLink:
     def resync(self, created: list[dict[str, Any]]) -> None:
         self.resync_outbox = collections.OrderedDict((m["endpoint_id"], m) for m in created)
         self.outbox.clear()
+        self.origins.clear()
         # A Felix asking for a resync has (re)started or lost us: a request
         # still in flight most likely went to its previous incarnation and
         # would hold the resync back until the connection timeout.  The
@@ -87,8 +100,13 @@ class FelixLink:
             return
         outbox = self.resync_outbox or self.outbox
         if outbox:
-            _, msg = outbox.popitem(last=False)
+            endpoint_id, msg = outbox.popitem(last=False)
             self.channel.send(msg)
+            self.metrics.sent(self.host.name, msg["type"])
+            if outbox is self.outbox:
+                origin = self.origins.pop(endpoint_id, None)
+                if origin is not None:
+                    self.metrics.latency(time.time() - origin)
 
     def _on_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
         rc = reply.get("rc", messages.RC_SUCCESS)
@@ -113,8 +131,10 @@ class FelixLink:
 class EndpointApi:
     """The REP socket Felixes ask, and one FelixLink per host."""
 
-    def __init__(self, loop: EventLoop, transport: Transport, bind: str, timeout_ms: int, keepalive_ms: int):
+    def __init__(self, loop: EventLoop, transport: Transport, bind: str, timeout_ms: int, keepalive_ms: int,
+                 metrics: PluginMetrics | None = None):
         self.loop = loop
+        self.metrics = metrics or PluginMetrics()
         self.transport = transport
         self.timeout_ms = timeout_ms
         self.keepalive_ms = keepalive_ms
@@ -131,8 +151,12 @@ class EndpointApi:
 
     # --- data directory changes --------------------------------------------
 
-    def apply(self, state: DataState, change: StateChange) -> None:
+    def apply(self, state: DataState, change: StateChange, changed_at: Mapping[str, float] | None = None) -> None:
+        """Hand a change of the data directory to the Felixes (``changed_at``:
+        when each changed file changed, for the latency metric)."""
         self.state = state
+        changed_at = {} if change.initial or changed_at is None else changed_at
+        earliest = min(changed_at.values(), default=None)
         fresh_links = self._update_links(state) if change.hosts_changed else []
         level = logging.DEBUG if change.initial else logging.INFO
         for item in change.endpoints:
@@ -141,7 +165,7 @@ class EndpointApi:
                     item.msg_type.removeprefix("ENDPOINT").lower(), item.host)
             link = self.links.get(item.host)
             if link is not None and item.host not in fresh_links:
-                link.push(store.endpoint_message(item.msg_type, ep))
+                link.push(store.endpoint_message(item.msg_type, ep), changed_at.get(ep.source, earliest))
         for host in fresh_links:
             # A Felix we have just started talking to hears everything (its
             # own resync will replace this if it asks for one).
@@ -165,7 +189,7 @@ class EndpointApi:
                 log.info("host %s: talking to its Felix at %s", name,
                          tcp_address(host.ip, messages.PORT_EP_FELIX))
                 self.links[name] = FelixLink(self.loop, self.transport, host, self.timeout_ms,
-                                             self.keepalive_ms, self._resend_created)
+                                             self.keepalive_ms, self._resend_created, self.metrics)
                 fresh.append(name)
         return fresh
 
@@ -222,9 +246,20 @@ class EndpointApi:
             return messages.reply(messages.RESYNCSTATE, messages.RC_INVALID, reason), None
         endpoints = self.state.endpoints_on(host)
         log.info("felix %s: resync %r: sending %d endpoints", host, resync_id, len(endpoints))
+        self.metrics.resync(host)
+        link.resyncs += 1
         created = [ep.message(messages.ENDPOINTCREATED, resync_id) for ep in endpoints]
         return (messages.reply(messages.RESYNCSTATE, endpoint_count=len(endpoints)),
                 lambda: link.resync(created))
+
+    def status(self) -> dict[str, Any]:
+        """For /status: each host's Felix as this API sees it."""
+        self.metrics.links({name: link.pending for name, link in self.links.items()},
+                           {name: link.channel.connected for name, link in self.links.items()})
+        return {"address": self.address,
+                "felixes": {name: {"address": link.channel.address, "connected": link.channel.connected,
+                                   "queued": link.pending, "resyncs": link.resyncs}
+                            for name, link in sorted(self.links.items())}}
 
     def close(self) -> None:
         for link in self.links.values():

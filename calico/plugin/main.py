@@ -13,6 +13,15 @@ config defaults of the other components (timeout 6000 ms, keepalive 2000 ms).
 The cluster secret comes from ``--secret-file``, else ``CALICO_SECRET_FILE``,
 else /etc/calico/cluster.secret (where the image has it); ``--insecure`` or
 ``CALICO_INSECURE=1`` runs without (see ``calico.common.security``).
+
+Health (``calico.common.health``): each process serves /liveness,
+/readiness and /status (and /metrics with ``--prometheus-metrics-enabled``)
+on ``--health-host`` (127.0.0.1) and ``--health-port`` (9097 for ``ep``,
+9098 for ``network``); ready once it has read the data directory.  Each
+flag left out comes from the environment as the other components' settings
+do (``CALICO_HEALTH_ENABLED``, ``CALICO_HEALTH_HOST``, ``CALICO_HEALTH_PORT``,
+``CALICO_HEALTH_TIMEOUT_SECS``, ``CALICO_PROMETHEUS_METRICS_ENABLED``), then
+the default.
 """
 
 from __future__ import annotations
@@ -25,10 +34,14 @@ import sys
 
 import zmq
 
+from calico.common import config as config_module
+from calico.common.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
+from calico.common.health import DEFAULT_PORTS, DEFAULT_TIMEOUT_SECS, Health, HealthServer
 from calico.common.logs import setup_logging
 from calico.common.security import DEFAULT_SECRET_FILE, SecurityError, Transport, load_credentials, parse_flag
 from calico.common.validation import DECIMAL_RE, ValidationError, shown
 from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, EventLoop
+from calico.plugin import metrics as plugin_metrics
 from calico.plugin.ep_api import EndpointApi
 from calico.plugin.network_api import NetworkApi
 from calico.plugin.watcher import WATCH_MODES, DataDirectory
@@ -61,6 +74,34 @@ def _insecure_from_env() -> bool:
         raise SecurityError(f"environment CALICO_INSECURE: {exc}") from None
 
 
+# flag attribute -> (environment variable, parser of the config files' key)
+HEALTH_SETTINGS = {
+    "health_enabled": ("CALICO_HEALTH_ENABLED", parse_flag),
+    "health_host": ("CALICO_HEALTH_HOST", config_module._listen_host),
+    "health_port": ("CALICO_HEALTH_PORT", config_module._port),
+    "health_timeout_secs": ("CALICO_HEALTH_TIMEOUT_SECS", config_module._positive_int),
+    "prometheus_metrics_enabled": ("CALICO_PROMETHEUS_METRICS_ENABLED", parse_flag),
+}
+
+
+def _health_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Each health setting: the flag, else its environment variable, else the default."""
+    defaults = {"health_enabled": True, "health_host": DEFAULT_HEALTH_HOST,
+                "health_port": DEFAULT_PORTS[f"plugin-{args.api}"], "health_timeout_secs": DEFAULT_TIMEOUT_SECS,
+                "prometheus_metrics_enabled": False}
+    for attr, (var, parse) in HEALTH_SETTINGS.items():
+        raw, where = getattr(args, attr), "--" + attr.replace("_", "-")
+        if raw is None:
+            raw, where = os.environ.get(var, "").strip() or None, f"environment {var}"
+        if raw is None:
+            setattr(args, attr, defaults[attr])
+            continue
+        try:
+            setattr(args, attr, parse(raw))
+        except ValueError as exc:
+            parser.error(f"{where} {shown(raw)}: {exc}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="calico-plugin", description=__doc__.splitlines()[0])
     parser.add_argument("api", choices=("ep", "network"), help="which API to serve")
@@ -85,7 +126,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"the cluster secret (default CALICO_SECRET_FILE, else {DEFAULT_SECRET_FILE})")
     parser.add_argument("--insecure", action="store_true", default=None,
                         help="no authentication or encryption, for experiments (or CALICO_INSECURE=1)")
+    parser.add_argument("--health-enabled", metavar="BOOL",
+                        help="serve /liveness, /readiness and /status (default CALICO_HEALTH_ENABLED, else true)")
+    parser.add_argument("--health-host", metavar="IP",
+                        help=f"address to serve them on (default CALICO_HEALTH_HOST, else {DEFAULT_HEALTH_HOST})")
+    parser.add_argument("--health-port", metavar="PORT",
+                        help=f"port (default CALICO_HEALTH_PORT, else {DEFAULT_PORTS['plugin-ep']} for ep, "
+                             f"{DEFAULT_PORTS['plugin-network']} for network)")
+    parser.add_argument("--health-timeout-secs", metavar="SECS",
+                        help="not live once the event loop has not turned for this long (default "
+                             f"CALICO_HEALTH_TIMEOUT_SECS, else {DEFAULT_TIMEOUT_SECS})")
+    parser.add_argument("--prometheus-metrics-enabled", metavar="BOOL",
+                        help="serve /metrics too (default CALICO_PROMETHEUS_METRICS_ENABLED, else false)")
     args = parser.parse_args(argv)
+    _health_arguments(args, parser)
     if args.secret_file is None:
         args.secret_file = os.environ.get("CALICO_SECRET_FILE", "").strip() or DEFAULT_SECRET_FILE
     if args.log_file is None:
@@ -114,23 +168,53 @@ def run(argv: list[str] | None = None) -> int:
     for warning in credentials.warnings:
         log.warning("%s", warning)
     loop = EventLoop()
+    metrics = plugin_metrics.make(args.prometheus_metrics_enabled, args.api)
+    health = Health(f"plugin-{args.api}", args.health_timeout_secs)
+    health.set_not_ready(f"reading the data directory {args.data_dir}")
+    server = None
+    if args.health_enabled:
+        server = HealthServer(health, args.health_host, args.health_port,
+                              metrics.render if metrics.registry is not None else None).start()
     context = zmq.Context()
     transport = Transport(context, loop, credentials.keys, args.max_message_bytes)
     data = DataDirectory(args.data_dir, args.watch, args.poll_interval_ms / 1000.0)
     try:
         if args.api == "ep":
-            api = EndpointApi(loop, transport, args.bind, args.connection_timeout_ms, args.keepalive_ms)
+            api = EndpointApi(loop, transport, args.bind, args.connection_timeout_ms, args.keepalive_ms, metrics)
             where = api.address
         else:
-            api = NetworkApi(loop, transport, args.bind, args.keepalive_ms)
+            api = NetworkApi(loop, transport, args.bind, args.keepalive_ms, metrics)
             where = f"{api.rep_address} and {api.pub_address}"
     except zmq.ZMQError as exc:
         log.error("cannot bind the %s API on %s: %s", args.api, args.bind, exc)
         context.destroy(linger=0)  # closes the socket that failed to bind (term() would wait for it)
+        if server is not None:
+            server.close()
         return 1
 
     api.apply(data.state, data.load())  # the directory before the first request
     log.info("plugin %s API serving on %s, data directory %s", args.api, where, args.data_dir)
+    health.watch(loop)
+
+    def publish_health(now: float) -> float:
+        # Ready once the directory has been read; a directory that cannot be
+        # read at start (a missing mount) has told us nothing yet.
+        if data.watcher.read_once:
+            health.set_ready()
+        else:
+            health.set_not_ready(f"data directory {args.data_dir} not read yet: {data.watcher.error}")
+        state = data.state
+        files, bad = data.file_counts()
+        metrics.data(files, bad, len(state.hosts), len(state.endpoints), len(state.groups))
+        health.publish({"data_dir": data.watcher.path, "watch": data.watcher.mode,
+                        "data_dir_error": data.watcher.error, "files": files, "bad_files": bad,
+                        "hosts": len(state.hosts), "endpoints": len(state.endpoints), "groups": len(state.groups),
+                        "problems": state.problems, "api": api.status(),
+                        "metrics": metrics.registry is not None})
+        return 1.0
+
+    publish_health(loop.clock())
+    loop.add_timer(publish_health)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("plugin %s API: %s received; stopping", args.api, signal.Signals(signum).name)
@@ -138,7 +222,7 @@ def run(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    data.attach(loop, api.apply)
+    data.attach(loop, lambda state, change: api.apply(state, change, data.changed_at))
     try:
         loop.run()
     finally:
@@ -146,7 +230,15 @@ def run(argv: list[str] | None = None) -> int:
         api.close()
         transport.close()
         context.term()
+        if server is not None:
+            server.close()
     return 0
+
+
+def health_settings(argv: list[str]) -> tuple[bool, str, int]:
+    """(health enabled, host, port) that ``calico-plugin argv`` serves on."""
+    args = parse_args(argv)
+    return args.health_enabled, args.health_host, args.health_port
 
 
 def main(argv: list[str] | None = None) -> None:

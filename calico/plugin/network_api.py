@@ -12,12 +12,15 @@ subscriber can tell a quiet plugin from a dead one.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any, Mapping
 
 import zmq
 
 from calico.common import messages, security
 from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop, tcp_address
+from calico.plugin.metrics import PluginMetrics
 from calico.plugin.store import DataState, Group, StateChange
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,12 @@ REQUEST_TYPES = frozenset({messages.GETGROUPS, messages.HEARTBEAT})
 
 
 class NetworkApi:
-    def __init__(self, loop: EventLoop, transport: Transport, bind: str, keepalive_ms: int):
+    def __init__(self, loop: EventLoop, transport: Transport, bind: str, keepalive_ms: int,
+                 metrics: PluginMetrics | None = None):
         self.loop = loop
+        self.metrics = metrics or PluginMetrics()
+        self.published = 0
+        self.getgroups = 0
         self.state = DataState()
         self.keepalive = keepalive_ms / 1000.0
         self.rep_address = tcp_address(bind, messages.PORT_NET_REQ)
@@ -41,19 +48,27 @@ class NetworkApi:
         self._next_heartbeat = loop.clock()
         loop.add_timer(self._heartbeat)
 
-    def apply(self, state: DataState, change: StateChange) -> None:
+    def apply(self, state: DataState, change: StateChange, changed_at: Mapping[str, float] | None = None) -> None:
+        """Publish the groups a change of the data directory touched
+        (``changed_at``: when its files changed, for the latency metric)."""
         self.state = state
         level = logging.DEBUG if change.initial else logging.INFO
+        # A group gathers members from many files: the batch's earliest change stands for it.
+        earliest = None if change.initial or not changed_at else min(changed_at.values())
         for group in change.groups:
             log.log(level, "group %s: %s", group.name,
                     f"{len(group.members)} members" if group.members else "no members left: deleted")
             self._publish(group)
+            if earliest is not None:
+                self.metrics.latency(time.time() - earliest)
         if change.initial:
             log.info("data directory: %d groups, %d endpoints, %d problems",
                      len(state.groups), len(state.endpoints), state.problems)
 
     def _publish(self, group: Group) -> None:
         self.pub.send_multipart([messages.TOPIC_GROUPS, messages.encode(group.message())])
+        self.published += 1
+        self.metrics.group_published()
 
     def _heartbeat(self, now: float) -> float:
         if now >= self._next_heartbeat:
@@ -75,6 +90,8 @@ class NetworkApi:
             reply = messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")
         self.rep.send(messages.encode(reply))
         if publish_all:
+            self.getgroups += 1
+            self.metrics.getgroups()
             log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
             for group in self.state.groups.values():
                 self._publish(group)
@@ -89,6 +106,11 @@ class NetworkApi:
             log.warning("network API: bad request (%s); answered INVALID", exc)
             return messages.invalid_reply(exc), False
         return messages.reply(request["type"]), request["type"] == messages.GETGROUPS
+
+    def status(self) -> dict[str, Any]:
+        """For /status."""
+        return {"address": f"{self.rep_address} and {self.pub_address}", "group_updates_published": self.published,
+                "getgroups_answered": self.getgroups}
 
     def close(self) -> None:
         self.loop.remove_timer(self._heartbeat)

@@ -32,7 +32,10 @@ every endpoint.
 ``DataDirectory`` adds the store: each batch of changed files (at most
 BATCH_FILES per loop wake-up, so a burst of thousands still leaves the
 sockets served between batches) is one ``Store.apply`` and one state change
-for the API, and each new error line is logged once.
+for the API, and each new error line is logged once.  ``changed_at`` says
+when each file of the last batch changed (wall clock: its inode change
+time, which a write or a rename into place sets; for a file gone, when that
+was noticed), for the plugin's change-to-message metric.
 """
 
 from __future__ import annotations
@@ -112,6 +115,8 @@ class DirectoryWatcher:
         self._next_check = 0.0
         self._next_full_scan = 0.0
         self._next_rescan = 0.0
+        self.changed_at: dict[str, float] = {}  # the last batch's files -> when they changed (wall clock)
+        self.read_once = False  # the directory has been listed in full at least once
 
     # --- mode --------------------------------------------------------------
 
@@ -211,6 +216,7 @@ class DirectoryWatcher:
         if self.mode == "inotify" and now >= self._next_rescan:
             self._full_scan()
         changed: dict[str, ParsedFile | None] = {}
+        self.changed_at = {}
         read = 0
         while self._pending and (limit is None or read < limit):
             name = next(iter(self._pending))
@@ -229,11 +235,19 @@ class DirectoryWatcher:
                     continue
                 if result is not False:
                     changed[name] = result
+                    entry = self._entries.get(name)
+                    wall = time.time()
+                    self.changed_at[name] = min(entry.key[1] / 1e9, wall) if result is not None and entry else wall
         return changed
 
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def error(self) -> str | None:
+        """Why the directory cannot be read now (the last state stands), or None."""
+        return self._dir_error
 
     # --- the directory -----------------------------------------------------
 
@@ -287,6 +301,7 @@ class DirectoryWatcher:
         if self._dir_error is not None:
             log.info("data directory %s is readable again", self.path)
             self._dir_error = None
+        self.read_once = True
         for name in self._entries.keys() - found.keys():
             self._pending[name] = None
         for name, dir_entry in found.items():
@@ -403,6 +418,16 @@ class DataDirectory:
     @property
     def state(self) -> DataState:
         return self.store.state
+
+    @property
+    def changed_at(self) -> dict[str, float]:
+        """When each file of the last batch changed (see the module docstring)."""
+        return self.watcher.changed_at
+
+    def file_counts(self) -> tuple[int, int]:
+        """(files read, files with errors of their own or unreadable)."""
+        files = self.store.files
+        return len(files), sum(1 for parsed in files.values() if parsed.errors or parsed.contents is None)
 
     def load(self) -> StateChange:
         """Start watching and read every file, as one batch (before the
