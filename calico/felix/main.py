@@ -45,6 +45,7 @@ OVERRIDES = {
     "ip_pool": "--ip-pool",
     "ip_pool6": "--ip-pool6",
     "max_endpoints": "--max-endpoints",
+    "iptables_backend": "--iptables-backend",
 }
 
 
@@ -111,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("Cluster settings: %s", cluster.view.describe())
     try:
-        agent = Agent(config, Dataplane(cluster=cluster.view, endpoint_to_host_action=config.default_endpoint_to_host_action),
+        agent = Agent(config, Dataplane(cluster=cluster.view, endpoint_to_host_action=config.default_endpoint_to_host_action,
+                                        iptables_backend=config.iptables_backend),
                       cluster=cluster, keys=credentials.keys)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)
