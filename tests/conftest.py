@@ -10,6 +10,12 @@ import pathlib
 
 import pytest
 
+# As calico.common.metrics does for the components: prometheus_client reads
+# this when first imported, and test modules import its parser at
+# collection, before any component module (issue: `_created` series in the
+# exposition depended on which test ran first).
+os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+
 ROOT_DIRS = {"dataplane", "e2e", "security", "docker"}
 TESTS_DIR = pathlib.Path(__file__).parent
 
