@@ -39,7 +39,6 @@ loop turns.  Metrics: ``calico.acl_manager.metrics``.
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import signal
 import sys
@@ -52,7 +51,7 @@ from zmq.utils.monitor import recv_monitor_message
 from calico.common import messages, security
 from calico.common.config import _KEYS as CONFIG_KEYS
 from calico.common.config import Config, ConfigError, load_config, resolve_peers
-from calico.common.health import DEFAULT_PORTS, Health, HealthServer
+from calico.common.health import DEFAULT_PORTS, Health, serve
 from calico.common.logs import setup_logging
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
 from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
@@ -89,7 +88,7 @@ class AclManager:
         self.timeout = config.connection_timeout_millis / 1000.0
         self.publisher = AclPublisher(self.loop, self.transport, config.local_address, self.processor.acls_for,
                                       config.connection_keepalive_interval_millis,
-                                      members=self.memberships.snapshot)
+                                      members=self.memberships.snapshot, metrics=self.metrics)
 
         self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
         self._open_subscription()
@@ -110,7 +109,6 @@ class AclManager:
         self.have_groups = False  # a GETGROUPS burst has completed
         self.snapshot_completed_at: float | None = None
         self.last_batch: dict[str, Any] | None = None
-        self._published_seen = (0, collections.Counter(), 0)
         if health is not None:
             health.watch(self.loop)
             self.loop.add_timer(self._health_timer)
@@ -299,21 +297,12 @@ class AclManager:
         self.metrics.computed(seconds)
         self.last_batch = {"at": time.time(), "seconds": round(seconds, 6), "groups": len(batch),
                            "acl_updates": len(changes), "membership_messages": len(membership)}
-        self._count_published()
+        self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
 
     # --- health and metrics --------------------------------------------------
 
-    def _count_published(self) -> None:
-        pub = self.publisher
-        acl_seen, members_seen, bytes_seen = self._published_seen
-        by_type = {kind: count - members_seen.get(kind, 0) for kind, count in pub.published_members_by_type.items()}
-        self.metrics.published(pub.published - acl_seen, by_type, pub.published_bytes - bytes_seen)
-        self._published_seen = (pub.published, collections.Counter(pub.published_members_by_type),
-                                pub.published_bytes)
-        self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
-
     def _health_timer(self, now: float) -> float:
-        self._count_published()  # answers to subscriptions are published outside _apply
+        self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
         self.publish_health()
         return 1.0
 
@@ -457,10 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     metrics = acl_metrics.make(config.prometheus_metrics_enabled)
     health = Health("acl-manager", config.health_timeout_secs)
-    server = None
-    if config.health_enabled:
-        server = HealthServer(health, config.health_host, config.health_port,
-                              metrics.render if metrics.registry is not None else None).start()
+    server = serve(health, config.health_enabled, config.health_host, config.health_port, metrics)
     try:
         manager = AclManager(config, keys=credentials.keys, health=health, metrics=metrics)
     except zmq.ZMQError as exc:

@@ -37,7 +37,6 @@ is ignored; the sockets keep serving.
 
 from __future__ import annotations
 
-import collections
 import logging
 from typing import Callable
 
@@ -47,6 +46,7 @@ from calico.common import messages, security
 from calico.common.security import Transport
 from calico.common.validation import ValidationError, check_endpoint_id, shown
 from calico.common.zmqloop import EventLoop, tcp_address
+from calico.acl_manager.metrics import AclMetrics
 from calico.acl_manager.rule_processor import EndpointAcls
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,11 @@ def aclupdate_body(acls: EndpointAcls, issued: int) -> bytes:
 class AclPublisher:
     def __init__(self, loop: EventLoop, transport: Transport, bind_address: str,
                  lookup: Callable[[str], EndpointAcls | None], keepalive_ms: int,
-                 members: Snapshot = lambda group: None):
+                 members: Snapshot = lambda group: None, metrics: AclMetrics | None = None):
         self.loop = loop
         self.lookup = lookup
         self.members = members
+        self.metrics = metrics or AclMetrics()
         self.keepalive = keepalive_ms / 1000.0
         self.router = transport.listen(zmq.ROUTER, tcp_address(bind_address, messages.PORT_ACL_REQ),
                                        security.ROLE_ACL_MANAGER, security.DOMAIN_ACL_REQ)
@@ -81,7 +82,6 @@ class AclPublisher:
         self.next_heartbeat = loop.clock()
         self.published = 0          # ACLUPDATEs
         self.published_members = 0  # GROUPMEMBERS and MEMBERSUPDATEs
-        self.published_members_by_type: collections.Counter[str] = collections.Counter()
         self.published_bytes = 0    # bodies of both
         loop.add_socket(self.router, self._on_readable)
         loop.add_socket(self.pub, self._on_subscriptions)
@@ -94,6 +94,7 @@ class AclPublisher:
         self.pub.send_multipart([endpoint_id.encode(), body])
         self.published += 1
         self.published_bytes += len(body)
+        self.metrics.published(1, {}, len(body))
         log.debug("published ACLUPDATE for %s (%d rules)", endpoint_id, acls.rule_count)
 
     def publish_all(self, changes: dict[str, EndpointAcls]) -> None:
@@ -105,8 +106,8 @@ class AclPublisher:
         body = messages.encode(msg)
         self.pub.send_multipart([messages.members_topic(group), body])
         self.published_members += 1
-        self.published_members_by_type[msg["type"]] += 1
         self.published_bytes += len(body)
+        self.metrics.published(0, {msg["type"]: 1}, len(body))
         log.debug("published %s for group %s (seq %d)", msg["type"], group, msg["seq"])
 
     def _publish_snapshot(self, group: str, why: str) -> None:

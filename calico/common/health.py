@@ -342,6 +342,15 @@ class HealthServer:
         self._thread.join(5)
 
 
+def serve(health: Health, enabled: bool, host: str, port: int, metrics: Any) -> HealthServer | None:
+    """The component's health server, started (``metrics``: the component's
+    metrics object; /metrics is served only when it has a registry), or None
+    when HealthEnabled is off."""
+    if not enabled:
+        return None
+    return HealthServer(health, host, port, metrics.render if metrics.registry is not None else None).start()
+
+
 # --- settings shared by the components --------------------------------------------
 
 def connect_host(host: str) -> str:

@@ -131,7 +131,6 @@ class Agent:
         own_role = security.felix_host_role(config.felix_hostname)
         pools = parse_pools(config.ip_pool or (DEFAULT_POOL,), config.ip_pool6 or (DEFAULT_POOL6,))
         self.table = EndpointTable(pools, config.max_endpoints)
-        self.pools = pools
         # Refused for a conflict that may clear (another endpoint's address
         # or interface, the MaxEndpoints bound): taken once it has, without
         # waiting for the next resync.  Newer news for the endpoint replaces it.
@@ -629,11 +628,11 @@ class Agent:
         endpoints can only hold pool addresses (``EndpointTable.refusal``),
         so such a member is a mistake or an attempt to let a stranger in."""
         key = "addrs" if msg["type"] == messages.GROUPMEMBERS else "added"
-        outside = [addr for addr in msg[key] if not in_pools(addr, self.pools)]
+        outside = [addr for addr in msg[key] if not in_pools(addr, self.table.pools)]
         if not outside:
             return msg
         log.warning("Group %s: ignoring %d address(es) outside the pools (%s): %s", msg["group"], len(outside),
-                    describe_pools(self.pools), " ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
+                    describe_pools(self.table.pools), " ".join(outside[:5]) + (" ..." if len(outside) > 5 else ""))
         dropped = set(outside)
         return dict(msg, **{key: [addr for addr in msg[key] if addr not in dropped]})
 

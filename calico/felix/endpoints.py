@@ -108,10 +108,9 @@ class EndpointTable:
         eid = spec.endpoint_id
         if self.pools is not None:
             for addr in spec.addrs:
-                address = netaddr.IPAddress(addr)
-                family = self.pools.get(address.version, ())
-                if not any(address in pool for pool in family):
-                    where = " ".join(str(p) for p in family) or f"no IPv{address.version} pool"
+                if not in_pools(addr, self.pools):
+                    version = 6 if ":" in addr else 4
+                    where = " ".join(str(p) for p in self.pools.get(version, ())) or f"no IPv{version} pool"
                     return Refusal(f"address {addr} is outside the pool ({where})", POOL)
         for addr in spec.addrs:
             owner = self._owners.get(addr)

@@ -109,8 +109,11 @@ class GroupMembers:
             return Outcome.IGNORED
         old = self._held.get(group)
         addrs = frozenset(msg["addrs"])
-        self._held[group] = Held(msg["epoch"], msg["seq"], addrs if old is None or old.addrs != addrs else old.addrs)
-        return Outcome.CHANGED if old is None or old.addrs != addrs else Outcome.UNCHANGED
+        changed = old is None or old.addrs != addrs
+        # An unchanged copy keeps its object: the dataplane rebuilds a set
+        # only when the object it was built from is replaced.
+        self._held[group] = Held(msg["epoch"], msg["seq"], addrs if changed else old.addrs)  # type: ignore[union-attr]
+        return Outcome.CHANGED if changed else Outcome.UNCHANGED
 
     def delta(self, msg: Mapping[str, Any]) -> Outcome:
         """A decoded MEMBERSUPDATE."""

@@ -115,16 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for warning in credentials.warnings:
         log.warning("%s", warning)
 
-    from calico.common.health import Health, HealthServer
+    from calico.common.health import Health, serve
     from calico.felix import metrics as felix_metrics
     from calico.felix import tools
 
     metrics = felix_metrics.make(config.prometheus_metrics_enabled)
     health = Health("felix", config.health_timeout_secs)
-    server = None
-    if config.health_enabled:
-        server = HealthServer(health, config.health_host, config.health_port,
-                              metrics.render if metrics.registry is not None else None).start()
+    server = serve(health, config.health_enabled, config.health_host, config.health_port, metrics)
     if metrics.registry is not None:
         tools.observers.append(metrics.tool_run)
 

@@ -36,7 +36,7 @@ import zmq
 
 from calico.common import config as config_module
 from calico.common.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
-from calico.common.health import DEFAULT_PORTS, DEFAULT_TIMEOUT_SECS, Health, HealthServer
+from calico.common.health import DEFAULT_PORTS, DEFAULT_TIMEOUT_SECS, Health, serve
 from calico.common.logs import setup_logging
 from calico.common.security import DEFAULT_SECRET_FILE, SecurityError, Transport, load_credentials, parse_flag
 from calico.common.validation import DECIMAL_RE, ValidationError, shown
@@ -171,10 +171,7 @@ def run(argv: list[str] | None = None) -> int:
     metrics = plugin_metrics.make(args.prometheus_metrics_enabled, args.api)
     health = Health(f"plugin-{args.api}", args.health_timeout_secs)
     health.set_not_ready(f"reading the data directory {args.data_dir}")
-    server = None
-    if args.health_enabled:
-        server = HealthServer(health, args.health_host, args.health_port,
-                              metrics.render if metrics.registry is not None else None).start()
+    server = serve(health, args.health_enabled, args.health_host, args.health_port, metrics)
     context = zmq.Context()
     transport = Transport(context, loop, credentials.keys, args.max_message_bytes)
     data = DataDirectory(args.data_dir, args.watch, args.poll_interval_ms / 1000.0)
