@@ -48,6 +48,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE")
 # Felix's DefaultEndpointToHostAction: what may an endpoint send to its host
 # beyond DHCP and neighbour discovery (calico.felix.iptables_layout).
 TO_HOST_ACTIONS = ("DROP", "RETURN", "ACCEPT")
+# Felix's IptablesBackend: which iptables backend it programs; auto picks the
+# one Docker and the host use (calico.felix.backend_check).
+IPTABLES_BACKENDS = ("auto", "legacy", "nft")
 
 
 class ConfigError(ValueError):
@@ -84,6 +87,7 @@ class Config:
     health_port: int = DEFAULT_HEALTH_PORTS["felix"]
     health_timeout_secs: int = DEFAULT_HEALTH_TIMEOUT_SECS
     prometheus_metrics_enabled: bool = False
+    iptables_backend: str = "auto"
     source: str = "<defaults>"
 
 
@@ -147,6 +151,13 @@ def _to_host_action(text: str) -> str:
     return action
 
 
+def _iptables_backend(text: str) -> str:
+    backend = text.strip().lower()
+    if backend not in IPTABLES_BACKENDS:
+        raise ValueError(f"not one of {', '.join(IPTABLES_BACKENDS)}")
+    return backend
+
+
 def _pools(version: int) -> Callable[[str], tuple[str, ...]]:
     """Comma-separated CIDRs of one family, canonical; empty means unset."""
     def parse(text: str) -> tuple[str, ...]:
@@ -174,6 +185,7 @@ _KEYS: list[tuple[str, str, str, Callable[[str], object]]] = [
     ("global", "IpPool", "ip_pool", _pools(4)),
     ("global", "IpPool6", "ip_pool6", _pools(6)),
     ("global", "MaxEndpoints", "max_endpoints", _positive_int),
+    ("global", "IptablesBackend", "iptables_backend", _iptables_backend),
     ("log", "LogFilePath", "log_file_path", _path),
     ("log", "LogSeverityFile", "log_severity_file", _level),
     ("log", "LogSeveritySys", "log_severity_sys", _level),

@@ -23,6 +23,7 @@ import logging
 from calico.felix import nat, tunnel
 from calico.felix.cluster import ClusterView
 from calico.felix.ipsets import SetSpec
+from calico.felix.backend_check import LEGACY
 from calico.felix.iptables_writer import AUTO, RESTORE, IptablesWriter
 from calico.felix.kernel_writes import WriteCounter
 
@@ -31,14 +32,15 @@ log = logging.getLogger(__name__)
 
 class ClusterDataplane:
     def __init__(self, versions: tuple[int, ...], writes: WriteCounter, view: ClusterView | None = None,
-                 iptables_mode: str = AUTO, library_max_rules: int = 64) -> None:
+                 iptables_mode: str = AUTO, library_max_rules: int = 64, iptables_backend: str = LEGACY) -> None:
         self.versions = versions
         self.view = view or ClusterView()
         # The nat table changes only when the setting does, by a rule or two:
         # always through iptables-restore (python-iptables 1.0.1 cannot find
         # the IPv6 MASQUERADE target, which iptables keeps in libxt_).
         self.nat = {v: IptablesWriter(v, writes, RESTORE, library_max_rules, table="nat",
-                                      top_jumps=nat.NAT_JUMPS, optional_jumps=True) for v in versions}
+                                      top_jumps=nat.NAT_JUMPS, optional_jumps=True, backend=iptables_backend)
+                    for v in versions}
         self.tunnel = tunnel.TunnelWriter(writes)
 
     def sets(self) -> dict[str, SetSpec]:

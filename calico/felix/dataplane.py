@@ -19,6 +19,11 @@ writes only the difference:
 4. ipsets no longer referenced destroyed;
 5. routes and neighbour entries of gone endpoints removed.
 
+iptables means one backend, legacy or nft (``IptablesBackend``: ``auto``
+picks the one Docker and the host use), decided once when the Dataplane is
+made, in its namespace (``backend_check``); python-iptables is used for
+legacy only.
+
 Sets come before the rules that reference them and go after the rules that
 referenced them are gone (the order Go Felix uses).  A pass with nothing to
 change writes nothing: every write goes through ``self.writes``, a
@@ -48,21 +53,24 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from typing import AbstractSet, Iterator, Mapping
 
 from calico.common.validation import ValidationError, check_endpoint_id, parse_ip, parse_mac
-from calico.felix import iptables_layout
-from calico.felix.backend_check import check_backends
+from calico.felix import iptables_layout, nat
+from calico.felix import backend_check
 from calico.felix.cluster import ClusterView
 from calico.felix.cluster_dataplane import ClusterDataplane
 from calico.felix.ipset_writer import IpsetWriter
 from calico.felix.ipsets import SetSpec, endpoint_sets, group_set
-from calico.felix.iptables_writer import AUTO, IptablesWriter
+from calico.felix.iptables_writer import AUTO, RESTORE, IptablesWriter
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.routes import HOST_SYSCTLS, RouteWriter, Sysctls
 from calico.felix.state import EndpointSpec, GroupAddrs
+from calico.felix.tools import ToolError
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +138,8 @@ class Dataplane:
                  library_max_set_ops: int = 200, sysctl_root: str = "/proc/sys",
                  cluster: ClusterView | None = None,
                  endpoint_to_host_action: str = iptables_layout.DROP,
-                 max_isolation_attempts: int = MAX_ISOLATION_ATTEMPTS) -> None:
+                 max_isolation_attempts: int = MAX_ISOLATION_ATTEMPTS,
+                 iptables_backend: str = backend_check.AUTO) -> None:
         self.versions = tuple(sorted(set(ip_versions)))
         if not self.versions or not set(self.versions) <= {4, 6}:
             raise ValueError(f"ip_versions must be 4 and/or 6, not {ip_versions!r}")
@@ -148,12 +157,22 @@ class Dataplane:
         self._netns_fd = os.open(_NETNS_SELF, os.O_RDONLY)
         self._netns = _netns_identity(self._netns_fd)
         self.sysctls = Sysctls(self.writes, sysctl_root)
-        self.iptables = {v: IptablesWriter(v, self.writes, iptables_mode, library_max_rules)
+        # Decided once, here, in the namespace this Dataplane binds to.
+        choice = backend_check.detect_backend(iptables_backend, self.versions)
+        for version in self.versions:
+            if shutil.which(backend_check.tool(choice.backend, version, "-save")) is None:
+                raise ValueError(f"iptables backend {choice.backend}: {backend_check.tool(choice.backend, version, '-save')} "
+                                 "is not installed (Debian's iptables package has both backends' tools)")
+        self.iptables_backend = choice.backend
+        self.iptables_backend_reason = choice.reason
+        log.info("iptables backend: %s", choice.describe())
+        self.iptables = {v: IptablesWriter(v, self.writes, iptables_mode, library_max_rules, backend=choice.backend)
                          for v in self.versions}
         self.ipsets = IpsetWriter(self.writes, ipset_mode, library_max_set_ops)
         self.routes = RouteWriter(self.writes, self.versions, self.sysctls)
         # Outgoing NAT and IP-in-IP: cluster-wide, not per endpoint.
-        self.cluster = ClusterDataplane(self.versions, self.writes, cluster, iptables_mode, library_max_rules)
+        self.cluster = ClusterDataplane(self.versions, self.writes, cluster, iptables_mode, library_max_rules,
+                                        iptables_backend=choice.backend)
         self._memo: dict[str, _Checked] = {}
         self._collisions: set[str] = set()
         # The kernel accepted these specs in the last pass that succeeded
@@ -170,7 +189,9 @@ class Dataplane:
 
     def start(self) -> None:
         """One-time host set-up (idempotent): forwarding on, Felix's top-level
-        chains and the INPUT/FORWARD jumps, and the iptables backend check.
+        chains and the INPUT/FORWARD jumps, and the other iptables backend
+        checked (a warning if its FORWARD chain filters; Felix's own chains
+        left there by an earlier run removed: ``backend_check``).
 
         Existing endpoint and dispatch chains are left as they are, so a
         restarted Felix keeps enforcing the old state until its first
@@ -178,13 +199,38 @@ class Dataplane:
         everything from taps.  The endpoint-to-host chains depend only on
         the settings, so they are written in full at once."""
         with self._bound():
-            check_backends(self.versions)
+            backend_check.other_backend_warnings(self.iptables_backend, self.versions)
+            self._retire_other_backend()
             for version in self.versions:
                 for key, value in HOST_SYSCTLS[version]:
                     if self.sysctls.ensure(key, value):
                         log.info("set %s=%s", key.replace("/", "."), value)
                 self.iptables[version].ensure_present(iptables_layout.static_chains(version, self.to_host_action),
                                                       force=iptables_layout.HOST_CHAINS)
+
+    def _retire_other_backend(self) -> None:
+        """Remove Felix's chains and jumps from the backend it does not
+        program (an earlier run's, with the other backend): there they would
+        go on dropping what the new chains allow.  Nothing else is touched,
+        a legacy table that does not exist is not even read, and a failure
+        is logged, never raised."""
+        unused = backend_check.other(self.iptables_backend)
+        for version in self.versions:
+            if not all(shutil.which(backend_check.tool(unused, version, s)) for s in ("-save", "-restore")):
+                continue
+            for table, jumps in (("filter", iptables_layout.TOP_JUMPS), ("nat", nat.NAT_JUMPS)):
+                writer = IptablesWriter(version, self.writes, RESTORE, table=table, top_jumps=jumps,
+                                        optional_jumps=True, backend=unused)
+                try:
+                    plan = writer.sync({})
+                except (ToolError, OSError, subprocess.TimeoutExpired) as exc:
+                    log.warning("could not remove Felix's chains from the %s backend's IPv%d %s table: %s",
+                                unused, version, table, describe_error(exc))
+                    continue
+                if not plan.is_empty():
+                    log.warning("removed Felix's chains left in the %s backend's IPv%d %s table by an earlier "
+                                "run (%s); Felix now programs %s", unused, version, table, plan.summary(),
+                                self.iptables_backend)
 
     def apply(self, desired: Mapping[str, EndpointSpec], groups: GroupAddrs | None = None) -> set[str]:
         """Make the kernel match ``desired`` (the whole desired state) and

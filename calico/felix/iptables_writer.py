@@ -1,18 +1,20 @@
 """Making one table (IPv4 or IPv6; filter, or nat) hold Felix's layout, in one commit.
 
-A writer owns one table: the filter table with its ``INPUT``/``FORWARD``
-jumps (``iptables_layout``), or the nat table with a ``POSTROUTING`` jump
-(``nat``).  A table whose jumps are ``optional`` loses a jump (and then its
-chain) when the layout no longer has the chain, and is not even read while
-the kernel has no such table in the namespace (reading the nat table would
-create it), so a setting that is off leaves no trace.
+A writer owns one table of one iptables backend (``backend_check``: legacy
+or nft, the ``IptablesBackend`` setting): the filter table with its
+``INPUT``/``FORWARD`` jumps (``iptables_layout``), or the nat table with a
+``POSTROUTING`` jump (``nat``).  A table whose jumps are ``optional`` loses
+a jump (and then its chain) when the layout no longer has the chain, and
+is not even read while the kernel has no such legacy table in the namespace
+(reading a legacy table creates it; ``iptables-nft-save`` creates nothing),
+so a setting that is off leaves no trace.
 
 Three steps per pass:
 
 1. *Know the kernel.*  The first pass (and any pass after ``forget``) reads
-   the table with ``iptables-legacy-save`` (one C dump: about 0.2 s for 23,000
-   rules, where python-iptables needs seconds to decode as many).  Later
-   passes trust what the last commit wrote.
+   the table with ``iptables-legacy-save`` or ``iptables-nft-save`` (one C
+   dump: about 0.2 s for 23,000 rules, where python-iptables needs seconds
+   to decode as many).  Later passes trust what the last commit wrote.
 2. *Plan* (pure): compare each Felix chain with the layout.  A chain that
    differs by a few rules is edited in place (deletes and inserts found by a
    sequence diff, so a 1,000-rule dispatch chain gains one endpoint with one
@@ -22,18 +24,32 @@ Three steps per pass:
    ``felix-`` is touched apart from those two jump rules.  An empty plan
    writes nothing.
 3. *Commit* the plan as one atomic table replacement, by one of two means:
-   - python-iptables (libiptc, legacy backend), autocommit off, one commit,
+   - python-iptables (libiptc, so legacy only), autocommit off, one commit,
      building rule objects only for inserted or rewritten rules; used when
      the plan builds at most ``library_max_rules`` rules;
-   - ``iptables-legacy-restore --noflush`` with input naming only Felix's
-     chains, for bulk changes (a cold start).  python-iptables costs about
-     0.45 ms per rule (0.25 ms to build, 0.2 ms in its append checks): 9.6 s
-     for the 21,000 rules of 1,000 endpoints, where restore takes 0.35 s.
-   Both run the same plan, so they leave the same kernel state.
+   - ``iptables-legacy-restore --noflush`` or ``iptables-nft-restore
+     --noflush`` (one nf_tables transaction) with input naming only Felix's
+     chains, for bulk changes (a cold start), and for every change with nft.
+     python-iptables costs about 0.45 ms per rule (0.25 ms to build, 0.2 ms
+     in its append checks): 9.6 s for the 21,000 rules of 1,000 endpoints,
+     where restore takes 0.35 s.
+   Both run the same plan, so they leave the same kernel state.  In restore
+   input a jump in a built-in chain is deleted by its text, not its
+   position, so a rule someone else inserted there since Felix last looked
+   cannot be hit (the commit fails instead, and the next pass reads again).
+
+The plan compares rule text with what the save command prints, so the
+layout is written in the form both backends print (checked for every rule
+form Felix writes, iptables 1.8.9: legacy and nft print them alike); the
+one spelling the kernel changes, a protocol given by number that iptables
+or /etc/protocols names (``-p 50`` reads back as ``-p esp``, ``-p 4`` as
+``-p ipencap``), is read back as the number (``normalise_protocols``).
 
 libiptc commits the whole table, so a concurrent writer could be lost; the
 xtables lock (the one iptables itself takes) is held from read to commit in
-the python-iptables path, and ``iptables-restore --wait`` takes it itself.
+the python-iptables path, and ``iptables-legacy-restore --wait`` takes it
+itself.  iptables-nft-restore takes no lock: its commit is one nf_tables
+transaction, which the kernel applies whole or not at all.
 """
 
 from __future__ import annotations
@@ -50,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from calico.common.rules import PROTOCOL_NUMBERS
+from calico.felix.backend_check import BACKENDS, LEGACY, NFT, tool
 from calico.felix.iptables_layout import TOP_JUMPS, is_felix_chain, top_jump_rule
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.tools import Runner, run_tool
@@ -58,8 +75,6 @@ log = logging.getLogger(__name__)
 
 XTABLES_LOCK = os.environ.get("XTABLES_LOCKFILE", "/run/xtables.lock")
 LIBRARY, RESTORE, AUTO = "library", "restore", "auto"
-_SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
-_RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
 _PROTOCOL_NUMBERS = {**PROTOCOL_NUMBERS, "ipv6-icmp": 58}
 
 
@@ -76,7 +91,7 @@ class Edit:
     op: str  # "I" insert or "D" delete
     chain: str
     index: int  # 0-based position when this edit runs
-    rule: str | None = None
+    rule: str | None = None  # inserted; for a delete in a built-in chain, the rule deleted
 
 
 @dataclass
@@ -98,11 +113,14 @@ class TablePlan:
                 f"{len(self.edits)} rule edits, {len(self.dead_chains)} deleted chains")
 
 
-# Protocols iptables names itself; any other it prints by its /etc/protocols
-# name when the machine has that file (``-p 4`` reads back as ``-p ipencap``,
-# or as ``-p 4`` in an image without netbase).  Felix writes numbers, and
-# reads names back as numbers, so both spellings compare equal.
-_IPTABLES_PROTOCOLS = {"tcp", "udp", "udplite", "icmp", "ipv6-icmp", "icmpv6", "esp", "ah", "sctp", "mh", "all"}
+# Protocols Felix writes by name (iptables prints them so too).  Any other
+# Felix writes by number, and iptables prints some of those by a name of
+# its own (50 esp, 51 ah, 135 mh) and the rest by their /etc/protocols name
+# when the machine has that file (``-p 4`` reads back as ``-p ipencap``, or
+# as ``-p 4`` in an image without netbase); those names are read back as
+# numbers, so both spellings compare equal.
+_IPTABLES_PROTOCOLS = {"tcp", "udp", "udplite", "icmp", "ipv6-icmp", "icmpv6", "sctp", "all"}
+_IPTABLES_NUMBERED = {"esp": 50, "ah": 51, "mh": 135, "ipv6-mh": 135}
 _PROTOCOL_WORD_RE = re.compile(r"(?<!\S)(-p (?:! )?)([A-Za-z][A-Za-z0-9._-]*)(?!\S)")
 
 
@@ -121,12 +139,13 @@ def _etc_protocols(path: str = "/etc/protocols") -> dict[str, int]:
 
 
 def normalise_protocols(rule: str, numbers: Mapping[str, int]) -> str:
-    """``-p NAME`` as ``-p NUMBER`` for names iptables does not know itself."""
+    """``-p NAME`` as ``-p NUMBER`` for every name but those Felix writes."""
     def number(match: re.Match) -> str:
         name = match.group(2)
-        if name.lower() in _IPTABLES_PROTOCOLS or name not in numbers:
+        if name.lower() in _IPTABLES_PROTOCOLS:
             return match.group(0)
-        return f"{match.group(1)}{numbers[name]}"
+        value = _IPTABLES_NUMBERED.get(name.lower(), numbers.get(name))
+        return match.group(0) if value is None else f"{match.group(1)}{value}"
     return _PROTOCOL_WORD_RE.sub(number, rule)
 
 
@@ -197,11 +216,11 @@ def plan_table(kernel: KernelTable, desired: Mapping[str, tuple[str, ...]],
         positions = [i for i, rule in enumerate(rules) if rule == jump]
         if optional_jumps and target not in desired:
             for i in reversed(positions):
-                plan.edits.append(Edit("D", builtin, i))
+                plan.edits.append(Edit("D", builtin, i, jump))
                 del rules[i]
         elif positions != [0]:
             for i in reversed(positions):
-                plan.edits.append(Edit("D", builtin, i))
+                plan.edits.append(Edit("D", builtin, i, jump))
                 del rules[i]
             plan.edits.append(Edit("I", builtin, 0, jump))
             rules.insert(0, jump)
@@ -245,10 +264,19 @@ class IptablesWriter:
 
     def __init__(self, version: int, counter: WriteCounter, mode: str = AUTO,
                  library_max_rules: int = 64, runner: Runner = subprocess.run, table: str = "filter",
-                 top_jumps: Mapping[str, str] = TOP_JUMPS, optional_jumps: bool = False) -> None:
+                 top_jumps: Mapping[str, str] = TOP_JUMPS, optional_jumps: bool = False,
+                 backend: str = LEGACY) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"iptables backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if mode not in (LIBRARY, RESTORE, AUTO):
+            raise ValueError(f"iptables mode {mode!r} is not one of {LIBRARY}, {RESTORE}, {AUTO}")
+        if backend == NFT and mode == LIBRARY:
+            raise ValueError("python-iptables (libiptc) writes the legacy backend only: "
+                             "the nft backend is written with iptables-nft-restore")
         self.version = version
         self.counter = counter
-        self.mode = mode
+        self.backend = backend
+        self.mode = RESTORE if backend == NFT else mode
         self.library_max_rules = library_max_rules
         self.runner = runner
         self.table = table
@@ -261,11 +289,12 @@ class IptablesWriter:
 
     def read(self) -> KernelTable:
         if self.kernel is None:
-            if self.optional_jumps and self.runner is subprocess.run and not table_exists(self.version, self.table):
+            if (self.optional_jumps and self.backend == LEGACY and self.runner is subprocess.run
+                    and not table_exists(self.version, self.table)):
                 self.kernel = KernelTable()  # nothing of ours can be there; reading would create the table
             else:
-                self.kernel = parse_save(run_tool([_SAVE[self.version], "-t", self.table], runner=self.runner),
-                                         self.table, self.top_jumps)
+                self.kernel = parse_save(run_tool([tool(self.backend, self.version, "-save"), "-t", self.table],
+                                                  runner=self.runner), self.table, self.top_jumps)
         return self.kernel
 
     def sync(self, desired: Mapping[str, tuple[str, ...]]) -> TablePlan:
@@ -307,12 +336,12 @@ class IptablesWriter:
             raise
         self.counter.iptables_commits += 1
         self.kernel = plan.after
-        log.info("IPv%d %s table: %s via %s in %.0f ms", self.version, self.table, plan.summary(),
-                 "python-iptables" if use_library else "iptables-restore",
+        log.info("IPv%d %s table (%s): %s via %s in %.0f ms", self.version, self.table, self.backend,
+                 plan.summary(), "python-iptables" if use_library else tool(self.backend, self.version, "-restore"),
                  (time.perf_counter() - started) * 1000)
 
     def _restore(self, plan: TablePlan) -> None:
-        run_tool([_RESTORE[self.version], "--noflush", "--wait", "10"],
+        run_tool([tool(self.backend, self.version, "-restore"), "--noflush", "--wait", "10"],
                  stdin=restore_input(plan, self.table), runner=self.runner)
 
 
@@ -323,8 +352,11 @@ def restore_input(plan: TablePlan, table: str = "filter") -> str:
     for name, rules in plan.rewrites.items():
         lines += [f"-A {name} {rule}" for rule in rules]
     for edit in plan.edits:
-        lines.append(f"-D {edit.chain} {edit.index + 1}" if edit.op == "D"
-                     else f"-I {edit.chain} {edit.index + 1} {edit.rule}")
+        if edit.op == "D":  # a built-in chain's rule by its text: see the module docstring
+            lines.append(f"-D {edit.chain} {edit.rule}" if edit.rule is not None and not is_felix_chain(edit.chain)
+                         else f"-D {edit.chain} {edit.index + 1}")
+        else:
+            lines.append(f"-I {edit.chain} {edit.index + 1} {edit.rule}")
     lines += [f"-F {name}" for name in plan.dead_chains]
     lines += [f"-X {name}" for name in plan.dead_chains]
     lines.append("COMMIT")

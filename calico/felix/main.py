@@ -54,6 +54,7 @@ OVERRIDES = {
     "health_port": "--health-port",
     "health_timeout_secs": "--health-timeout-secs",
     "prometheus_metrics_enabled": "--prometheus-metrics-enabled",
+    "iptables_backend": "--iptables-backend",
 }
 
 
@@ -137,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info("Cluster settings: %s", cluster.view.describe())
     try:
-        agent = Agent(config, Dataplane(cluster=cluster.view, endpoint_to_host_action=config.default_endpoint_to_host_action),
+        agent = Agent(config, Dataplane(cluster=cluster.view,
+                                        endpoint_to_host_action=config.default_endpoint_to_host_action,
+                                        iptables_backend=config.iptables_backend),
                       cluster=cluster, keys=credentials.keys, health=health, metrics=metrics)
     except Exception as exc:
         log.error("Felix cannot start: %s", exc)

@@ -100,6 +100,14 @@ def test_endpoint_settings_from_the_file_case_insensitive_and_canonical(tmp_path
                                                                                          ("10.5.0.0/16",))
 
 
+def test_iptables_backend_defaults_to_auto_and_takes_legacy_or_nft_in_any_case(tmp_path):
+    assert felix_main.load(["--config-file", write(tmp_path, GOOD)]).iptables_backend == "auto"
+    text = GOOD.replace("[connection]", "IptablesBackend = NFT\n[connection]")
+    assert felix_main.load(["--config-file", write(tmp_path, text)]).iptables_backend == "nft"
+    flags = felix_main.load(["--config-file", write(tmp_path, text), "--iptables-backend", "Legacy"])
+    assert flags.iptables_backend == "legacy"
+
+
 def test_empty_pools_come_from_the_cluster_file(tmp_path, monkeypatch):
     cluster = tmp_path / "felix.txt"
     cluster.write_text("[global]\npool = 10.20.0.0/16\npool6 = fd00:20::/64\n\n"
@@ -118,6 +126,7 @@ def test_empty_pools_come_from_the_cluster_file(tmp_path, monkeypatch):
     ("IpPool = 10.0.0.0/33", "IpPool"),
     ("MaxEndpoints = 0", "MaxEndpoints"),
     ("MaxEndpoints = lots", "MaxEndpoints"),
+    ("IptablesBackend = nftables", "IptablesBackend"),
 ])
 def test_bad_endpoint_setting_is_one_line_naming_the_key(tmp_path, capsys, line, key):
     path = write(tmp_path, GOOD.replace("[connection]", line + "\n[connection]"))

@@ -57,7 +57,7 @@ def test_nat_table_jump_comes_and_goes_with_the_chain():
     assert writer.plan_table(kernel, rule, jumps, True).is_empty()
     off = writer.plan_table(kernel, {}, jumps, True)
     assert writer.restore_input(off, "nat").splitlines() == [
-        "*nat", "-D POSTROUTING 1", "-F felix-POSTROUTING", "-X felix-POSTROUTING", "COMMIT"]
+        "*nat", "-D POSTROUTING -j felix-POSTROUTING", "-F felix-POSTROUTING", "-X felix-POSTROUTING", "COMMIT"]
     assert writer.plan_table(writer.KernelTable(), {}, jumps, True).is_empty()
 
 

@@ -1,7 +1,9 @@
-"""Small dataplane parts that need no kernel: the backend check and sysctls."""
+"""Small dataplane parts that need no kernel: the iptables backend choice and check, and sysctls."""
 
 import logging
 import subprocess
+
+import pytest
 
 from calico.felix import backend_check
 from calico.felix.kernel_writes import WriteCounter
@@ -19,38 +21,130 @@ COMMIT
 """
 
 
-def test_nft_forward_filtering_spots_docker():
-    assert backend_check.nft_forward_filtering(DOCKER_NFT) == "policy DROP and 2 rule(s)"
-    assert backend_check.nft_forward_filtering("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n") is None
-    assert backend_check.nft_forward_filtering("") is None
+KUBE_HINT = """*mangle
+:PREROUTING ACCEPT [0:0]
+:KUBE-IPTABLES-HINT - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+COMMIT
+"""
+FELIX_LEGACY = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:felix-FORWARD - [0:0]
+-A INPUT -j felix-INPUT
+-A FORWARD -j felix-FORWARD
+-A felix-FORWARD -i tap+ -j ACCEPT
+COMMIT
+"""
 
 
-def fake_runner(output, returncode=0):
+def held(backend, v4="", v6="", installed=True):
+    holdings = backend_check.parse_holdings(backend, {4: v4, 6: v6})
+    holdings.installed = installed
+    return holdings
+
+
+def test_holdings_count_rules_and_see_docker_kubernetes_felix_and_the_forward_chain():
+    docker = held("nft", DOCKER_NFT + KUBE_HINT, FELIX_LEGACY)
+    assert docker.rules == 2 + 3
+    assert docker.docker_chains == ["DOCKER-USER"] and docker.hint_chains == ["KUBE-IPTABLES-HINT",
+                                                                               "KUBE-KUBELET-CANARY"]
+    assert docker.felix_chains == ["felix-FORWARD"]
+    # FORWARD: policy and the rules other than Felix's own jump, per family.
+    assert docker.forward == {4: ("DROP", 2), 6: ("ACCEPT", 0)}
+    assert held("legacy").rules == 0 and held("legacy").forward == {4: ("ACCEPT", 0), 6: ("ACCEPT", 0)}
+
+
+def command_says(backend):
+    return lambda: (backend, f"iptables v1.8.9 ({'nf_tables' if backend == 'nft' else 'legacy'})")
+
+
+@pytest.mark.parametrize("legacy, nft, command, want, why", [
+    # Kubernetes' hint chains decide, even against Docker's chains and more rules.
+    (KUBE_HINT, DOCKER_NFT + FELIX_LEGACY, "nft", "legacy", "Kubernetes' hint chain(s) (KUBE-IPTABLES-HINT"),
+    # Docker's chains in one backend only: that one, whatever the counts.
+    (FELIX_LEGACY, DOCKER_NFT, "legacy", "nft", "Docker's chains (DOCKER-USER) are in nft only"),
+    (DOCKER_NFT, FELIX_LEGACY * 3, "nft", "legacy", "Docker's chains (DOCKER-USER) are in legacy only"),
+    # Docker's chains in both (a switch without a reboot): the rule counts.
+    (DOCKER_NFT, DOCKER_NFT + FELIX_LEGACY, "legacy", "nft", "nft holds more rules (5, against 2 in legacy; "
+                                                             "Docker's chains are in both)"),
+    # Rules, no Docker: the one holding more (a restarted Felix stays where it was).
+    (FELIX_LEGACY, "", "nft", "legacy", "legacy holds more rules (3, against 0 in nft)"),
+    # Nothing anywhere, or a tie: the iptables command's own backend.
+    ("", "", "nft", "nft", "no rules in either backend; the iptables command here is nft (iptables v1.8.9 "
+                           "(nf_tables))"),
+    ("", "", "legacy", "legacy", "no rules in either backend; the iptables command here is legacy"),
+    (FELIX_LEGACY, FELIX_LEGACY, "nft", "nft", "3 rules in each backend; the iptables command here is nft"),
+])
+def test_auto_picks_the_backend_docker_and_the_host_use(legacy, nft, command, want, why):
+    choice = backend_check.choose({"legacy": held("legacy", legacy), "nft": held("nft", nft)}, command_says(command))
+    assert choice.backend == want
+    assert choice.reason.startswith("IptablesBackend = auto: ") and why in choice.reason, choice.reason
+
+
+def test_auto_with_only_one_backend_installed_takes_that_one():
+    choice = backend_check.choose({"legacy": held("legacy", DOCKER_NFT), "nft": held("nft", installed=False)},
+                                  command_says("nft"))
+    assert choice == backend_check.BackendChoice("legacy", "IptablesBackend = auto: only iptables-legacy is installed")
+
+
+def scripted_runner(outputs):
+    """A runner answering each command (argv[0]) from ``outputs``; records argv lists."""
     calls = []
 
     def run(argv, **kwargs):
         calls.append(argv)
-        return subprocess.CompletedProcess(argv, returncode, output, "")
+        answer = outputs.get(argv[0], "")
+        if isinstance(answer, int):
+            return subprocess.CompletedProcess(argv, answer, "", "some failure")
+        return subprocess.CompletedProcess(argv, 0, answer, "")
     return run, calls
 
 
-def test_check_backends_warns_once_per_family_with_the_fix(caplog):
-    run, calls = fake_runner(DOCKER_NFT)
-    with caplog.at_level(logging.WARNING):
-        warnings = backend_check.check_backends((4, 6), runner=run, which=lambda tool: "/usr/sbin/" + tool)
-    assert calls == [["iptables-nft-save", "-t", "filter"], ["ip6tables-nft-save", "-t", "filter"]]
-    assert len(warnings) == 2 and len(caplog.records) == 2
-    assert "update-alternatives --set iptables /usr/sbin/iptables-legacy" in warnings[0]
-    assert "restart dockerd" in warnings[0]
+def test_detect_reads_every_table_of_both_backends_and_asks_iptables_only_when_nothing_decides():
+    run, calls = scripted_runner({"iptables-nft-save": DOCKER_NFT})
+    choice = backend_check.detect_backend("auto", (4, 6), runner=run, which=lambda c: "/usr/sbin/" + c)
+    assert choice.backend == "nft"
+    # No -t: save reads only the tables that exist (a legacy -t filter would create one).
+    assert calls == [["iptables-legacy-save"], ["ip6tables-legacy-save"], ["iptables-nft-save"], ["ip6tables-nft-save"]]
+    run, calls = scripted_runner({"iptables": "iptables v1.8.9 (nf_tables)\n", "iptables-legacy-save": 1})
+    choice = backend_check.detect_backend("AUTO", (4,), runner=run, which=lambda c: "/usr/sbin/" + c)
+    assert choice.backend == "nft" and calls[-1] == ["iptables", "-V"]
+    assert "no rules in either backend" in choice.reason
 
 
-def test_check_backends_is_quiet_without_nft_tools_or_when_they_fail(caplog):
-    run, calls = fake_runner(DOCKER_NFT)
-    assert backend_check.check_backends((4,), runner=run, which=lambda tool: None) == []
+def test_a_backend_set_explicitly_reads_nothing():
+    run, calls = scripted_runner({})
+    for setting in ("legacy", "nft", "NFT"):
+        choice = backend_check.detect_backend(setting, runner=run)
+        assert choice.backend == setting.lower() and choice.reason == f"IptablesBackend = {setting.lower()}"
     assert calls == []
-    failing, _ = fake_runner("", returncode=1)
+    with pytest.raises(ValueError):
+        backend_check.detect_backend("nftables", runner=run)
+
+
+def test_the_other_backend_filtering_forward_is_one_warning_per_family(caplog):
+    run, calls = scripted_runner({"iptables-nft-save": DOCKER_NFT, "ip6tables-nft-save": DOCKER_NFT})
     with caplog.at_level(logging.WARNING):
-        assert backend_check.check_backends((4,), runner=failing, which=lambda tool: tool) == []
+        warnings = backend_check.other_backend_warnings("legacy", (4, 6), runner=run,
+                                                        which=lambda c: "/usr/sbin/" + c)
+    assert calls == [["iptables-nft-save"], ["ip6tables-nft-save"]]
+    assert len(warnings) == 2 and len(caplog.records) == 2
+    assert warnings[0].startswith("the nft iptables backend has a FORWARD chain with policy DROP and 2 rule(s) "
+                                  "for IPv4; Docker's chains are there too (DOCKER-USER)")
+    assert "traffic Felix accepts in legacy may still be dropped there" in warnings[0]
+    assert "set IptablesBackend = nft" in warnings[0] and "IPv6" in warnings[1]
+
+
+def test_the_other_backend_check_is_quiet_when_it_holds_nothing_or_cannot_be_read(caplog):
+    with caplog.at_level(logging.WARNING):
+        run, _ = scripted_runner({"iptables-legacy-save": FELIX_LEGACY})  # Felix's own jump only
+        assert backend_check.other_backend_warnings("nft", (4,), runner=run, which=lambda c: c) == []
+        run, calls = scripted_runner({"iptables-nft-save": DOCKER_NFT})
+        assert backend_check.other_backend_warnings("legacy", (4,), runner=run, which=lambda c: None) == []
+        assert calls == []
+        run, _ = scripted_runner({"iptables-nft-save": 1})
+        assert backend_check.other_backend_warnings("legacy", (4,), runner=run, which=lambda c: c) == []
     assert not caplog.records
 
 
