@@ -118,10 +118,13 @@ def _routes(ns: str, family: str) -> str:
     return netns.run(ns, ["ip", family, "route", "show"], check=False).stdout
 
 
-def _iptables(ns: str) -> str:
+def _iptables(ns: str, version: int = 4) -> str:
+    """The filter table of the backend where this host's Felix put its chains."""
     if not netns.exists(ns):
         return ""
-    return netns.run(ns, ["iptables-legacy-save", "-t", "filter"], check=False).stdout
+    from calico.felix.backend_check import felix_table
+
+    return felix_table(version, runner=lambda argv, **kwargs: subprocess.run(netns.argv(ns, argv), **kwargs))[1]
 
 
 def status(layout: Layout) -> str:
@@ -204,5 +207,5 @@ def kernel_state(layout: Layout, index: int) -> dict[str, str]:
     ns = layout.host_ns(index)
     ipset = subprocess.run(netns.argv(ns, ["ipset", "list"]), capture_output=True, text=True).stdout
     return {"routes4": _routes(ns, "-4"), "routes6": _routes(ns, "-6"), "iptables": _iptables(ns),
-            "ip6tables": netns.run(ns, ["ip6tables-legacy-save", "-t", "filter"], check=False).stdout,
+            "ip6tables": _iptables(ns, 6),
             "ipset": ipset}

@@ -38,11 +38,35 @@ def sh(ns: str | None, *argv: str, check: bool = True) -> str:
     return netns.run(ns, list(argv), check=check).stdout
 
 
-class Lab:
-    """A host namespace plus endpoint namespaces; ``close`` removes them all."""
+BACKENDS = ("legacy", "nft")  # the iptables backends Felix programs (IptablesBackend)
 
-    def __init__(self, tag: str) -> None:
-        self.host = unique(tag)
+
+def iptables_tool(backend: str, version: int = 4, suffix: str = "") -> str:
+    """``iptables-nft``, ``ip6tables-legacy-save``...: ``suffix`` is "", "-save" or "-restore"."""
+    return f"{'iptables' if version == 4 else 'ip6tables'}-{backend}{suffix}"
+
+
+def felix_chains_in(ns: str | None, backend: str) -> set[str]:
+    """Felix's chains in one backend, both families, every table (read with
+    save and no -t, which creates no table)."""
+    chains = set()
+    for version in (4, 6):
+        text = netns.run(ns, [iptables_tool(backend, version, "-save")], check=False).stdout
+        chains |= {f"v{version} {line.split()[0][1:]}" for line in text.splitlines() if line.startswith(":felix-")}
+    return chains
+
+
+class Lab:
+    """A host namespace plus endpoint namespaces; ``close`` removes them all.
+
+    ``backend`` is the iptables backend the lab's Dataplane programs, and
+    what ``iptables_save`` and ``iptables`` read and write."""
+
+    backend = "legacy"
+
+    def __init__(self, tag: str, backend: str = "legacy") -> None:
+        self.host = unique(tag if backend == "legacy" else f"{tag}-{backend}")
+        self.backend = backend
         self.endpoint_ns: dict[str, str] = {}
         netns.remove(self.host)
         netns.create(self.host)
@@ -166,9 +190,12 @@ class Lab:
 
     # -- kernel state ----------------------------------------------------------
 
-    def iptables_save(self, version: int = 4) -> str:
-        tool = "iptables-legacy-save" if version == 4 else "ip6tables-legacy-save"
-        text = sh(self.host, tool, "-t", "filter")
+    def iptables(self, *args: str, version: int = 4, check: bool = True) -> str:
+        """The lab's backend's iptables command in the host namespace."""
+        return sh(self.host, iptables_tool(self.backend, version), *args, check=check)
+
+    def iptables_save(self, version: int = 4, table: str = "filter") -> str:
+        text = sh(self.host, iptables_tool(self.backend, version, "-save"), "-t", table)
         return "\n".join(re.sub(r"\[\d+:\d+\]$", "[0:0]", line)  # policy counters
                          for line in text.splitlines() if not line.startswith("#"))
 
@@ -193,7 +220,9 @@ class Lab:
         return "\n".join(sorted((v4 + v6 + proxy).splitlines()))
 
     def kernel_state(self) -> dict[str, str]:
+        other = "nft" if self.backend == "legacy" else "legacy"
         return {"iptables": self.iptables_save(4), "ip6tables": self.iptables_save(6),
+                "other backend": "\n".join(sorted(felix_chains_in(self.host, other))),  # always empty
                 "ipsets": self.ipset_save(), "routes": self.routes(), "neighbours": self.neighbours()}
 
 

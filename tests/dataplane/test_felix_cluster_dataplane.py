@@ -3,7 +3,7 @@
 A host namespace with one endpoint (IPv4 and IPv6) and an uplink namespace
 beyond a non-tap interface (``fab0``, 10.65.9.1 / fd00:9::1 on the host):
 with ``nat_outgoing`` the uplink sees the host's address, without it the
-endpoint's.  tunl0 is a TUN device standing in for the kernel's (this
+endpoint's.  Each test runs once per iptables backend (legacy, nft).  tunl0 is a TUN device standing in for the kernel's (this
 machine's kernel may have no ipip driver); Felix sets it up the same way.
 """
 
@@ -19,7 +19,7 @@ from calico import netns
 from calico.common.datafiles import GlobalSettings, Host
 from calico.felix.cluster import ClusterView
 from calico.felix.dataplane import Dataplane
-from felix_dp_helpers import Lab, acls, sh, spec
+from felix_dp_helpers import BACKENDS, Lab, acls, sh, spec
 
 EID, MAC = "aaaacluster01", "02:00:00:00:01:01"
 ADDRS = ("10.65.0.1", "fd00::1")
@@ -31,9 +31,9 @@ def view(**settings) -> ClusterView:
     return ClusterView(GlobalSettings(pool="10.65.0.0/24", pool6="fd00::/64", **settings), HOSTS, "10.65.9.1")
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab("cl")
+@pytest.fixture(scope="module", params=BACKENDS)
+def lab(request):
+    lab = Lab("cl", backend=request.param)
     try:
         lab.add_endpoint(EID, ADDRS, MAC)
         lab.add_uplink()
@@ -45,7 +45,7 @@ def lab():
 @pytest.fixture()
 def dp(lab):
     with netns.entered(lab.host):
-        dataplane = Dataplane()
+        dataplane = Dataplane(iptables_backend=lab.backend)
     dataplane.start()
     try:
         yield dataplane
@@ -87,7 +87,8 @@ def test_outgoing_nat_on_and_off(lab, dp):
     dp.apply(desired())
     assert source_seen_by_uplink(lab, "10.65.9.2", 7101) == "10.65.9.1"
     assert source_seen_by_uplink(lab, "fd00:9::2", 7102) == "fd00:9::1"
-    assert "-A POSTROUTING -j felix-POSTROUTING" in sh(lab.host, "iptables-legacy-save", "-t", "nat")
+    assert "-A POSTROUTING -j felix-POSTROUTING" in lab.iptables_save(4, "nat")
+    assert "-A POSTROUTING -j felix-POSTROUTING" in lab.iptables_save(6, "nat")
     before = dp.writes.total()
     dp.apply(desired())
     assert dp.writes.total() == before  # nothing changed, nothing written
@@ -95,8 +96,8 @@ def test_outgoing_nat_on_and_off(lab, dp):
     dp.apply(desired())
     assert source_seen_by_uplink(lab, "10.65.9.2", 7103) == "10.65.0.1"
     assert source_seen_by_uplink(lab, "fd00:9::2", 7104) == "fd00::1"
-    for save in ("iptables-legacy-save", "ip6tables-legacy-save"):
-        assert "felix-" not in sh(lab.host, save, "-t", "nat")
+    for version in (4, 6):
+        assert "felix-" not in lab.iptables_save(version, "nat")
     assert "felix-pools" not in sh(lab.host, "ipset", "list", "-n")
 
 

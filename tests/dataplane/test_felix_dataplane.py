@@ -4,6 +4,10 @@ One host namespace where ``Dataplane`` runs (created there, then called from
 this thread in the root namespace: it enters its own namespace per call) and
 one namespace per endpoint on a veth pair.  Each test applies the whole
 desired state it needs, so tests do not depend on each other's leftovers.
+
+Every test runs twice, once per iptables backend (``IptablesBackend`` legacy
+and nft), each in a lab of its own; in both the other backend is checked to
+stay empty, and the nft runs to leave no legacy table behind.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from calico import netns
 from calico.common.rules import Rule
 from calico.felix.dataplane import Dataplane
 from calico.felix.tools import ToolError
-from felix_dp_helpers import Lab, acls, content_set_name, echo_round_trip, sh, spec
+from felix_dp_helpers import (BACKENDS, Lab, acls, content_set_name, echo_round_trip, felix_chains_in, iptables_tool,
+                              sh, spec)
 
 A, B, C, D, E, F = "aaaaaaaaaaaa01", "bbbb02", "cccc03", "dddd04", "eeee05", "ffff06"
 ADDRS = {A: ("10.65.0.1",), B: ("10.65.0.2",), C: ("10.65.0.3", "10.65.0.13"),
@@ -37,16 +42,15 @@ def state(*specs) -> dict:
 
 
 def root_felix_state() -> tuple[set, set]:
-    chains = {line.split()[0] for line in sh(None, "iptables-legacy-save", "-t", "filter").splitlines()
-              if line.startswith(":felix-")}
+    chains = felix_chains_in(None, "legacy") | felix_chains_in(None, "nft")
     sets = {name for name in sh(None, "ipset", "list", "-n").split() if name.startswith("felix-")}
     return chains, sets
 
 
-@pytest.fixture(scope="module")
-def lab():
+@pytest.fixture(scope="module", params=BACKENDS)
+def lab(request):
     root_before = root_felix_state()
-    lab = Lab("dp")
+    lab = Lab("dp", backend=request.param)
     try:
         for eid in (A, B, C, D, E):
             lab.add_endpoint(eid, ADDRS[eid], MACS[eid])
@@ -60,7 +64,8 @@ def lab():
 @pytest.fixture(scope="module")
 def dp(lab):
     with netns.entered(lab.host):
-        dataplane = Dataplane()
+        dataplane = Dataplane(iptables_backend=lab.backend)
+    assert dataplane.iptables_backend == lab.backend
     dataplane.start()
     try:
         yield dataplane
@@ -301,7 +306,7 @@ def test_a_pass_that_fails_halfway_is_repaired_by_the_next(lab, dp):
     after = traffic_state()
     after[F] = ep(F)
     del after[C]
-    broken = {"iptables-legacy-restore": True}
+    broken = {iptables_tool(lab.backend, 4, "-restore"): True}
 
     def flaky(argv, **kwargs):
         if broken.get(argv[0]):
@@ -309,7 +314,7 @@ def test_a_pass_that_fails_halfway_is_repaired_by_the_next(lab, dp):
         return subprocess.run(argv, **kwargs)
 
     with netns.entered(lab.host):
-        restarted = Dataplane(iptables_mode="restore")
+        restarted = Dataplane(iptables_mode="restore", iptables_backend=lab.backend)
     try:
         restarted.iptables[4].runner = flaky
         # Every IPv4 commit fails, also with no endpoint changed: no endpoint
@@ -335,7 +340,8 @@ def test_a_pass_that_fails_halfway_is_repaired_by_the_next(lab, dp):
 
 def _wipe_felix_state(lab) -> None:
     """Remove every trace of Felix from the host namespace, by hand."""
-    for version, tool in ((4, "iptables-legacy"), (6, "ip6tables-legacy")):
+    for version in (4, 6):
+        tool = iptables_tool(lab.backend, version)
         for builtin, jump in (("INPUT", "felix-INPUT"), ("FORWARD", "felix-FORWARD")):
             while netns.run(lab.host, [tool, "-D", builtin, "-j", jump], check=False).returncode == 0:
                 pass
@@ -362,18 +368,18 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     dp.apply(old)
     host = lab.host
     # Things that are not Felix's, which it must leave alone ...
-    sh(host, "iptables-legacy", "-N", "OTHER-CHAIN")
-    sh(host, "iptables-legacy", "-A", "OTHER-CHAIN", "-s", "192.0.2.1/32", "-j", "DROP")
-    sh(host, "iptables-legacy", "-I", "INPUT", "1", "-j", "OTHER-CHAIN")
+    lab.iptables("-N", "OTHER-CHAIN")
+    lab.iptables("-A", "OTHER-CHAIN", "-s", "192.0.2.1/32", "-j", "DROP")
+    lab.iptables("-I", "INPUT", "1", "-j", "OTHER-CHAIN")
     sh(host, "ipset", "create", "other-set", "hash:ip")
     sh(host, "ipset", "add", "other-set", "192.0.2.1")
     sh(host, "ip", "route", "add", "192.0.2.0/24", "dev", "tapbbbb02", "proto", "static")
     # ... and Felix's own mess from a previous life: a duplicate rule and jump,
     # a stale chain, set and route.
-    sh(host, "iptables-legacy", "-A", "felix-FROM-ENDPOINT", "-i", "tapbbbb02", "-g", "felix-from-bbbb02")
-    sh(host, "iptables-legacy", "-A", "INPUT", "-j", "felix-INPUT")
-    sh(host, "iptables-legacy", "-N", "felix-from-zzzz99")
-    sh(host, "iptables-legacy", "-A", "felix-from-zzzz99", "-j", "DROP")
+    lab.iptables("-A", "felix-FROM-ENDPOINT", "-i", "tapbbbb02", "-g", "felix-from-bbbb02")
+    lab.iptables("-A", "INPUT", "-j", "felix-INPUT")
+    lab.iptables("-N", "felix-from-zzzz99")
+    lab.iptables("-A", "felix-from-zzzz99", "-j", "DROP")
     sh(host, "ipset", "create", "felix-4in-zzzz99-net", "hash:net")  # (named as Felix once named sets)
     sh(host, "ipset", "create", f"{ANYWHERE}-t", "hash:net")  # a temp left by a crash (B still names the set)
     sh(host, "ip", "route", "add", "10.65.9.9/32", "dev", "tapbbbb02", "proto", "80")
@@ -382,7 +388,9 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     new = state(ep(A, new_a), ep(B), ep(D, acls(inbound=["10.65.0.0/24"], outbound6=["::/0"])), ep(E), ep(F))
 
     with netns.entered(host):
-        restarted = Dataplane(iptables_mode="library", ipset_mode="library")
+        # python-iptables where it can be used (legacy); nft has one means only.
+        restarted = Dataplane(iptables_mode="library" if lab.backend == "legacy" else "auto", ipset_mode="library",
+                              iptables_backend=lab.backend)
     try:
         restarted.start()
         assert "felix-from-cccc03" in lab.iptables_save()  # start() keeps enforcing the old state
@@ -407,7 +415,7 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     # the other means of writing (iptables-restore, ipset restore).
     _wipe_felix_state(lab)
     with netns.entered(host):
-        fresh = Dataplane(iptables_mode="restore", ipset_mode="restore")
+        fresh = Dataplane(iptables_mode="restore", ipset_mode="restore", iptables_backend=lab.backend)
     try:
         fresh.start()
         fresh.apply(new)
@@ -416,6 +424,65 @@ def test_restart_with_changed_endpoints_converges_to_exactly_the_clean_state(lab
     assert lab.kernel_state() == converged
     assert lab.ping(A, "10.65.0.4")  # and the result carries traffic as the new ACLs say
     assert not lab.ping(B, "10.65.0.1", expect=False)
+
+
+def _not_felix(save_text: str) -> list[str]:
+    """A save listing without Felix's chains, rules and jumps (and comments)."""
+    return [line for line in save_text.splitlines()
+            if not line.startswith(("#", ":felix-", "-A felix-")) and "-j felix-" not in line]
+
+
+def test_with_dockers_forward_drop_only_felix_chains_and_jumps_are_touched(lab, dp):
+    """Docker's rules in the same backend (FORWARD policy DROP, its chains and
+    jumps, a nat rule): traffic flows as the ACLs say, Felix's jump ends up
+    first again after Docker put one of its own above it, and nothing that is
+    not Felix's changes, rule for rule."""
+    docker = [("-P", "FORWARD", "DROP"), ("-N", "DOCKER"), ("-N", "DOCKER-USER"),
+              ("-A", "DOCKER-USER", "-j", "RETURN"), ("-A", "FORWARD", "-o", "docker0", "-j", "DOCKER"),
+              ("-I", "FORWARD", "1", "-j", "DOCKER-USER"),  # above Felix's jump, as a restarted dockerd does
+              ("-t", "nat", "-N", "DOCKER"),
+              ("-t", "nat", "-A", "POSTROUTING", "-s", "172.17.0.0/16", "!", "-o", "docker0", "-j", "MASQUERADE")]
+    dp.forget_kernel_cache()  # the test before changed the kernel through other Dataplanes
+    dp.apply(traffic_state())
+    for version in (4, 6):
+        for args in docker:
+            lab.iptables(*[a if a != "172.17.0.0/16" or version == 4 else "fd17::/64" for a in args], version=version)
+    try:
+        before = {(v, t): _not_felix(lab.iptables_save(v, t)) for v in (4, 6) for t in ("filter", "nat")}
+        assert "-P FORWARD DROP" not in before[(4, "filter")]  # (save spells a policy ":FORWARD DROP")
+        assert ":FORWARD DROP [0:0]" in before[(4, "filter")]
+        dp.forget_kernel_cache()  # a periodic resync: Felix sees Docker's jump above its own
+        dp.apply(traffic_state())
+        for version in (4, 6):
+            forward = [line for line in lab.iptables_save(version).splitlines() if line.startswith("-A FORWARD ")]
+            assert forward == ["-A FORWARD -j felix-FORWARD", "-A FORWARD -j DOCKER-USER",
+                               "-A FORWARD -o docker0 -j DOCKER"], forward
+            for table in ("filter", "nat"):
+                assert _not_felix(lab.iptables_save(version, table)) == before[(version, table)]
+        assert lab.ping(B, "10.65.0.1") and lab.ping(D, "fd00::5")  # through FORWARD, policy DROP
+        assert lab.ping("uplink", "10.65.0.4") and lab.ping("uplink", "fd00::4")
+        with lab.listening(A, 8080):
+            assert lab.tcp_ok(C, "10.65.0.1", 8080)
+            assert not lab.tcp_ok(D, "10.65.0.1", 8080, expect=False)
+    finally:
+        for version in (4, 6):
+            for args in (("-D", "FORWARD", "-j", "DOCKER-USER"), ("-D", "FORWARD", "-o", "docker0", "-j", "DOCKER"),
+                         ("-X", "DOCKER"), ("-F", "DOCKER-USER"), ("-X", "DOCKER-USER"), ("-P", "FORWARD", "ACCEPT"),
+                         ("-t", "nat", "-F", "POSTROUTING"), ("-t", "nat", "-X", "DOCKER")):
+                lab.iptables(*args, version=version, check=False)
+    dp.forget_kernel_cache()
+
+
+def test_the_other_backend_is_left_alone(lab, dp):
+    dp.forget_kernel_cache()
+    dp.apply(traffic_state())
+    other = "nft" if lab.backend == "legacy" else "legacy"
+    assert felix_chains_in(lab.host, lab.backend) and felix_chains_in(lab.host, other) == set()
+    if lab.backend == "nft":  # never python-iptables, nor any legacy read that would create a table
+        assert sh(lab.host, "cat", "/proc/net/ip_tables_names").split() == []
+        assert sh(lab.host, "cat", "/proc/net/ip6_tables_names").split() == []
+    else:
+        assert sh(lab.host, "iptables-nft-save").strip() == "" and sh(lab.host, "ip6tables-nft-save").strip() == ""
 
 
 def test_root_namespace_untouched(lab):

@@ -5,7 +5,9 @@ uplink namespace beyond the host's ``fab0`` (felix_dp_helpers.Lab).  The
 host's own address on fab0, 10.65.9.1, is what an endpoint would attack:
 it reaches the host through the tap (INPUT), never through FORWARD.
 Every denial is checked next to a control that gets through the same way,
-so a test cannot pass just because nothing was programmed.
+so a test cannot pass just because nothing was programmed.  Each test runs
+once per iptables backend (legacy, nft), the host's own INPUT rule in the
+same backend as Felix's.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from calico import netns
 from calico.common.rules import Rule
 from calico.felix.dataplane import Dataplane
-from felix_dp_helpers import (HOST, Lab, acls, received, send_frame, send_udp, sh, spec, udp_frame,
+from felix_dp_helpers import (BACKENDS, HOST, Lab, acls, received, send_frame, send_udp, sh, spec, udp_frame,
                               udp_listening)
 
 A, B = "aaaa01", "bbbb02"
@@ -34,9 +36,9 @@ def state(*specs) -> dict:
     return {s.endpoint_id: s for s in specs}
 
 
-@pytest.fixture(scope="module")
-def lab():
-    lab = Lab("toh")
+@pytest.fixture(scope="module", params=BACKENDS)
+def lab(request):
+    lab = Lab("toh", backend=request.param)
     try:
         for eid in (A, B):
             lab.add_endpoint(eid, ADDRS[eid], MACS[eid])
@@ -54,7 +56,8 @@ def programmed(lab):
 
     def program(action: str | None, desired: dict | None = None) -> Dataplane:
         with netns.entered(lab.host):
-            dp = Dataplane() if action is None else Dataplane(endpoint_to_host_action=action)
+            dp = (Dataplane(iptables_backend=lab.backend) if action is None
+                  else Dataplane(endpoint_to_host_action=action, iptables_backend=lab.backend))
         made.append(dp)
         dp.start()
         assert dp.apply(desired or state(ep(A), ep(B))) == set()
@@ -71,11 +74,11 @@ def programmed(lab):
 def host_input_drops_7002(lab):
     """A rule of the host's own, after Felix's jump: what RETURN hands over to."""
     rule = ["INPUT", "-p", "tcp", "--dport", "7002", "-j", "DROP"]
-    sh(lab.host, "iptables-legacy", "-A", *rule)
+    lab.iptables("-A", *rule)
     try:
         yield
     finally:
-        sh(lab.host, "iptables-legacy", "-D", *rule)
+        lab.iptables("-D", *rule)
 
 
 def test_by_default_an_endpoint_reaches_nothing_on_its_host(lab, programmed):

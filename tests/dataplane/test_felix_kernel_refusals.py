@@ -64,7 +64,7 @@ def lab():
 @pytest.fixture
 def dp(lab):
     with netns.entered(lab.host):
-        dataplane = Dataplane()
+        dataplane = Dataplane(iptables_backend=lab.backend)
     dataplane.start()
     try:
         yield dataplane

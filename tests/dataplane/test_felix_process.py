@@ -11,7 +11,11 @@ default route out of eth0).
 
 What the tests look at is what a user sees: pings and TCP connections that
 get through or not, the exact replies on the wire, and the kernel's own
-listings (``iptables-legacy-save``, ``ipset list``, ``ip route``).
+listings (``iptables-legacy-save`` or ``iptables-nft-save``, ``ipset list``,
+``ip route``).  Felix runs with the default ``IptablesBackend = auto``,
+which in a namespace holding no rules picks the backend of this machine's
+``iptables`` command (nft on Debian 12); the tests of restarts, resyncs and
+ACLs also run once with each backend set explicitly (``--iptables-backend``).
 Denials are only checked after the allowed paths of the same set-up work,
 so a denial cannot pass just because Felix has not programmed anything yet.
 """
@@ -44,7 +48,8 @@ from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
 from calico.common import messages, security
 from calico.common.validation import interface_name
-from felix_dp_helpers import HOST, Lab
+from calico.felix import backend_check
+from felix_dp_helpers import BACKENDS, HOST, Lab
 
 PREFIX = "tfx-"
 LOOPBACK = "127.0.0.1"
@@ -390,8 +395,9 @@ class Topology(Lab):
     """The host namespace and endpoint namespaces (felix_dp_helpers.Lab,
     named ``tfx-...``); ``close`` removes them all."""
 
-    def __init__(self, tag: str):  # noqa: super().__init__ would name it tdp-
+    def __init__(self, tag: str, backend: str):  # noqa: super().__init__ would name it tdp-
         self.tag = tag
+        self.backend = backend  # the one Felix is to pick
         self.host = f"{PREFIX}{tag}"
         self.endpoint_ns = {}
         self.endpoints: dict[str, EndpointNs] = {}
@@ -537,35 +543,46 @@ class Env:
     cp: ControlPlane
     tmp_path: Any
     started: list[FelixProcess] = field(default_factory=list)
+    backend_flag: tuple[str, ...] = ()  # --iptables-backend, or nothing (auto)
 
     @property
     def felix(self) -> FelixProcess:
         return self.started[-1]
 
     def start_felix(self, *extra: str) -> FelixProcess:
-        felix = FelixProcess(self.topo, self.tmp_path, len(self.started) + 1, *extra)
+        felix = FelixProcess(self.topo, self.tmp_path, len(self.started) + 1, *self.backend_flag, *extra)
         self.started.append(felix)
         return felix.start()
 
     def wait_synced(self, resyncs: int = 1) -> None:
         """Wait for this Felix run's ``resyncs``-th completed resync."""
         wait_until(lambda: self.felix.count(" complete: ") >= resyncs, f"Felix to complete resync #{resyncs}")
+        assert self.felix.count(f"iptables backend: {self.topo.backend} (") == 1
 
     def wait_programmed(self, *eps: EndpointNs) -> None:
+        """Routes first, then the dispatch rules: a pass writes routes before
+        rules, so a route alone does not mean the pass is over."""
         for ep in eps:
             for addr in ep.addrs:
                 wait_until(lambda: self.topo.has_route(ep, addr), f"route {addr} dev {ep.interface}")
+            for version in sorted({6 if ":" in addr else 4 for addr in ep.addrs}):
+                wait_until(lambda: f"-A felix-FROM-ENDPOINT -i {ep.interface} -g " in self.topo.iptables_save(version),
+                           f"IPv{version} dispatch rule for {ep.interface}")
 
     def check(self, checks: list[Check]) -> None:
         check_traffic(self.topo, checks)
 
 
 @pytest.fixture
-def env(tmp_path):
-    topo = Topology(uuid.uuid4().hex[:6])
+def env(request, tmp_path):
+    """Felix's world; ``indirect`` parametrisation names an iptables backend
+    to set (else auto, which picks the iptables command's in an empty host)."""
+    backend = getattr(request, "param", None)
+    topo = Topology(uuid.uuid4().hex[:6], backend or backend_check.command_backend()[0])
     environment = None
     try:
-        environment = Env(topo, ControlPlane(topo.host).start(), tmp_path)
+        environment = Env(topo, ControlPlane(topo.host).start(), tmp_path,
+                          backend_flag=("--iptables-backend", backend) if backend else ())
         yield environment
     finally:
         if environment is not None:
@@ -588,6 +605,7 @@ def ok(msg_type: str) -> dict[str, str]:
 OPEN = allow({"cidr": "192.168.10.0/24"})
 
 
+@pytest.mark.parametrize("env", BACKENDS, indirect=True)
 def test_acls_decide_what_gets_through(env):
     """By address, by protocol and port, ICMP type, outbound as well as
     inbound, IPv4 and IPv6, and no spoofing."""
@@ -853,6 +871,7 @@ def test_interface_created_after_the_endpoint_is_programmed(env):
     wait_until(lambda: env.felix.count(f"interface {late.interface} now present"), "Felix to say so")
 
 
+@pytest.mark.parametrize("env", BACKENDS, indirect=True)
 def test_restart_with_changed_endpoints_converges(env):
     """kill -9, change the plugin's endpoints, start again: the kernel ends
     exactly as a clean start with the new endpoints leaves it."""
@@ -926,6 +945,7 @@ def test_plugin_restart_means_a_resync(env):
     assert not env.topo.has_route(b)
 
 
+@pytest.mark.parametrize("env", BACKENDS, indirect=True)
 def test_resync_with_nothing_changed_writes_nothing(env):
     """Periodic resyncs (each makes the dataplane re-read the whole kernel)
     with nothing new: the kernel's listings stay identical, netlink reports
@@ -984,6 +1004,7 @@ def test_acl_manager_lost_keeps_acls_then_catches_up(env):
     env.check([(b, a.v4, "ping", True), (a, b.v4, "ping", False)])
 
 
+@pytest.mark.parametrize("env", BACKENDS, indirect=True)
 def test_restart_with_nothing_changed_writes_nothing(env):
     """A Felix killed and started again over an unchanged host waits for the
     ACLs before its first pass, which then has nothing to write (so no

@@ -1,12 +1,23 @@
 """Two Docker hosts on one machine, set up as the seed's guide sets up two servers.
 
 ``seed_cluster`` (module scope) is what every test in test_seed_deployment.py
-shares, so the costly part happens once:
+shares, so the costly part happens once per set-up of the hosts' iptables.
+It is parametrised, and every test runs under both:
+
+- ``legacy``: the hosts' ``iptables`` switched to legacy (the README's note
+  for hosts that want legacy; how every host had to be set up before Felix
+  could program nf_tables): Docker's rules are in legacy;
+- ``nft``: the hosts' ``iptables`` left on nf_tables (Debian 12's default),
+  no ``update-alternatives`` step: Docker's rules and its FORWARD policy
+  DROP are in nft, and Felix (``IptablesBackend = auto``) must find that.
+
+For each:
 
 1. the fabric: calico/lab/fabric.py's bridge in its own namespace and two
    host namespaces on it (``cdk-host-1`` 10.240.0.11, ``cdk-host-2``
    10.240.0.12), no link to the root namespace;
-2. the images: a temporary copy of what the seed copies to /opt/demo, with
+2. the images (``seed_images``, built once per session for both): a
+   temporary copy of what the seed copies to /opt/demo, with
    the seed's sed step (corrected: double quotes) applied for those two
    hosts -- this is how the seed's ``docker run`` lines, which pass no
    environment, learn the host addresses -- and the README's key step
@@ -14,10 +25,10 @@ shares, so the costly part happens once:
    folders, so every image holds the same one), built on a throwaway
    root-namespace dockerd (no bridge, no iptables; builds use
    ``--network host`` to reach the package mirror), which is stopped once
-   the images are saved;
+   the images are saved to a file;
 3. a dockerd per host namespace (tests/docker/dockerhost.py), with Docker's
-   default iptables management (legacy backend, FORWARD policy DROP), the
-   images loaded into each;
+   default iptables management (FORWARD policy DROP) through an
+   ``iptables`` of the set-up's backend, the images loaded into each;
 4. the seed's prerequisites (modprobe, directories, felix.txt into host 1's
    data directory) and its "Start the containers" lines, run as written.
 
@@ -33,7 +44,7 @@ from host 2's directory to host 1's, as on two machines.
 While working on the tests, set ``CALICO_DOCKER_IMAGES_TAR=PATH``: the
 first run builds and saves the four images there, later runs load them
 instead of building (delete the file after changing the code or the
-Dockerfiles).  CI leaves it unset and builds every time.
+Dockerfiles).  CI leaves it unset and builds once per run.
 
 Everything is removed at the end, also when a test or the set-up fails:
 containers, the dockerds (with their containerd and mounts), the
@@ -48,6 +59,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -78,28 +90,44 @@ def _remove_namespaces(layout: Layout) -> None:
         netns.remove(name)
 
 
-def _images(tree: Path, tmp: Path, engines: list[DockerHost], cluster: SeedCluster) -> None:
-    """Build (or load from CALICO_DOCKER_IMAGES_TAR) and load into every engine."""
-    tar = os.environ.get("CALICO_DOCKER_IMAGES_TAR")
-    start = time.monotonic()
-    if tar and os.path.isfile(tar):
-        for engine in engines:
-            engine.run_cli("load", "-q", "-i", tar)
-        cluster.load_seconds = time.monotonic() - start
-        return
-    with DockerHost("build", workdir_parent=str(tmp)) as builder:
-        cluster.figures = build_images(builder, context_root=tree, log_dir=tmp)
-        cluster.build_seconds = time.monotonic() - start
-        start = time.monotonic()
-        for engine in engines:
-            engine.load_images_from(builder, IMAGE_DIRS)
-        cluster.load_seconds = time.monotonic() - start
-        if tar:
-            builder.run_cli("save", "-o", tar, *IMAGE_DIRS)
+@dataclass
+class SeedImages:
+    tree: Path
+    key_step_output: str
+    tar: Path
+    figures: dict[str, tuple[float, int]] = field(default_factory=dict)
+    build_seconds: float = 0.0
 
 
-@pytest.fixture(scope="module")
-def seed_cluster():
+@pytest.fixture(scope="session")
+def seed_images():
+    """The four images, built once (or taken from CALICO_DOCKER_IMAGES_TAR), as a ``docker save`` file."""
+    for tool in ("docker", "dockerd"):
+        _require(tool)
+    tmp = Path(tempfile.mkdtemp(prefix="cdk-img-", dir="/tmp"))
+    try:
+        # Prerequisites, steps 1 and 2: the repository at "/opt/demo", sed'ed.
+        tree = prepare_build_tree(tmp / "demo", host_ip(1), host_ip(2), host_name(1), host_name(2))
+        # Step 3, the key step, on host 1 before building; the copy to host 2 is
+        # implicit: both dockerds get the same images.
+        key_step_output = run_key_step(tree)
+        wanted = os.environ.get("CALICO_DOCKER_IMAGES_TAR")
+        tar = Path(wanted) if wanted else tmp / "images.tar"
+        images = SeedImages(tree, key_step_output, tar)
+        if not (wanted and tar.is_file()):
+            start = time.monotonic()
+            with DockerHost("build", workdir_parent=str(tmp)) as builder:
+                images.figures = build_images(builder, context_root=tree, log_dir=tmp)
+                images.build_seconds = time.monotonic() - start
+                builder.run_cli("save", "-o", str(tar), *IMAGE_DIRS)
+        yield images
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", params=["legacy", "nft"])
+def seed_cluster(request, seed_images):
+    backend = request.param  # of the hosts' iptables, and so of Docker's rules
     for tool in ("docker", "dockerd", "nsenter", "ip", "modprobe"):
         _require(tool)
     layout = Layout(lab_dir="/nonexistent-cdk", prefix=PREFIX)
@@ -113,17 +141,18 @@ def seed_cluster():
         for index in HOSTS:
             fabric.plug_host(layout, index)
         for index in HOSTS:
-            engine = DockerHost(f"host{index}", netns=layout.host_ns(index), workdir_parent=str(tmp))
+            engine = DockerHost(f"host{index}", netns=layout.host_ns(index), workdir_parent=str(tmp),
+                                iptables_backend=backend)
             hosts[index] = SimHost(index, engine, tmp / f"host-{index}")
             engine.start()
-        cluster = SeedCluster(hosts, tmp)
-        # Prerequisites, steps 1 and 2: the repository at "/opt/demo", sed'ed.
-        tree = prepare_build_tree(tmp / "demo", host_ip(1), host_ip(2), host_name(1), host_name(2))
-        # Step 3, the key step, on host 1 before building; the copy to host 2 is
-        # implicit: both dockerds get the same images.
-        cluster.key_step_output = run_key_step(tree)
-        cluster.tree = tree
-        _images(tree, tmp, [h.engine for h in hosts.values()], cluster)
+        cluster = SeedCluster(hosts, tmp, backend=backend, figures=seed_images.figures,
+                              build_seconds=seed_images.build_seconds,
+                              key_step_output=seed_images.key_step_output, tree=seed_images.tree)
+        tree = seed_images.tree
+        start = time.monotonic()
+        for host in hosts.values():
+            host.engine.run_cli("load", "-q", "-i", str(seed_images.tar))
+        cluster.load_seconds = time.monotonic() - start
 
         # Prerequisites, steps 6 and 7.
         for module in SEED_MODULES:
@@ -143,8 +172,9 @@ def seed_cluster():
             FIGURES[f"image {tag}"] = f"built in {seconds:.1f} s, {size / 1e6:.1f} MB"
         if cluster.build_seconds:
             FIGURES["base image + four builds"] = f"{cluster.build_seconds:.1f} s"
-        FIGURES["images loaded into both dockerds"] = f"{cluster.load_seconds:.1f} s"
-        FIGURES["set-up (fabric, dockerds, images, seed's containers)"] = f"{cluster.setup_seconds:.1f} s"
+        FIGURES[f"[{backend}] images loaded into both dockerds"] = f"{cluster.load_seconds:.1f} s"
+        FIGURES[f"[{backend}] set-up (fabric, dockerds, images, seed's containers)"] = \
+            f"{cluster.setup_seconds:.1f} s"
         yield cluster
     finally:
         errors = []

@@ -16,12 +16,13 @@ reasons for the choices below):
   the pid file and its own containerd) lives in this object's work directory.
 * iptables backend: dockerd programs iptables by running the ``iptables``
   binary it finds on PATH.  On bookworm that is the alternatives' default,
-  ``iptables-nft``, so with the default PATH Docker's chains (and its FORWARD
-  policy) land in nf_tables inside the namespace, while Felix's (libiptc) are
-  legacy: Docker's nft DROP then drops what Felix accepted.  With
-  ``legacy_iptables`` (the default) dockerd's PATH starts with a directory in
-  which iptables, ip6tables and their -save/-restore link to the -legacy
-  commands; Docker's rules then land in legacy, next to Felix's.
+  ``iptables-nft``, so Docker's chains (and its FORWARD policy) land in
+  nf_tables inside the namespace.  ``iptables_backend`` ("legacy", the
+  default, or "nft") puts first on dockerd's PATH a directory in which
+  iptables, ip6tables and their -save/-restore link to that backend's
+  commands: what ``update-alternatives --set iptables ...`` does on a real
+  host, without touching this machine's alternatives.  ``None`` leaves PATH
+  as it is.
 * FORWARD policy: dockerd 20.10 sets FORWARD to DROP only when it turns
   ip_forward on itself, and a new namespace inherits ip_forward=1 from the
   root namespace.  ``forward_drop`` (the default) writes ip_forward=0 in the
@@ -62,8 +63,8 @@ import docker
 NETNS_DIR = Path("/var/run/netns")
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIRS = {"calico:bird": "bird", "calico:plugin": "plugin", "calico:felix": "felix", "calico:util": "util"}
-LEGACY_COMMANDS = ("iptables", "iptables-save", "iptables-restore",
-                   "ip6tables", "ip6tables-save", "ip6tables-restore")
+IPTABLES_COMMANDS = ("iptables", "iptables-save", "iptables-restore",
+                     "ip6tables", "ip6tables-save", "ip6tables-restore")
 # Capability names by number (linux/capability.h), for the runtime wrapper.
 CAPABILITIES = (
     "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP "
@@ -140,12 +141,14 @@ class DockerHost:
     """One dockerd with its own data root, exec root, socket and pid file."""
 
     def __init__(self, name: str, netns: str | None = None, *, iptables: bool = True,
-                 legacy_iptables: bool = True, forward_drop: bool = True,
+                 iptables_backend: str | None = "legacy", forward_drop: bool = True,
                  extra_args: Sequence[str] = (), workdir_parent: str = "/tmp"):
         self.name = name
         self.netns = netns
         self.iptables = iptables and netns is not None
-        self.legacy_iptables = legacy_iptables
+        if iptables_backend not in ("legacy", "nft", None):
+            raise ValueError(f"iptables_backend must be legacy, nft or None, not {iptables_backend!r}")
+        self.iptables_backend = iptables_backend
         self.forward_drop = forward_drop
         self.extra_args = list(extra_args)
         self.workdir_parent = workdir_parent
@@ -210,14 +213,16 @@ class DockerHost:
         path.chmod(0o755)
         return path
 
-    def _legacy_path_dir(self) -> Path:
+    def _iptables_path_dir(self, backend: str) -> Path:
+        """A directory whose iptables commands are ``backend``'s (as alternatives would make them)."""
         assert self.workdir is not None
-        directory = self.workdir / "iptables-legacy"
+        directory = self.workdir / f"iptables-{backend}"
         directory.mkdir(parents=True, exist_ok=True)
-        for command in LEGACY_COMMANDS:
-            target = shutil.which(command.replace("tables", "tables-legacy"), path="/usr/sbin:/sbin")
+        for command in IPTABLES_COMMANDS:
+            target = shutil.which(command.replace("tables", f"tables-{backend}"), path="/usr/sbin:/sbin")
             if target is None:
-                raise DockerHostError(f"{command}-legacy not found (apt-get install iptables)")
+                raise DockerHostError(f"{command.replace('tables', f'tables-{backend}')} not found "
+                                      "(apt-get install iptables)")
             link = directory / command
             if not link.is_symlink():
                 link.symlink_to(target)
@@ -238,8 +243,9 @@ class DockerHost:
             env = dict(os.environ)
             env.pop("DOCKER_HOST", None)
             if self.netns is not None and self.iptables:
-                if self.legacy_iptables:
-                    env["PATH"] = f"{self._legacy_path_dir()}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+                if self.iptables_backend is not None:
+                    env["PATH"] = (f"{self._iptables_path_dir(self.iptables_backend)}:"
+                                   f"{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
                 if self.forward_drop:
                     self._in_netns("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
             with open(self.workdir / "dockerd.log", "wb") as log:

@@ -104,6 +104,7 @@ class SimHost:
 class SeedCluster:
     hosts: dict[int, SimHost]
     tmp: Path
+    backend: str = "legacy"  # of the hosts' iptables: where Docker's rules are, and Felix's should be
     figures: dict[str, tuple[float, int]] = field(default_factory=dict)
     build_seconds: float = 0.0
     load_seconds: float = 0.0

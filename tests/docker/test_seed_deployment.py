@@ -8,6 +8,9 @@ namespace against its host's dockerd), host 2's endpoint files copied into
 host 1's data directory (the seed's scp step), then ping and TCP between
 every pair, which must work if and only if the two share a group -- with
 Docker's own iptables rules (FORWARD policy DROP) in place on both hosts.
+Every test runs twice (conftest.py): Docker's rules in legacy, then in nft
+(the hosts' ``iptables`` left on Debian 12's default); Felix, on its
+default ``IptablesBackend = auto``, must program the same backend.
 
 The time from ``network_container.sh`` returning (for a host-2 container)
 to the first cross-host ping answered is measured and printed in the test
@@ -140,24 +143,37 @@ def _measure_first_ping(cluster: SeedCluster, returned: float) -> None:
         f"{float(result.stdout.strip()) - returned:.2f} s"
 
 
+def other_backend(backend: str) -> str:
+    return "nft" if backend == "legacy" else "legacy"
+
+
 def test_docker_keeps_forward_policy_drop_and_felix_comes_first(seed_cluster: SeedCluster):
-    """The precondition that makes the matrix below meaningful: Docker's FORWARD DROP is there."""
+    """The precondition that makes the matrix below meaningful: Docker's FORWARD
+    DROP is there, in the backend of the hosts' iptables, and Felix's jump is
+    first in that backend, which it chose itself and says so."""
+    backend = seed_cluster.backend
     for index in seed_cluster.hosts:
         host = seed_cluster.hosts[index]
 
         def forward_rules():
-            out = host.in_netns("iptables-legacy", "-S", "FORWARD").stdout
+            out = host.in_netns(f"iptables-{backend}", "-S", "FORWARD").stdout
             return out if "-j felix-FORWARD" in out else None
 
-        rules = wait_until(forward_rules, f"Felix's FORWARD jump on host-{index}", 60,
+        rules = wait_until(forward_rules, f"Felix's FORWARD jump in {backend} on host-{index}", 60,
                            on_timeout=seed_cluster.diagnostics).splitlines()
         assert "-P FORWARD DROP" in rules, rules
         assert any("DOCKER" in rule for rule in rules), rules
         appended = [rule for rule in rules if rule.startswith("-A FORWARD")]
         assert appended[0] == "-A FORWARD -j felix-FORWARD", appended
-        # Docker used the legacy backend (dockerhost.py), as the README tells hosts to.
-        nft = host.in_netns("iptables-nft", "-S", "FORWARD", check=False).stdout
-        assert "-P FORWARD DROP" not in nft, nft
+        # Docker used only the hosts' backend (dockerhost.py), and Felix only that one.
+        # (save without -t: it reads only the tables that exist, and creates none.)
+        other = host.in_netns(f"iptables-{other_backend(backend)}-save", check=False).stdout
+        assert ":FORWARD DROP" not in other and "felix-" not in other and "DOCKER" not in other, other
+        logs = host.logs("felix", lines=1000)
+        assert (f"iptables backend: {backend} (IptablesBackend = auto: Docker's chains (DOCKER, "
+                f"DOCKER-ISOLATION-STAGE-1") in logs, logs
+        assert f"are in {backend} only)" in logs, logs
+        assert "iptables backend has a FORWARD chain" not in logs, logs
 
 
 def test_bird_sessions_established_on_both_hosts(attached: SeedCluster):
@@ -195,10 +211,14 @@ def test_troubleshooting_commands_from_the_docs(attached: SeedCluster):
     """README.md, "Troubleshooting": each command shows what it says it shows."""
     h1 = attached.hosts[1]
     cid = container_id(attached, "192_168_1_1")
-    chain = h1.in_netns("iptables-legacy", "-S", "felix-FORWARD").stdout
+    iptables = f"iptables-{attached.backend}"  # the backend Felix's log names
+    assert f"iptables backend: {attached.backend} (" in h1.logs("felix", lines=1000)
+    chain = h1.in_netns(iptables, "-S", "felix-FORWARD").stdout
     assert "-A felix-FORWARD -i tap+ -j felix-FROM-ENDPOINT" in chain, chain
-    assert h1.docker("exec", "felix", "iptables", "-S", "felix-FORWARD").stdout == chain
-    assert f"felix-from-{cid[:11]}" in h1.in_netns("iptables-legacy", "-S").stdout
+    assert h1.docker("exec", "felix", iptables, "-S", "felix-FORWARD").stdout == chain
+    if attached.backend == "nft":  # the image's iptables is Debian's default, nft
+        assert h1.docker("exec", "felix", "iptables", "-S", "felix-FORWARD").stdout == chain
+    assert f"felix-from-{cid[:11]}" in h1.in_netns(iptables, "-S").stdout
     sets = h1.in_netns("ipset", "list").stdout
     assert "Name: felix-" in sets
     names = h1.docker("exec", "felix", "ipset", "list", "-n").stdout.split()

@@ -8,9 +8,12 @@ only between host addresses (and to the outside namespace), so container
 traffic crosses it only inside IP-in-IP or masqueraded.
 """
 
+import subprocess
+
 import pytest
 
 from calico import netns
+from calico.felix.backend_check import felix_table
 from calico.lab import control, hosts, probe
 from calico.lab.layout import OUTSIDE_IP, ROUTER_IP, host_ip
 from e2e_lab import add_all, assert_matrix_converges, running_lab, wait_until
@@ -79,8 +82,17 @@ def test_always_mode_tunnels_same_subnet_traffic_too(lab):
     assert fabric.tunnelled(H1, H3, X1, X3) >= 1 and fabric.plain(X1, X3) == 0
 
 
+def _felix_backend(lab, index: int) -> str:
+    """The iptables backend host-``index``'s Felix programs (IptablesBackend = auto in the lab)."""
+    backend, _ = felix_table(4, runner=lambda argv, **kwargs: subprocess.run(netns.argv(lab.host_ns(index), argv),
+                                                                             **kwargs))
+    assert backend is not None, f"no Felix chains on host-{index}"
+    return backend
+
+
 def _drop_counter(lab):
-    text = netns.run(lab.host_ns(1), ["iptables-legacy", "-L", "felix-INPUT", "-v", "-x", "-n"]).stdout
+    text = netns.run(lab.host_ns(1), [f"iptables-{_felix_backend(lab, 1)}", "-L", "felix-INPUT", "-v", "-x",
+                                      "-n"]).stdout
     line = next(line for line in text.splitlines() if "felix-hosts4" in line)
     return int(line.split()[0])
 
@@ -130,8 +142,8 @@ def test_switching_ipip_off_again_leaves_nothing_stale(lab):
         kernel = control.kernel_state(lab, index)
         assert "felix-hosts4" not in kernel["iptables"] and "felix-hosts4" not in kernel["ipset"]
         assert "felix-pools" not in kernel["ipset"]
-        nat = netns.run(lab.host_ns(index), ["iptables-legacy-save", "-t", "nat"]).stdout
-        assert "felix-" not in nat
+        for backend in ("legacy", "nft"):  # save without -t: every table there is, none created
+            assert "felix-POSTROUTING" not in netns.run(lab.host_ns(index), [f"iptables-{backend}-save"]).stdout
         link = netns.run(lab.host_ns(index), ["ip", "-o", "addr", "show", "dev", "tunl0"]).stdout
         assert "inet " not in link
         assert ",UP" not in netns.run(lab.host_ns(index), ["ip", "-o", "link", "show", "tunl0"]).stdout
