@@ -36,22 +36,29 @@ def pytest_collection_modifyitems(config, items):
 
 # Root tests use fixed names (namespaces, lab prefixes, the Docker test's
 # dockerds, loopback ports), so two runs on one machine (two clones, two
-# engineers) would trip over each other.  The first root test of a run
-# takes this machine-wide lock and holds it until the run ends; another
-# run's root tests wait for it.  A module-scoped fixture that builds
-# something with fixed names before its first test runs (a lab) asks for
-# ``root_lock`` to take it first.
+# engineers) would trip over each other.  A run holding any root test takes
+# this machine-wide lock before its first test (not at its first root test:
+# a module's shared fixtures, an e2e lab or the Docker set-up, are set up
+# before any test's own) and holds it until the run ends; another such run
+# waits for it.  ``root_lock`` takes it too (for a fixture that must be sure).
 ROOT_LOCK_PATH = "/tmp/calico-root-tests.lock"
 _root_lock_handle = None
 
 
 def _take_root_lock() -> None:
+    """Take the machine-wide lock (once per run; held until the run ends)."""
     global _root_lock_handle
     if _root_lock_handle is None:
         import fcntl
 
         _root_lock_handle = open(ROOT_LOCK_PATH, "w")
         fcntl.flock(_root_lock_handle, fcntl.LOCK_EX)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    if os.geteuid() == 0 and any(item.get_closest_marker("root") is not None for item in session.items):
+        _take_root_lock()
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +71,13 @@ def _machine_wide_root_lock(request):
     if request.node.get_closest_marker("root") is not None:
         _take_root_lock()
     yield
+
+
+@pytest.fixture(scope="session")
+def root_lock():
+    """For session- and module-scoped root fixtures, which pytest sets up
+    before the autouse lock above: depend on this to set up under the lock."""
+    take_root_lock()
 
 
 @pytest.fixture(scope="session")

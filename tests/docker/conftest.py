@@ -100,7 +100,7 @@ class SeedImages:
 
 
 @pytest.fixture(scope="session")
-def seed_images():
+def seed_images(root_lock):
     """The four images, built once (or taken from CALICO_DOCKER_IMAGES_TAR), as a ``docker save`` file."""
     for tool in ("docker", "dockerd"):
         _require(tool)

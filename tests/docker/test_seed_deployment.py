@@ -117,7 +117,8 @@ def attached(seed_cluster: SeedCluster):
         result = host.network_container(cid, ip, group)
         returned = time.time()
         assert result.returncode == 0, f"network_container.sh {name}: {result.stderr.strip()}"
-        FIGURES[f"network_container.sh {name} (host-{index})"] = f"{time.monotonic() - start:.2f} s"
+        FIGURES[f"[{cluster.backend}] network_container.sh {name} (host-{index})"] = \
+            f"{time.monotonic() - start:.2f} s"
         host.docker("exec", "-d", name, "nc", "-l", "-k", str(TCP_PORT))
         if index == 2:
             # The seed's `scp host2:/opt/plugin/data/192_168_2_1.txt /opt/plugin/data` on host 1.
@@ -139,7 +140,7 @@ def _measure_first_ping(cluster: SeedCluster, returned: float) -> None:
     if result.returncode != 0:
         pytest.fail("192.168.1.1 never reached 192.168.2.1 (same group, across hosts) within 60 s\n"
                     + cluster.diagnostics())
-    FIGURES["network_container.sh returned -> first cross-host ping answered"] = \
+    FIGURES[f"[{cluster.backend}] network_container.sh returned -> first cross-host ping answered"] = \
         f"{float(result.stdout.strip()) - returned:.2f} s"
 
 
