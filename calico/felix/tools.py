@@ -1,7 +1,8 @@
 """Running iptables/ipset command-line tools: argument lists, stdin, one error line.
 
-Used for reading (``iptables-legacy-save``) and for bulk writes
-(``iptables-legacy-restore --noflush``, ``ipset restore``).  A child process
+Used for reading (``iptables-legacy-save`` or ``iptables-nft-save``) and
+for bulk writes (``iptables-legacy-restore --noflush``, every nft write
+with ``iptables-nft-restore --noflush``, ``ipset restore``).  A child process
 inherits the calling thread's network namespace, so these act where the
 Dataplane is bound as long as they are called inside its namespace.
 

@@ -40,7 +40,7 @@ def members_of(lab: Lab, name: str) -> int:
 
 def test_a_large_group_set_read_back_after_a_resync_writes_nothing(lab):
     with netns.entered(lab.host):
-        dp = Dataplane()
+        dp = Dataplane(iptables_backend=lab.backend)
     try:
         dp.start()
         rules = acls(inbound=[Rule(group="big"), Rule(group="big", protocol="tcp", port=80)],

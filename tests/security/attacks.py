@@ -20,7 +20,8 @@ server, admitted, or no connection at all).
 
 ``tcp_outcome``: what a plain TCP connect to a port meets, as ``nc``
 would show it.  ``rule_packets``: the packet counter of iptables rules in a
-host (what ``iptables-legacy -L -v`` shows), the evidence that a packet
+host (what ``iptables-nft -L -v`` or ``iptables-legacy -L -v`` shows, as
+Felix's backend is), the evidence that a packet
 that never arrived was dropped by the rule meant to drop it.
 
 ``lab_snapshot``: every host's routes, iptables (filter), ipsets and
@@ -34,6 +35,7 @@ import errno
 import json
 import re
 import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -43,6 +45,7 @@ from zmq.utils.monitor import recv_monitor_message
 import testkeys
 from calico import netns
 from calico.common.security import ClusterKeys
+from calico.felix.backend_check import felix_table
 from calico.lab import fabric, state
 from calico.lab.layout import Layout, host_ip
 from e2e_lab import kernel_snapshot
@@ -223,8 +226,11 @@ _COUNTED = re.compile(r"\[(\d+):\d+\] (-A .*)")
 def rule_packets(layout: Layout, index: int, *words: str, exact: str | None = None, version: int = 4) -> int:
     """Packets counted by the rules of host ``index`` that hold every one of
     ``words`` (or that read exactly ``exact``, as iptables-save prints it)."""
-    tool = "iptables-legacy-save" if version == 4 else "ip6tables-legacy-save"
-    text = netns.run(layout.host_ns(index), [tool, "-c", "-t", "filter"]).stdout
+    ns = layout.host_ns(index)
+    backend, _ = felix_table(version, runner=lambda argv, **kwargs: subprocess.run(netns.argv(ns, argv), **kwargs))
+    assert backend is not None, f"no Felix chains on host-{index}"  # IptablesBackend = auto picked one
+    tool = f"{'iptables' if version == 4 else 'ip6tables'}-{backend}-save"
+    text = netns.run(ns, [tool, "-c", "-t", "filter"]).stdout
     total = 0
     for line in text.splitlines():
         match = _COUNTED.fullmatch(line)
