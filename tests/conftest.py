@@ -74,13 +74,6 @@ def _machine_wide_root_lock(request):
 
 
 @pytest.fixture(scope="session")
-def root_lock():
-    """For session- and module-scoped root fixtures, which pytest sets up
-    before the autouse lock above: depend on this to set up under the lock."""
-    take_root_lock()
-
-
-@pytest.fixture(scope="session")
 def cluster_secret_file(tmp_path_factory):
     """The test cluster's secret (tests/testkeys.py) as a file, mode 0600,
     for the real processes; the fake peers derive their keys from it."""
