@@ -242,10 +242,17 @@ class BgpView:
         return self.error is None and all(r.established for r in self.rows)
 
 
+def in_container() -> bool:
+    return os.path.exists("/.dockerenv")
+
+
 def query_bird(socket_path: str | None, candidates: Sequence[str] = BIRD_SOCKETS) -> BgpView:
     path = socket_path or find_bird_socket(candidates)
     if path is None:
-        return BgpView(None, error=f"BIRD is not running here (no control socket at {' or '.join(candidates)})")
+        hint = ("; in a container other than BIRD's, run calico-status in the bird container, or give both "
+                "containers -v /run/bird:/run/bird" if in_container() else "")
+        return BgpView(None, error=f"BIRD is not running here (no control socket at {' or '.join(candidates)})"
+                                   + hint)
     if not os.path.exists(path):
         return BgpView(path, error=f"BIRD is not running (no control socket at {path})")
     try:
@@ -369,7 +376,7 @@ def describe_felix(view: ComponentView) -> list[str]:
 
 def _data_line(s: dict[str, Any]) -> str:
     error = f"; UNREADABLE: {s['data_dir_error']}" if s.get("data_dir_error") else ""
-    return (f"  data directory {s.get('data_dir')} ({s.get('watch')}): {s.get('files', 0)} files "
+    return (f"  data directory {s.get('data_dir')} ({s.get('watch')}): {_n(s.get('files', 0), 'file')} "
             f"({s.get('bad_files', 0)} bad), {_n(s.get('hosts', 0), 'host')}, {_n(s.get('endpoints', 0), 'endpoint')}, "
             f"{_n(s.get('groups', 0), 'group')}{error}")
 

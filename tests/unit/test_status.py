@@ -144,7 +144,8 @@ def test_bird_errors_are_one_line(tmp_path):
     assert view.error == f"BIRD is not answering on {path} (No protocols match)"
 
 
-def test_bird_not_running(tmp_path):
+def test_bird_not_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "in_container", lambda: False)
     missing = str(tmp_path / "bird.ctl")
     assert status.query_bird(missing).error == f"BIRD is not running (no control socket at {missing})"
     assert status.query_bird(None, (missing,)).error == f"BIRD is not running here (no control socket at {missing})"
@@ -152,6 +153,10 @@ def test_bird_not_running(tmp_path):
     stale.bind(missing)
     stale.close()  # the file stays, nobody listens: what a killed BIRD leaves
     assert status.query_bird(missing).error == f"BIRD is not answering on {missing} (Connection refused)"
+    monkeypatch.setattr(status, "in_container", lambda: True)  # docker exec felix calico-status
+    assert status.query_bird(None, (str(tmp_path / "none"),)).error.endswith(
+        "; in a container other than BIRD's, run calico-status in the bird container, or give both containers "
+        "-v /run/bird:/run/bird")
 
 
 # --- components -------------------------------------------------------------------
