@@ -32,7 +32,14 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 def new_registry() -> Any:
     from prometheus_client import CollectorRegistry
+    from prometheus_client import metrics as client_metrics
 
+    # The library reads the variable once, when first imported: if something
+    # imported it before this module set the default, say it again (0.16 has
+    # no public call for it).
+    if os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "").lower() in ("true", "1", "t"):
+        if getattr(client_metrics, "_use_created", False):
+            client_metrics._use_created = False
     return CollectorRegistry(auto_describe=True)
 
 
