@@ -3,13 +3,21 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps test-deps demo test unit ci-repeat lab-down stage clean
+.PHONY: deps test-deps hooks demo test unit ci-repeat lab-down stage clean
 
-deps:
+deps: hooks
 	VENV=$(VENV) scripts/install-deps.sh
 
-test-deps:
+test-deps: hooks
 	VENV=$(VENV) WITH_TESTS=1 scripts/install-deps.sh
+
+# Commits restage the image folders' package tarballs themselves
+# (.githooks/pre-commit); outside a git work tree there is nothing to do.
+hooks:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	    git config core.hooksPath .githooks && \
+	    git config merge.calico-stage.name "keep ours; the commit hook restages" && \
+	    git config merge.calico-stage.driver true; fi
 
 demo: deps
 	$(VENV)/bin/calico-lab demo
@@ -25,8 +33,9 @@ RUNS ?= 3
 ci-repeat:
 	scripts/ci-repeat.sh $(RUNS)
 
-# After changing calico/ or setup.py: refresh the package copies that the
-# image folders carry (tests/unit/test_staged_package.py checks them).
+# Refresh the package copies that the image folders carry from the work tree
+# (commits do it from the index through the hook above;
+# tests/unit/test_staged_package.py checks them).
 stage:
 	docker/stage-package.sh
 

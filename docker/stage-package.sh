@@ -1,5 +1,5 @@
 #!/bin/bash
-# stage-package.sh [--rev REV] [DIR...]
+# stage-package.sh [--rev REV | --index] [DIR...]
 #
 # Write the Python package's source (setup.py and calico/) as
 # calico-src.tar.gz into each image folder that installs it (bird/, plugin/,
@@ -17,7 +17,9 @@
 # Inside a git work tree the files are those git tracks (so other people's
 # untracked scratch files stay out), read from the work tree; with --rev REV
 # they are read from that commit instead (e.g. --rev HEAD in a work tree that
-# holds someone else's uncommitted edits).
+# holds someone else's uncommitted edits); with --index from git's index,
+# which is what the commit hooks in .githooks/ use, so that a commit always
+# carries tarballs made from exactly the source it commits.
 set -euo pipefail
 
 PROG="stage-package"
@@ -28,10 +30,14 @@ cd "$repo"
 [ -f setup.py ] && [ -d calico ] || die "no setup.py and calico/ in $repo"
 
 rev=""
+from_index=""
 if [ "${1:-}" = "--rev" ]; then
     [ -n "${2:-}" ] || die "--rev needs a commit"
     rev="$2"
     shift 2
+elif [ "${1:-}" = "--index" ]; then
+    from_index=1
+    shift
 fi
 if [ "$#" -eq 0 ]; then
     set -- bird plugin felix
@@ -51,6 +57,13 @@ if [ -n "$rev" ]; then
     git archive --format=tar "$rev" -- setup.py calico | tar -x -C "$srcdir" \
         || die "cannot read setup.py and calico/ from $rev"
     cd "$srcdir"
+elif [ -n "$from_index" ]; then
+    git rev-parse --is-inside-work-tree >/dev/null 2>&1 || die "--index needs a git work tree"
+    srcdir="$(mktemp -d)"
+    git ls-files -z -- setup.py calico | git checkout-index -z --stdin --prefix="$srcdir/" \
+        || die "cannot read setup.py and calico/ from the index"
+    cd "$srcdir"
+    rev="index"
 fi
 
 list_sources() {
