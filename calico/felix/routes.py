@@ -1,5 +1,7 @@
 """Routes, neighbour entries and interface sysctls for endpoint interfaces.
 
+See docs/dataplane.md, "Routes, neighbours, proxy ARP and NDP".
+
 Per endpoint whose interface (``tap`` + id[:11]) exists:
 
 - one route per address, ``A/32`` (or ``/128``) via the tap, scope link,
