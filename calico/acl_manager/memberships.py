@@ -1,5 +1,7 @@
 """Who is in each group, as Felix needs it: addresses, once per group, then changes.
 
+See docs/protocol.md, "ACLs and memberships: ACL manager and Felix".
+
 Pure code.  Per-endpoint ACLs only name groups (``rule_processor``); the
 addresses behind a name travel separately, on the group's own topic
 (``messages.members_topic``), to every Felix that subscribed to it because

@@ -1,5 +1,7 @@
 """The network as the plugin announced it: groups, their members and rules.
 
+See docs/protocol.md, "Groups: plugin and ACL manager".
+
 Every GROUPUPDATE replaces one group whole.  ``parse_group_update`` turns a
 decoded message into an immutable ``GroupSpec``; a rule that does not parse
 is logged once (per group, direction and rule text) and skipped while the

@@ -1,5 +1,7 @@
 """The ACL API: Felix's requests on ROUTER 9905, publications on XPUB 9906.
 
+See docs/protocol.md, "ACLs and memberships: ACL manager and Felix".
+
 Publications (topic, body):
 
 * ``<endpoint id>``: ACLUPDATE, the endpoint's rules (group rules name the

@@ -1,5 +1,7 @@
 """Per-endpoint ACLs from groups: the ACL manager's pure core.
 
+See docs/decisions.md, "ACLs name groups; members travel per group".
+
 An endpoint's groups are the groups that list it as a member.  Its ACLs are
 the union of those groups' rules, split into IPv4 and IPv6:
 

@@ -1,6 +1,6 @@
 """Component configuration: felix.cfg and acl_manager.cfg.
 
-Keys are those of the original Calico (DESIGN section 3).  Every key has a
+Keys are those of the original Calico (docs/architecture.md, "Configuration").  Every key has a
 default except the peer addresses, which may also come from the environment
 or the cluster file so that one Docker image serves every site:
 

@@ -1,5 +1,7 @@
 """Parsers for the files users write into the data directory.
 
+See docs/architecture.md, "The data directory".
+
 Every ``*.txt`` file in the data directory is INI and may hold any of:
 
 * ``[felix NAME]`` with ``ip`` and ``host``: a host of the cluster;

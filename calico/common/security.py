@@ -1,5 +1,7 @@
 """The control plane's keys, and who may connect to which socket (CURVE and ZAP).
 
+See docs/protocol.md, "Security handshake".
+
 One cluster secret, 32 random bytes written as 64 lower-case hex digits on
 one line, is given to every component.  Every CURVE key pair is derived
 from it by role::

@@ -1,5 +1,7 @@
 """Which iptables backend Felix programs (``IptablesBackend``), and a check of the other one.
 
+See docs/dataplane.md, "iptables backends".
+
 The kernel holds two iptables implementations side by side: *legacy*
 (x_tables, what libiptc and ``iptables-legacy`` write) and *nft*
 (nf_tables, what ``iptables-nft`` writes, and what ``iptables`` means on

@@ -1,5 +1,7 @@
 """Felix's copy of group memberships: which groups it needs, and who is in them.
 
+See docs/protocol.md, "ACLs and memberships: ACL manager and Felix".
+
 Pure state.  An endpoint's rules may name groups (``Acls.groups``); Felix
 needs the members' addresses of exactly the groups its endpoints' rules
 name, subscribes to each such group's topic while some endpoint needs it,

@@ -1,5 +1,7 @@
 """Making the kernel's felix- ipsets match the desired ones.
 
+See docs/dataplane.md, "Shared group sets".
+
 Reading: one netlink dump (``ipset_dump``: numbers, not the names ``ipset
 list`` prints), on the first pass and after ``forget``; later passes trust
 what was last written.

@@ -1,5 +1,7 @@
 """Felix's ipsets: which sets an endpoint's ACLs need, and what each holds.
 
+See docs/dataplane.md, "ipsets".
+
 Pure code: from an ``EndpointSpec`` it computes, per address family and
 direction, the sets to program and the matches the endpoint's iptables chain
 makes against them (rendered by ``iptables_layout``).  Nothing here touches

@@ -1,8 +1,9 @@
 """Felix's iptables layout: every chain and rule, as pure data, in one place.
 
-The whole filter-table layout for one address family (DESIGN section 6) is
-computed here from the desired endpoints; ``iptables_writer`` makes the
-kernel match it.  Rules are strings in exactly the form ``iptables-save``
+The whole filter-table layout for one address family is computed here
+from the desired endpoints (docs/dataplane.md, "iptables chain layout";
+its invariants: docs/dataplane.md, "Chain invariants"); ``iptables_writer``
+makes the kernel match it.  Rules are strings in exactly the form ``iptables-save``
 prints them (without ``-A <chain>``), so the layout can be compared with
 what the kernel holds, fed to ``iptables-restore``, or parsed into
 python-iptables objects, all from the same text.

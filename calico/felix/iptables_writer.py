@@ -1,5 +1,7 @@
 """Making one table (IPv4 or IPv6; filter, or nat) hold Felix's layout, in one commit.
 
+See docs/dataplane.md, "Writing: library or restore".
+
 A writer owns one table of one iptables backend (``backend_check``: legacy
 or nft, the ``IptablesBackend`` setting): the filter table with its
 ``INPUT``/``FORWARD`` jumps (``iptables_layout``), or the nat table with a

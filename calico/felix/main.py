@@ -1,6 +1,6 @@
 """``calico-felix``: read the config, set up logging, run the agent.
 
-The config file holds the operator's settings (DESIGN section 3).  The
+The config file holds the operator's settings (docs/architecture.md, "Configuration").  The
 command-line flags after ``--config-file`` override single keys; they exist
 for tests and one-off runs (several Felixes on one machine, each in its own
 namespace with its own log), and go through the same checks as the file, so

@@ -1,5 +1,7 @@
 """Outgoing NAT: the nat-table layout for ``nat_outgoing`` (pure).
 
+See docs/dataplane.md, "Outgoing NAT and IP-in-IP".
+
 Containers have pool addresses that the network beyond the hosts does not
 route, so traffic from a container to anywhere outside every pool leaves
 with the host's address instead (MASQUERADE), exactly as the seed's hand-

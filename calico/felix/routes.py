@@ -1,5 +1,7 @@
 """Routes, neighbour entries and interface sysctls for endpoint interfaces.
 
+See docs/dataplane.md, "Routes, neighbours, proxy ARP and NDP".
+
 Per endpoint whose interface (``tap`` + id[:11]) exists:
 
 - one route per address, ``A/32`` (or ``/128``) via the tap, scope link,
@@ -20,8 +22,8 @@ Per endpoint whose interface (``tap`` + id[:11]) exists:
   addresses.)
 
 Ownership: routes with protocol 80 are Felix's; so are permanent neighbour
-entries and fe80::1 proxy entries on interfaces named ``tap*`` (DESIGN:
-Felix owns the tap interfaces).  Nothing else is read for deletion.
+entries and fe80::1 proxy entries on interfaces named ``tap*``
+(docs/dataplane.md, "Names Felix owns").  Nothing else is read for deletion.
 
 Like the other writers: the kernel is dumped on the first pass and after
 ``forget``; afterwards the last written state is trusted, so a pass with

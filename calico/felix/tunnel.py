@@ -1,5 +1,7 @@
 """IP-in-IP: the tunl0 device and who may send to it.
 
+See docs/dataplane.md, "Outgoing NAT and IP-in-IP".
+
 With ``ipip`` on (``always`` or ``cross-subnet``), BIRD installs routes to
 other hosts' containers as ``via <host> dev tunl0 onlink`` (calico.bird);
 the kernel's tunl0 (ipip, remote "any") then sends each packet inside an

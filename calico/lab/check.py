@@ -1,5 +1,7 @@
 """``check``: every ordered pair of containers, ICMP and TCP, against policy.
 
+See docs/lab.md, "The independent evaluator".
+
 What *should* happen is worked out here, independently of the code that
 enforces it: from the groups' rules (the lab's cluster file, or the seed's
 defaults) and the lab's containers, a small evaluator decides each probe

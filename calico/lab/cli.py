@@ -1,5 +1,7 @@
 """``calico-lab``: a whole Calico cluster in network namespaces, one command each.
 
+See docs/lab.md, "Commands".
+
 Verbs: ``up [--hosts N] [--subnets S] [--reflectors H1,H2] [--ipip MODE]
 [--nat-outgoing]``, ``set KEY=VALUE ...`` (cluster settings of a running
 lab), ``add NAME --host H --ip IP --group G[,G2]``, ``remove NAME``,

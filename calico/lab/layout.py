@@ -1,5 +1,7 @@
 """Where a lab keeps everything, and what it names things.
 
+See docs/lab.md, "Files and processes".
+
 A lab is identified by two values: its directory (``--lab-dir`` or
 ``CALICO_LAB_DIR``, default /var/run/calico-lab) and its namespace prefix
 (``CALICO_LAB_PREFIX``, default ``clab-``).  Every namespace the lab makes

@@ -1,5 +1,7 @@
 """The network API: publish every security group to the ACL manager.
 
+See docs/protocol.md, "Groups: plugin and ACL manager".
+
 A REP socket (port 9903) answers GETGROUPS, after which every current group
 is published at once, and HEARTBEAT.  Only the ACL manager's key may connect to either
 (``calico.common.security``).  A PUB socket (port 9904) carries

@@ -1,5 +1,7 @@
 """The data directory as a model: what the files say, checked across files.
 
+See docs/architecture.md, "The data directory".
+
 Pure code, no I/O.  ``parse_file`` turns one file's text into a
 ``ParsedFile``.  A ``Store`` holds every file's parse and the ``DataState``
 they describe (valid hosts, endpoints, groups, plus one line per thing
