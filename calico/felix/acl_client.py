@@ -66,9 +66,10 @@ class AclClient:
         self._endpoints: dict[str, EndpointAcls] = {}
         self._members_asked: set[str] = set()  # GETGROUPMEMBERS queued or in flight
         self.acl_manager = channel(self._on_reply, self._on_reset)
-        self.subscription = subscription(topics=self._topics, on_frames=self.on_frames)
+        self.subscription = subscription(topics=self.topics, on_frames=self.on_frames)
 
-    def _topics(self) -> Iterator[bytes]:
+    def topics(self) -> Iterator[bytes]:
+        """What the subscription holds besides the heartbeat."""
         for endpoint_id in self._endpoints:
             yield endpoint_id.encode()
         for group in self.groups.needed():
