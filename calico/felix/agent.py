@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import zmq
 
@@ -36,7 +36,7 @@ from calico.common import messages, security
 from calico.common.config import Config
 from calico.common.security import ClusterKeys, Transport
 from calico.common.validation import DEFAULT_POOL, DEFAULT_POOL6
-from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.common.zmqloop import Dialer, EventLoop, ReqChannel, tcp_address
 from calico.felix.acl_client import AclClient
 from calico.felix.acl_subscription import AclSubscription
 from calico.felix.apply_driver import ApplyDriver, Dataplane
@@ -46,7 +46,7 @@ from calico.felix.endpoint_api import EndpointApi
 from calico.felix.endpoints import EndpointTable, describe_pools, parse_pools
 from calico.felix.health_report import HealthReport
 from calico.felix.metrics import FelixMetrics
-from calico.felix.resync_client import ResyncClient
+from calico.felix.resync_client import ChannelFactory, OnReply, ResyncClient
 from calico.felix.state import EndpointSpec, GroupAddrs
 
 log = logging.getLogger(__name__)
@@ -132,16 +132,13 @@ class Agent:
         log.info("Endpoint addresses must be in %s; at most %d endpoints; endpoint to host: %s",
                  describe_pools(pools), config.max_endpoints, config.default_endpoint_to_host_action)
 
-    def _channel(self, dialer: Any, name: str) -> Any:
-        """A factory of the REQ channel to one peer, for the part that owns it."""
-        config = self.config
-        return functools.partial(self._open_channel, dialer, name, config.connection_timeout_millis,
-                                 config.connection_keepalive_interval_millis)
-
-    def _open_channel(self, dialer: Any, name: str, timeout_ms: int, keepalive_ms: int,
-                      on_reply: Any, on_reset: Any) -> ReqChannel:
-        return ReqChannel(self.loop, dialer, name, timeout_ms, keepalive_ms, on_reply=on_reply, on_reset=on_reset,
-                          retry_lost_request=False)
+    def _channel(self, dialer: Dialer, name: str) -> ChannelFactory:
+        """How the part that owns the REQ channel to one peer opens it."""
+        def open_channel(on_reply: OnReply, on_reset: Callable[[], None]) -> ReqChannel:
+            return ReqChannel(self.loop, dialer, name, self.config.connection_timeout_millis,
+                              self.config.connection_keepalive_interval_millis, on_reply=on_reply,
+                              on_reset=on_reset, retry_lost_request=False)
+        return open_channel
 
     # --- how the parts meet ----------------------------------------------------------
 
