@@ -412,9 +412,9 @@ def test_announcement_of_an_abandoned_resync_does_not_count(h):
     h.answer_resync(1)
     h.request(endpoint(endpoint_id="a", resync_id=old))
     h.step()
-    assert h.agent.synced_at is None
+    assert h.agent.resync.synced_at is None
     h.request(endpoint(endpoint_id="a", resync_id=new))
-    assert h.agent.synced_at is not None
+    assert h.agent.resync.synced_at is not None
 
 
 def test_rejected_announcement_counts_towards_the_resync(h):
@@ -423,7 +423,7 @@ def test_rejected_announcement_counts_towards_the_resync(h):
     reply = h.request(endpoint(endpoint_id="a", mac="zz", resync_id=resync_id))
     assert reply["rc"] == "INVALID"
     h.request(endpoint(endpoint_id="b", resync_id=resync_id))
-    assert h.agent.synced_at is not None
+    assert h.agent.resync.synced_at is not None
 
 
 def test_refused_resync_is_retried(h):
@@ -491,7 +491,7 @@ def test_heartbeat_is_answered(h):
 def test_malformed_requests_get_invalid_and_the_loop_carries_on(h, caplog, raw, reply_type, field):
     synced(h, endpoint(endpoint_id="good"))
     applied = len(h.dataplane.applied)
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         reply = h.request_raw(raw)
     assert reply["type"] == reply_type and reply["rc"] == "INVALID"
     assert field in reply["message"]
@@ -504,7 +504,7 @@ def test_malformed_requests_get_invalid_and_the_loop_carries_on(h, caplog, raw, 
 
 def test_one_info_line_per_endpoint_event(h, caplog):
     synced(h)
-    with caplog.at_level(logging.INFO, logger="calico.felix.agent"):
+    with caplog.at_level(logging.INFO, logger="calico.felix"):
         h.request(endpoint(endpoint_id="x"))
         h.request(endpoint(endpoint_id="x"))  # unchanged: no INFO line
         h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="x"))
@@ -519,7 +519,7 @@ def test_aclupdate_with_malformed_rules_keeps_the_valid_ones_and_logs_once(h, ca
     acls = {"v4": {"inbound": [{"cidr": "10.0.0.999"}, {"cidr": "10.0.0.1", "protocol": "tcp", "port": 22},
                                {"group": "bad name"}],
                    "outbound": [{"cidr": "fd00::1"}]}}
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         h.publish_acls("a", acls)
         h.publish_acls("a", acls)  # the same again: nothing new to say
     h.step()
@@ -534,7 +534,7 @@ def test_malformed_aclupdate_keeps_previous_acls(h, caplog):
     synced(h, endpoint(endpoint_id="a"))
     before = h.last_desired["a"].acls
     applied = len(h.dataplane.applied)
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         h.publish("a", b"{not json")
         h.publish("a", messages.encode({"type": "ACLUPDATE", "acls": {"v4": {"inbound": 5}}}))
         h.acl_pub.send_multipart([b"a"])  # one frame
@@ -557,7 +557,7 @@ def test_destroyed_endpoint_is_unsubscribed(h):
     h.request(messages.make(messages.ENDPOINTDESTROYED, endpoint_id="a"))
     h.step()
     h.acl_pub.send_multipart([b"a", messages.encode(messages.make(messages.ACLUPDATE, acls=ALLOW_10))])
-    assert h.agent.acl_socket.poll(200) == 0  # the publisher filters it out now
+    assert h.agent.acls.subscription.socket.poll(200) == 0  # the publisher filters it out now
     assert h.last_desired == {}
 
 
@@ -641,8 +641,8 @@ def test_a_group_is_subscribed_once_however_many_endpoints_name_it_and_dropped_w
     assert h.subscribed("-", WEB_TOPIC) == 1 and WEB_TOPIC not in h.topics
     assert h.last_groups == {} and h.last_desired["b"].acls is not None
     h.acl_pub.send_multipart([WEB_TOPIC, membersupdate(seq=2, added=["10.1.0.2"])])
-    assert h.agent.acl_socket.poll(200) == 0  # the publisher filters it out now
-    assert h.agent.groups.known() == {}
+    assert h.agent.acls.subscription.socket.poll(200) == 0  # the publisher filters it out now
+    assert h.agent.acls.groups.known() == {}
 
 
 def test_destroying_the_last_endpoint_naming_a_group_unsubscribes_it(h):
@@ -690,12 +690,12 @@ def test_old_membersupdates_are_ignored(h):
 def test_a_gap_keeps_the_members_and_asks_for_the_whole_group_once_until_answered(h, caplog):
     web_synced(h)
     passes = h.passes
-    with caplog.at_level(logging.INFO, logger="calico.felix.agent"):
+    with caplog.at_level(logging.INFO, logger="calico.felix"):
         h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))  # 2 was missed
         h.publish_members(membersupdate(seq=4, added=["10.1.0.4"]))
         h.step()
     assert h.passes == passes  # the members we hold stay in force, neither widened nor emptied
-    assert h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.agent.acls.groups.known() == {"web": {"10.1.0.1"}}
     assert len([r for r in caplog.records if "missed a change" in r.getMessage()]) == 1
     # The ACL manager acknowledges, then publishes the whole group.
     h.know_members("web", ["10.1.0.2", "10.1.0.3", "10.1.0.4"], seq=4)
@@ -727,7 +727,7 @@ def test_another_epoch_is_a_gap(h):
     passes = h.passes
     h.publish_members(membersupdate(seq=2, added=["10.1.0.2"], epoch="e2"))  # the ACL manager restarted
     h.step()
-    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.passes == passes and h.agent.acls.groups.known() == {"web": {"10.1.0.1"}}
     assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]
 
 
@@ -770,7 +770,7 @@ def test_a_membersupdate_before_the_first_groupmembers_is_ignored(h):
 def test_bad_membership_messages_keep_the_members_and_are_reported(h, caplog):
     web_synced(h)
     passes = h.passes
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         h.publish_members(b"{not json")
         h.publish_members(groupmembers(group="db", addrs=["10.9.9.9"]))  # another group's, on web's topic
         h.publish_members(messages.encode(messages.make(messages.ACLUPDATE, acls=ALLOW_10)))
@@ -779,7 +779,7 @@ def test_bad_membership_messages_keep_the_members_and_are_reported(h, caplog):
                           b'"removed":[]}')
         h.step()
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 5
-    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.passes == passes and h.agent.acls.groups.known() == {"web": {"10.1.0.1"}}
     assert h.acl_requests() == []
     h.publish_members(membersupdate(seq=2, added=["10.1.0.2"]))  # the next good one still applies
     h.step()
@@ -789,19 +789,19 @@ def test_bad_membership_messages_keep_the_members_and_are_reported(h, caplog):
 def test_membership_of_a_group_no_endpoint_here_names_is_ignored(h):
     web_synced(h)
     passes = h.passes
-    h.agent.handle_members("db", groupmembers(group="db", addrs=["10.2.0.1"]))
+    h.agent.acls.handle_members("db", groupmembers(group="db", addrs=["10.2.0.1"]))
     h.step()
-    assert h.passes == passes and h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.passes == passes and h.agent.acls.groups.known() == {"web": {"10.1.0.1"}}
 
 
 def test_a_refused_getgroupmembers_is_reported_and_a_later_gap_asks_again(h, caplog):
     web_synced(h)
     h.publish_members(membersupdate(seq=3, added=["10.1.0.3"]))
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         refused = h.refuse_acl_request()
     assert (refused["type"], refused["group"]) == ("GETGROUPMEMBERS", "web")
     assert any("refused GETGROUPMEMBERS for group web" in r.getMessage() for r in caplog.records)
-    assert h.agent.groups.known() == {"web": {"10.1.0.1"}}
+    assert h.agent.acls.groups.known() == {"web": {"10.1.0.1"}}
     h.publish_members(membersupdate(seq=4, added=["10.1.0.4"]))
     assert h.acl_requests() == [("GETGROUPMEMBERS", "web")]
 
@@ -822,7 +822,7 @@ def test_acl_silence_reopens_the_subscription_which_subscribes_to_everything_aga
     applied = h.passes
     before = (h.last_desired["a"], h.last_groups)
     assert h.subscribed("+", b"a") == 1 and h.subscribed("+", WEB_TOPIC) == 1
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         h.clock.now += 6.0  # not even a heartbeat for ConnectionTimeoutMillis
         h.step()
     assert any("nothing heard" in r.getMessage() for r in caplog.records)
@@ -880,21 +880,21 @@ def test_missing_interface_is_retried_by_timer(h):
     h.dataplane.missing = {"a"}
     synced(h, endpoint(endpoint_id="a"), endpoint(endpoint_id="b", addr="192.168.1.2"))
     applied = len(h.dataplane.applied)
-    assert h.agent.missing == {"a"}
+    assert h.agent.driver.missing == {"a"}
     h.step(10)
     assert len(h.dataplane.applied) == applied  # no busy loop
     h.advance(0.5)
     assert len(h.dataplane.applied) == applied + 1
     h.dataplane.missing = set()
     h.advance(0.5)
-    assert len(h.dataplane.applied) == applied + 2 and h.agent.missing == set()
+    assert len(h.dataplane.applied) == applied + 2 and h.agent.driver.missing == set()
     h.advance(0.5)
     assert len(h.dataplane.applied) == applied + 2
 
 
 def test_failed_pass_forgets_cache_and_backs_off(h, caplog):
     h.dataplane.failures_left = 2
-    with caplog.at_level(logging.ERROR, logger="calico.felix.agent"):
+    with caplog.at_level(logging.ERROR, logger="calico.felix"):
         h.resync(endpoint(endpoint_id="a"))
         h.publish_acls("a", ALLOW_10)
         h.step(10)
@@ -913,7 +913,7 @@ def test_failed_pass_forgets_cache_and_backs_off(h, caplog):
 
 def test_plugin_that_stays_down_is_reported_once(h, caplog):
     h.expect_resync()  # taken, never answered
-    with caplog.at_level(logging.DEBUG, logger="calico.felix.agent"):
+    with caplog.at_level(logging.DEBUG, logger="calico.felix"):
         for _ in range(4):
             h.advance(6.0)
     lost = [r for r in caplog.records if "plugin connection lost" in r.getMessage()]
@@ -929,7 +929,7 @@ def test_resync_with_nothing_changed_needs_no_pass(h):
     h.answer_resync(1)
     h.request(endpoint(endpoint_id="a", resync_id=resync_id))
     h.step()
-    assert h.agent.resync is None and len(h.dataplane.applied) == applied
+    assert h.agent.resync.current is None and len(h.dataplane.applied) == applied
 
 
 # --- cluster settings -------------------------------------------------------------------
@@ -1005,7 +1005,7 @@ def test_no_endpoint_can_take_another_ones_address(h, caplog):
     synced(h, endpoint(endpoint_id="web1", addr="192.168.1.1"), endpoint(endpoint_id="db1", addr="192.168.1.2"))
     before = h.last_desired["db1"]
     applied = len(h.dataplane.applied)
-    with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+    with caplog.at_level(logging.WARNING, logger="calico.felix"):
         # db1 asks to be web1 as well (the attack of issue 9), by update and by a second creation.
         widen = messages.make(messages.ENDPOINTUPDATED, endpoint_id="db1", mac="aa:bb:cc:dd:ee:01",
                               state="enabled", addrs=addrs("192.168.1.2", "192.168.1.1"))
@@ -1054,7 +1054,7 @@ def test_a_resync_refusing_an_address_held_by_a_stale_endpoint_still_converges(h
     # The address moved to "new" while we were not listening; "old" is stale.
     reply = h.request(endpoint(endpoint_id="new", addr="192.168.1.1", resync_id=resync_id))
     assert reply["rc"] == "INVALID"  # refused, but counted: the resync completes
-    assert h.agent.resync is None
+    assert h.agent.resync.current is None
     h.step()
     assert list(h.last_desired) == ["new"] and h.last_desired["new"].addrs == ("192.168.1.1",)
 
@@ -1067,9 +1067,9 @@ def test_refused_announcements_count_towards_the_resync(h_default_pools):
     outside = endpoint(endpoint_id="b", addr="10.9.9.9", resync_id=resync_id)
     assert h.request(outside)["rc"] == "INVALID"
     assert h.request(outside)["rc"] == "INVALID"  # a retried message counts once
-    assert h.agent.synced_at is None
+    assert h.agent.resync.synced_at is None
     assert h.request(endpoint(endpoint_id="c", addr="192.168.1.1", resync_id=resync_id))["rc"] == "INVALID"
-    assert h.agent.synced_at is not None
+    assert h.agent.resync.synced_at is not None
 
 
 def test_max_endpoints_refuses_creations_with_one_line_and_takes_them_when_there_is_room(caplog):
@@ -1077,7 +1077,7 @@ def test_max_endpoints_refuses_creations_with_one_line_and_takes_them_when_there
     try:
         h.agent.start()
         synced(h, *(endpoint(endpoint_id=f"e{i}", addr=f"192.168.1.{i + 1}") for i in range(3)))
-        with caplog.at_level(logging.DEBUG, logger="calico.felix.agent"):
+        with caplog.at_level(logging.DEBUG, logger="calico.felix"):
             for i in range(3, 8):
                 reply = h.request(endpoint(endpoint_id=f"e{i}", addr=f"192.168.1.{i + 1}"))
                 assert reply == {"type": "ENDPOINTCREATED", "rc": "INVALID",
@@ -1108,7 +1108,7 @@ def test_group_members_outside_the_pools_never_reach_the_dataplane(caplog):
     h = Harness(ip_pool=("192.168.0.0/16",), ip_pool6=("fd00:1::/64",))
     h.agent.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="calico.felix.agent"):
+        with caplog.at_level(logging.WARNING, logger="calico.felix"):
             web_synced(h, addrs=["192.168.1.1", "10.240.0.250", "fd00:1::1", "fd00:2::1"])
         assert h.last_groups == {"web": {"192.168.1.1", "fd00:1::1"}}
         assert any("ignoring 2 address(es) outside the pools" in m and "10.240.0.250 fd00:2::1" in m
