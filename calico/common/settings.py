@@ -234,7 +234,8 @@ def _flag(name: str, *components: str) -> Flag:
 SETTINGS: tuple[Setting, ...] = (
     Setting("config_file", "the config file", FILE_READERS, path,
             default={FELIX: "/etc/calico/felix.cfg", ACL_MANAGER: "/etc/calico/acl_manager.cfg"},
-            flags=(_flag("--config-file", *FILE_READERS),)),
+            flags=(_flag("--config-file", *FILE_READERS),),
+            doc_default="Felix /etc/calico/felix.cfg, ACL manager /etc/calico/acl_manager.cfg"),
     # [global]
     Setting("plugin_address", f"the plugin's host, for its ZeroMQ ports ({_PEERS})", FILE_READERS, address,
             section="global", key="PluginAddress", env="CALICO_PLUGIN_ADDRESS", placeholders=True,
@@ -526,6 +527,23 @@ def render_config(values: Mapping[str, Any]) -> str:
     return "\n".join(lines + [""])
 
 
+def flag_args(component: str, values: Mapping[str, Any]) -> list[str]:
+    """Command-line arguments giving these settings to this component (the lab's)."""
+    args: list[str] = []
+    for s in command_line_settings(component):
+        if s.name in values:
+            flag = s.flag_for(component)
+            assert flag is not None
+            if flag.switch:
+                args += [flag.name] if values[s.name] else []
+            else:
+                args += [flag.name, format_value(values[s.name])]
+    unknown = set(values) - {s.name for s in command_line_settings(component)}
+    if unknown:
+        raise KeyError(f"not flags of {component}: {', '.join(sorted(unknown))}")
+    return args
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -540,15 +558,17 @@ def _components_cell(components: tuple[str, ...]) -> str:
     return ", ".join(_COMPONENT_NAMES.get(c, c) for c in components)
 
 
-def markdown_table(test_hooks: bool = False) -> str:
-    """The README's settings table (between its settings-table markers)."""
+def markdown_table() -> str:
+    """The README's settings table (between its settings-table markers),
+    then the test hooks in one line."""
     rows = ["| setting | flag | environment | default | read by | what |", "| --- | --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
-        if s.test_hook != test_hooks:
+        if s.test_hook:
             continue
         flags = ", ".join(sorted({f"`{f.name}`" for f in s.flags}))
         default_text = s.doc_default or format_value(s.default_for(s.components[0])) or "none"
         rows.append("| " + " | ".join([
             f"`{s.where}`" if s.key else "", flags, f"`{s.env}`" if s.env else "", _cell(default_text),
             _components_cell(s.components), _cell(s.description)]) + " |")
-    return "\n".join(rows)
+    hooks = "; ".join(f"`{s.env}`: {s.description}" for s in SETTINGS if s.test_hook)
+    return "\n".join(rows + ["", f"Test hooks, for the tests only: {hooks}."])
