@@ -45,6 +45,8 @@ import netaddr
 
 from calico.netns import entered as entered_netns
 from calico.common.datafiles import (
+    CLUSTER_FILE_NAME,
+    DATA_DIR as DEFAULT_DATA_DIR,
     DataFileError,
     Endpoint,
     endpoint_file_stem,
@@ -71,9 +73,7 @@ from calico.common.validation import (
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-DEFAULT_DATA_DIR = "/opt/plugin/data"
 CONTAINER_IFACE = "eth0"
-CLUSTER_FILE_NAME = "felix.txt"
 # The container's default routes point at these, on-link via eth0, with a
 # permanent neighbour entry giving the tap's MAC.  fe80::1 is also what Felix
 # answers for by proxy NDP on every tap (calico.felix.routes.V6_GATEWAY).

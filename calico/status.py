@@ -514,9 +514,9 @@ def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
         hosts = [tuple(item.split("=", 1)) for item in text.replace(",", " ").split() if "=" in item]  # type: ignore[misc]
     else:
         try:
-            from calico.common.datafiles import load_cluster
+            from calico.common.datafiles import DEFAULT_CLUSTER_FILE, load_cluster
 
-            cluster = load_cluster(env.get("CALICO_CLUSTER_FILE", "/opt/plugin/data/felix.txt"))
+            cluster = load_cluster(env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE))
             hosts = [(cluster.plugin_host.name, cluster.plugin_host.ip)]
         except Exception:
             return None, ""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -48,13 +49,11 @@ from typing import Any, Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from calico.common import messages, security
-from calico.common.config import _KEYS as CONFIG_KEYS
-from calico.common.config import Config, ConfigError, load_config, resolve_peers
-from calico.common.health import DEFAULT_PORTS, Health, serve
+from calico.common import messages, security, settings
+from calico.common.config import Config, ConfigError, read_settings, resolve_peers
+from calico.common.health import Health, serve
 from calico.common.logs import setup_logging
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
-from calico.common.validation import DECIMAL_RE, ValidationError, parse_ip, shown
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.acl_manager import metrics as acl_metrics
 from calico.acl_manager.memberships import Memberships
@@ -64,8 +63,6 @@ from calico.acl_manager.rule_processor import RuleProcessor
 
 log = logging.getLogger("calico.acl_manager")
 
-DEFAULT_CONFIG_FILE = "/etc/calico/acl_manager.cfg"
-DEFAULT_LOG_FILE = "/var/log/calico/acl_manager.log"
 INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
 SUB_HWM = 100_000
 SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's requests still get turns
@@ -345,77 +342,21 @@ class AclManager:
 
 # --- command line -------------------------------------------------------------
 
-def _override_address(value: str, flag: str) -> str:
-    value = value.strip()
-    if value == "*":
-        return value
-    try:
-        return str(parse_ip(value, allow_loopback=True))
-    except ValidationError as exc:
-        raise ConfigError(f"{flag} {shown(value)}: {exc}") from None
-
-
-def _override_ms(value: str, flag: str) -> int:
-    if not DECIMAL_RE.fullmatch(value.strip()) or int(value) <= 0:
-        raise ConfigError(f"{flag} {shown(value)}: not a positive integer")
-    return int(value)
-
-
-HEALTH_FLAGS = {  # attribute -> flag; checked by the config file's own parsers
-    "health_enabled": "--health-enabled",
-    "health_host": "--health-host",
-    "health_port": "--health-port",
-    "health_timeout_secs": "--health-timeout-secs",
-    "prometheus_metrics_enabled": "--prometheus-metrics-enabled",
-}
-
-
-def _health_config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config_file, defaults={"health_port": DEFAULT_PORTS["acl-manager"]})
-    for section, key, attr, parse in CONFIG_KEYS:
-        raw = getattr(args, attr, None) if attr in HEALTH_FLAGS else None
-        if raw is None:
-            continue
-        try:
-            setattr(config, attr, parse(raw))
-        except ValueError as exc:
-            raise ConfigError(f"{HEALTH_FLAGS[attr]} ([{section}] {key}) = {raw!r}: {exc}") from None
-    return config
-
-
 def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
     """(HealthEnabled, HealthHost, HealthPort) that ``calico-acl-manager argv`` serves on."""
-    config = _health_config(parse_args(argv))
+    config = read_settings(settings.ACL_MANAGER, parse_args(argv))
     return config.health_enabled, config.health_host, config.health_port
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    config = _health_config(args)
-    if args.plugin_address is not None:
-        config.plugin_address = _override_address(args.plugin_address, "--plugin-address")
-    if args.bind is not None:
-        config.local_address = _override_address(args.bind, "--bind")
-    if args.connection_timeout_ms is not None:
-        config.connection_timeout_millis = _override_ms(args.connection_timeout_ms, "--connection-timeout-ms")
-    if args.keepalive_ms is not None:
-        config.connection_keepalive_interval_millis = _override_ms(args.keepalive_ms, "--keepalive-ms")
-    if args.log_file is not None:
-        config.log_file_path = args.log_file
-    config.log_file_path = config.log_file_path or DEFAULT_LOG_FILE
+    config = read_settings(settings.ACL_MANAGER, args)
+    if not config.log_file_path:  # an empty LogFilePath (or --log-file '') is the default here, not "none"
+        config.log_file_path = settings.default("log_file_path", settings.ACL_MANAGER)
     return resolve_peers(config, need=["plugin_address"])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="calico-acl-manager", description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG_FILE, help=f"default {DEFAULT_CONFIG_FILE}")
-    parser.add_argument("--plugin-address", help="overrides [global] PluginAddress")
-    parser.add_argument("--bind", help="overrides [global] LocalAddress (where Felix connects)")
-    parser.add_argument("--log-file", help=f"overrides [log] LogFilePath (default {DEFAULT_LOG_FILE})")
-    parser.add_argument("--connection-timeout-ms", help="overrides [connection] ConnectionTimeoutMillis")
-    parser.add_argument("--keepalive-ms", help="overrides [connection] ConnectionKeepaliveIntervalMillis")
-    for attr, flag in HEALTH_FLAGS.items():
-        key = next(k for _, k, a, _ in CONFIG_KEYS if a == attr)
-        parser.add_argument(flag, dest=attr, metavar="VALUE", help=f"overrides [health] {key}")
+    parser = settings.argument_parser(settings.ACL_MANAGER, "calico-acl-manager", __doc__.splitlines()[0])
     return parser.parse_args(argv)
 
 
@@ -441,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"calico-acl-manager: [log] LogFilePath {config.log_file_path!r}: {exc.strerror}", file=sys.stderr)
         return 2
+    settings.log_effective(log, settings.ACL_MANAGER, {**vars(config), "config_file": config.source},
+                          config.origins, os.environ)
     for warning in credentials.warnings:
         log.warning("%s", warning)
     signal.signal(signal.SIGTERM, _terminate)

@@ -101,6 +101,13 @@ class GroupRules:
         }
 
 
+# The data directory: where the plugin reads, calico-attach writes and the
+# cluster file lives.  Its one home; the registry (calico.common.settings)
+# and every reader take it from here.
+DATA_DIR = "/opt/plugin/data"
+CLUSTER_FILE_NAME = "felix.txt"
+DEFAULT_CLUSTER_FILE = os.path.join(DATA_DIR, CLUSTER_FILE_NAME)
+
 IPIP_NEVER, IPIP_CROSS_SUBNET, IPIP_ALWAYS = "never", "cross-subnet", "always"
 IPIP_MODES = (IPIP_NEVER, IPIP_CROSS_SUBNET, IPIP_ALWAYS)
 # Environment variables that override the cluster file's [global] keys where

@@ -411,21 +411,20 @@ def component_of(argv: Sequence[str]) -> tuple[str, list[str]] | None:
 def health_url(component: str, args: Sequence[str]) -> str | None:
     """The base URL of this component's health server, from its own
     arguments and settings (None when its HealthEnabled is off)."""
-    args = list(args)
-    if component == "felix":
-        from calico.felix.main import DEFAULT_CONFIG_FILE, health_settings
-    elif component == "acl-manager":
-        from calico.acl_manager.main import DEFAULT_CONFIG_FILE, health_settings  # type: ignore[no-redef]
+    # Imported here: the registry takes this module's defaults.
+    from calico.common import settings
+    from calico.common.config import read_settings
+
+    parser = settings.argument_parser(component)
+    parsed, _rest = parser.parse_known_args(list(args))  # the plugin's API word is not a setting
+    if component in settings.FILE_READERS:
+        if parsed.config_file is None and not os.path.exists(settings.default("config_file", component)):
+            parsed.config_file = os.devnull  # no config file here: the environment and the defaults
+        config = read_settings(component, parsed)
+        enabled, host, port = config.health_enabled, config.health_host, config.health_port
     else:
-        from calico.plugin.main import health_settings  # type: ignore[no-redef]
-        DEFAULT_CONFIG_FILE = ""
-        api = component.split("-", 1)[1]
-        if api not in args:
-            args.append(api)
-    if DEFAULT_CONFIG_FILE and not any(a.startswith("--config-file") for a in args) \
-            and not os.path.exists(DEFAULT_CONFIG_FILE):
-        args += ["--config-file", os.devnull]  # no config file here: the environment and the defaults
-    enabled, host, port = health_settings(args)
+        values, _origins = settings.resolve_command_line(component, parsed, os.environ)
+        enabled, host, port = values["health_enabled"], values["health_host"], values["health_port"]
     return base_url(host, port) if enabled else None
 
 

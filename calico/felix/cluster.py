@@ -27,7 +27,8 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from calico.common.config import DEFAULT_CLUSTER_FILE, ConfigError, hosts_from_env
+from calico.common import settings as registry
+from calico.common.config import ConfigError, hosts_from_env
 from calico.common.datafiles import (DataFileError, GlobalSettings, Host, load_cluster, settings_with_env)
 from calico.common.validation import ValidationError
 
@@ -63,7 +64,7 @@ class ClusterSource:
     def __init__(self, hostname: str, env: dict[str, str] | None = None) -> None:
         self.hostname = hostname
         self.env = dict(os.environ) if env is None else env
-        self.path = self.env.get("CALICO_CLUSTER_FILE", "").strip() or DEFAULT_CLUSTER_FILE
+        self.path = registry.env_value("cluster_file", self.env)
         self.env_hosts = hosts_from_env(self.env)  # ConfigError on a bad item
         try:
             settings_with_env(GlobalSettings(), self.env)  # a bad variable stops start-up

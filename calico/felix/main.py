@@ -1,7 +1,8 @@
 """``calico-felix``: read the config, set up logging, run the agent.
 
 The config file holds the operator's settings (docs/architecture.md, "Configuration").  The
-command-line flags after ``--config-file`` override single keys; they exist
+command-line flags after ``--config-file`` override single keys (each
+declared with its key in ``calico.common.settings``); they exist
 for tests and one-off runs (several Felixes on one machine, each in its own
 namespace with its own log), and go through the same checks as the file, so
 a bad value is one line on stderr naming the key, and exit status 2.
@@ -15,70 +16,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from typing import Sequence
 
-from calico.common import config as config_module
-from calico.common.config import Config, ConfigError, load_config, resolve_peers, resolve_pools
+from calico.common import settings
+from calico.common.config import Config, ConfigError, read_settings, resolve_peers, resolve_pools
 from calico.common.logs import setup_logging
 from calico.common.security import SecurityError, load_credentials
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_FILE = "/etc/calico/felix.cfg"
 INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
-
-# flag -> Config attribute; each is checked by the config file's own parser.
-OVERRIDES = {
-    "plugin_address": "--plugin-address",
-    "acl_address": "--acl-address",
-    "felix_hostname": "--hostname",
-    "local_address": "--local-address",
-    "log_file_path": "--log-file",
-    "log_severity_file": "--log-severity-file",
-    "log_severity_screen": "--log-severity-screen",
-    "connection_timeout_millis": "--connection-timeout-ms",
-    "connection_keepalive_interval_millis": "--keepalive-ms",
-    "resync_interval_secs": "--resync-interval-secs",
-    "endpoint_retry_time_millis": "--endpoint-retry-ms",
-    "max_message_bytes": "--max-message-bytes",
-    "cluster_secret_file": "--secret-file",
-    "insecure": "--insecure",
-    "default_endpoint_to_host_action": "--endpoint-to-host-action",
-    "ip_pool": "--ip-pool",
-    "ip_pool6": "--ip-pool6",
-    "max_endpoints": "--max-endpoints",
-    "health_enabled": "--health-enabled",
-    "health_host": "--health-host",
-    "health_port": "--health-port",
-    "health_timeout_secs": "--health-timeout-secs",
-    "prometheus_metrics_enabled": "--prometheus-metrics-enabled",
-    "iptables_backend": "--iptables-backend",
-}
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="calico-felix", description="Calico Felix: the per-host agent.")
-    parser.add_argument("--config-file", default=DEFAULT_CONFIG_FILE,
-                        help=f"felix.cfg (default {DEFAULT_CONFIG_FILE})")
-    for attr, flag in OVERRIDES.items():
-        key = next(k for s, k, a, _ in config_module._KEYS if a == attr)
-        parser.add_argument(flag, dest=attr, metavar="VALUE", help=f"override {key}")
+    parser = settings.argument_parser(settings.FELIX, "calico-felix", "Calico Felix: the per-host agent.")
     return parser.parse_args(argv)
 
 
-def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
-    """Set the keys given as flags, checked as the config file's values are."""
-    for section, key, attr, parse in config_module._KEYS:
-        raw = getattr(args, attr, None)
-        if raw is None:
-            continue
-        try:
-            setattr(config, attr, parse(raw))
-        except ValueError as exc:  # ValidationError is a ValueError too
-            raise ConfigError(f"{OVERRIDES[attr]} ([{section}] {key}) = {raw!r}: {exc}") from None
-    return config
+def _read(args: argparse.Namespace) -> Config:
+    return read_settings(settings.FELIX, args)
 
 
 def local_addresses() -> set[str]:
@@ -91,15 +50,12 @@ def local_addresses() -> set[str]:
 
 def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
     """(HealthEnabled, HealthHost, HealthPort) that ``calico-felix argv`` serves on."""
-    args = _arguments(argv)
-    config = apply_overrides(load_config(args.config_file), args)
+    config = _read(_arguments(argv))
     return config.health_enabled, config.health_host, config.health_port
 
 
 def load(argv: Sequence[str] | None = None) -> Config:
-    args = _arguments(argv)
-    config = apply_overrides(load_config(args.config_file), args)
-    config = resolve_pools(config)
+    config = resolve_pools(_read(_arguments(argv)))
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
                          local_addresses=local_addresses)
 
@@ -113,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging("felix", config.log_file_path, config.log_severity_file,
                   config.log_severity_screen, config.log_severity_sys)
+    settings.log_effective(log, settings.FELIX, {**vars(config), "config_file": config.source}, config.origins,
+                          os.environ)
     for warning in credentials.warnings:
         log.warning("%s", warning)
 

@@ -39,6 +39,7 @@ import sys
 import time
 
 from calico import bird, netns
+from calico.common import settings
 from calico.common.datafiles import Cluster, load_cluster, parse_data_text, write_file_atomically
 from calico.lab import ipip, processes
 from calico.lab.layout import FABRIC_PREFIXLEN, LabError, Layout, host_ip, host_name, subnet_of
@@ -154,45 +155,18 @@ def write_configs(layout: Layout, index: int, cluster: Cluster) -> None:
     write_file_atomically(os.path.join(layout.host_dir(index), "bird.conf"),
                           bird.render(cluster, local, log_path=layout.log_file(label(index, "bird")), subnet=subnet))
     plugin = cluster.plugin_host.ip
-    felix_cfg = "\n".join([
-        "[global]",
-        f"PluginAddress = {plugin}",
-        f"ACLAddress = {plugin}",
-        f"FelixHostname = {local.name}",
-        f"LocalAddress = {local.ip}",
-        f"EndpointRetryTimeMillis = {ENDPOINT_RETRY_MS}",
-        "[log]",
-        f"LogFilePath = {layout.log_file(label(index, 'felix'))}",
-        "LogSeverityFile = INFO",
-        "LogSeverityScreen = NONE",
-        "[connection]",
-        f"ConnectionTimeoutMillis = {TIMEOUT_MS}",
-        f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
-        "[security]",
-        f"ClusterSecretFile = {layout.secret_file}",
-        "[health]",
-        f"PrometheusMetricsEnabled = {str(metrics_on()).lower()}",
-        "",
-    ])
+    common = {"log_severity_file": "INFO", "log_severity_screen": "NONE",
+              "connection_timeout_millis": TIMEOUT_MS, "connection_keepalive_interval_millis": KEEPALIVE_MS,
+              "cluster_secret_file": layout.secret_file, "prometheus_metrics_enabled": metrics_on()}
+    felix_cfg = settings.render_config({
+        "plugin_address": plugin, "acl_address": plugin, "felix_hostname": local.name, "local_address": local.ip,
+        "endpoint_retry_time_millis": ENDPOINT_RETRY_MS, "log_file_path": layout.log_file(label(index, "felix")),
+        **common})
     write_file_atomically(os.path.join(layout.host_dir(index), "felix.cfg"), felix_cfg)
     if index == 1:
-        acl_cfg = "\n".join([
-            "[global]",
-            f"PluginAddress = {plugin}",
-            f"LocalAddress = {local.ip}",
-            "[log]",
-            f"LogFilePath = {layout.log_file(label(index, 'acl-manager'))}",
-            "LogSeverityFile = INFO",
-            "LogSeverityScreen = NONE",
-            "[connection]",
-            f"ConnectionTimeoutMillis = {TIMEOUT_MS}",
-            f"ConnectionKeepaliveIntervalMillis = {KEEPALIVE_MS}",
-            "[security]",
-            f"ClusterSecretFile = {layout.secret_file}",
-            "[health]",
-            f"PrometheusMetricsEnabled = {str(metrics_on()).lower()}",
-            "",
-        ])
+        acl_cfg = settings.render_config({
+            "plugin_address": plugin, "local_address": local.ip,
+            "log_file_path": layout.log_file(label(index, "acl-manager")), **common})
         write_file_atomically(os.path.join(layout.host_dir(index), "acl_manager.cfg"), acl_cfg)
 
 
@@ -207,10 +181,10 @@ def command(layout: Layout, index: int, component: str) -> list[str]:
     if component in ("plugin-ep", "plugin-network"):
         api = component.split("-", 1)[1]
         bind = host_ip(index, load_state(layout).subnets)
-        return [_script("calico-plugin"), api, "--data-dir", layout.data_dir, "--bind", bind,
-                "--log-file", layout.log_file(label(index, component)),
-                "--connection-timeout-ms", str(TIMEOUT_MS), "--keepalive-ms", str(KEEPALIVE_MS),
-                "--secret-file", layout.secret_file, "--prometheus-metrics-enabled", str(metrics_on()).lower()]
+        return [_script("calico-plugin"), api, *settings.flag_args(component, {
+            "data_dir": layout.data_dir, "local_address": bind, "log_file_path": layout.log_file(label(index, component)),
+            "connection_timeout_millis": TIMEOUT_MS, "connection_keepalive_interval_millis": KEEPALIVE_MS,
+            "cluster_secret_file": layout.secret_file, "prometheus_metrics_enabled": metrics_on()})]
     if component == "acl-manager":
         return [_script("calico-acl-manager"), "--config-file", os.path.join(host_dir, "acl_manager.cfg")]
     raise LabError(f"unknown component {component!r} (want one of {', '.join(COMPONENTS)})")

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from calico.common.settings import WATCH_MODES
 from calico.plugin import inotify, store
 from calico.plugin.store import DataState, ParsedFile, StateChange
 
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int, int]
 
-WATCH_MODES = ("auto", "inotify", "poll")
 SETTLE = 0.05
 MAX_SETTLE = 1.0
 RETRY_DELAY = 0.02           # a file that changed while being read
