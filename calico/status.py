@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from calico.common import health as health_module
+from calico.common.netns import owned_addresses
 
 BIRD_SOCKETS = ("/run/bird/bird.ctl", "/var/run/bird/bird.ctl", "/run/bird.ctl", "/var/run/bird.ctl")
 FELIX_CONFIG = "/etc/calico/felix.cfg"
@@ -530,14 +531,10 @@ def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
 
 
 def _local_addresses() -> set[str] | None:
+    """This host's addresses, or None where they cannot be read (no pyroute2)."""
     try:
-        from pyroute2 import IPRoute
-    except ImportError:
-        return None
-    try:
-        with IPRoute() as ipr:
-            return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
-    except OSError:
+        return owned_addresses()
+    except (ImportError, OSError):
         return None
 
 

@@ -22,6 +22,7 @@ from typing import Sequence
 from calico.common import config as config_module
 from calico.common.config import Config, ConfigError, load_config, resolve_peers, resolve_pools
 from calico.common.logs import setup_logging
+from calico.common.netns import owned_addresses
 from calico.common.security import SecurityError, load_credentials
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,6 @@ def apply_overrides(config: Config, args: argparse.Namespace) -> Config:
     return config
 
 
-def local_addresses() -> set[str]:
-    """This host's addresses, to pick our own entry from the cluster file."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
-
-
 def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
     """(HealthEnabled, HealthHost, HealthPort) that ``calico-felix argv`` serves on."""
     args = _arguments(argv)
@@ -101,7 +94,7 @@ def load(argv: Sequence[str] | None = None) -> Config:
     config = apply_overrides(load_config(args.config_file), args)
     config = resolve_pools(config)
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
-                         local_addresses=local_addresses)
+                         local_addresses=owned_addresses)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -156,7 +156,7 @@ def status(layout: Layout) -> str:
         routes = _routes(ns, "-4") + _routes(ns, "-6")
         rules = _iptables(ns)
         for container in sorted(lab.containers.values(), key=lambda c: c.name):
-            from calico.common.validation import interface_name
+            from calico.common.kernel_names import interface_name
             tap = interface_name(container.endpoint_id)
             ours = container.host == index
             route_state = []
