@@ -4,7 +4,8 @@ Felix writes these and other programs read them back: the attach tool names
 the host end of an endpoint's veth ``tap`` + the first ``IFACE_ID_CHARS``
 characters of its id, Felix finds its taps by that prefix and stamps every
 route it owns with ``ROUTE_PROTO``, and BIRD's config learns exactly the
-routes carrying that number and ignores the taps as next-hop interfaces.
+routes carrying that number and ignores the taps as next-hop interfaces;
+Felix's iptables chains carry ``CHAIN_PREFIX``, by which the lab finds them.
 They live here, the one home all of those import, so none can drift.
 """
 
@@ -17,6 +18,9 @@ IFACE_PREFIX = "tap"
 # Linux interface names hold 15 characters: "tap" + 11 leaves room to spare,
 # and Felix's per-endpoint chains use the same id prefix.
 IFACE_ID_CHARS = 11
+# Every iptables chain Felix makes starts so; the lab and the tests find
+# Felix's backend by it.
+CHAIN_PREFIX = "felix-"
 
 
 def interface_name(endpoint_id: str) -> str:

@@ -62,11 +62,10 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from calico.common.config import TO_HOST_ACTIONS
-from calico.common.kernel_names import IFACE_ID_CHARS, IFACE_PREFIX
+from calico.common.kernel_names import CHAIN_PREFIX, IFACE_ID_CHARS, IFACE_PREFIX
 from calico.felix.ipsets import HASH_NET_PORT, SetMatch
 from calico.felix.state import EndpointSpec
 
-CHAIN_PREFIX = "felix-"
 INPUT_CHAIN = "felix-INPUT"
 FORWARD_CHAIN = "felix-FORWARD"
 TO_HOST = "felix-TO-HOST"

@@ -122,7 +122,7 @@ def _iptables(ns: str, version: int = 4) -> str:
     """The filter table of the backend where this host's Felix put its chains."""
     if not netns.exists(ns):
         return ""
-    from calico.felix.backend_check import felix_table
+    from calico.common.iptables_backends import felix_table
 
     return felix_table(version, runner=lambda argv, **kwargs: subprocess.run(netns.argv(ns, argv), **kwargs))[1]
 
