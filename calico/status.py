@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from calico.common import health as health_module
 from calico.common.bird_socket import BIRD_SOCKETS, BirdError, bird_command, find_bird_socket
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, hosts_from_env
 from calico.common.netns import owned_addresses
 
 FELIX_CONFIG = "/etc/calico/felix.cfg"
@@ -455,21 +456,15 @@ def _config_address(path: str, component: str, env: dict[str, str]) -> str | Non
 def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
     """Does this host run the plugin (the first host of CALICO_HOSTS or the
     cluster file)?  None when that cannot be told."""
-    hosts: list[tuple[str, str]] = []
-    text = env.get("CALICO_HOSTS", "").strip()
-    if text and not re.search(r"\b(IP|HOST)\d\b", text):
-        hosts = [tuple(item.split("=", 1)) for item in text.replace(",", " ").split() if "=" in item]  # type: ignore[misc]
-    else:
-        try:
+    try:
+        hosts = hosts_from_env(env)
+        if not hosts:
             from calico.common.datafiles import load_cluster
 
-            cluster = load_cluster(env.get("CALICO_CLUSTER_FILE", "/opt/plugin/data/felix.txt"))
-            hosts = [(cluster.plugin_host.name, cluster.plugin_host.ip)]
-        except Exception:
-            return None, ""
-    if not hosts:
+            hosts = [load_cluster(env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE)).plugin_host]
+    except Exception:
         return None, ""
-    name, ip = hosts[0]
+    name, ip = hosts[0].name, hosts[0].ip
     owned = _local_addresses()
     if owned is None:
         return None, ""

@@ -33,6 +33,7 @@ import socket
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, ConfigError, hosts_from_env, is_placeholder
 from calico.common.datafiles import DataFileError, Host, load_cluster
 from calico.common.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from calico.common.health import DEFAULT_PORTS as DEFAULT_HEALTH_PORTS
@@ -42,8 +43,6 @@ from calico.common.zmqloop import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYT
 from calico.common.validation import (DEFAULT_POOL, DEFAULT_POOL6, ValidationError, check_hostname, parse_cidr,
                                       parse_decimal, parse_ip, printable, short_hostname, shown)
 
-DEFAULT_CLUSTER_FILE = "/opt/plugin/data/felix.txt"
-PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE")
 # Felix's DefaultEndpointToHostAction: what may an endpoint send to its host
 # beyond DHCP and neighbour discovery (calico.felix.iptables_layout).
@@ -51,10 +50,6 @@ TO_HOST_ACTIONS = ("DROP", "RETURN", "ACCEPT")
 # Felix's IptablesBackend: which iptables backend it programs; auto picks the
 # one Docker and the host use (calico.felix.backend_check).
 IPTABLES_BACKENDS = ("auto", "legacy", "nft")
-
-
-class ConfigError(ValueError):
-    """A configuration fault that stops start-up; str() is one line."""
 
 
 @dataclass
@@ -220,11 +215,6 @@ _ENV_UNLESS_SET = {
 }
 
 
-def is_placeholder(value: str) -> bool:
-    """True for a value the seed's sed step was meant to replace."""
-    return bool(PLACEHOLDER_RE.search(value))
-
-
 def load_config(path: str | None, env: dict[str, str] | None = None,
                 defaults: Mapping[str, Any] | None = None) -> Config:
     """Read a component config file; ``path`` None means defaults only.
@@ -280,23 +270,6 @@ def load_config(path: str | None, env: dict[str, str] | None = None,
             except (ValueError, ValidationError) as exc:
                 raise ConfigError(f"environment {var} = {shown(value)}: {exc}") from None
     return config
-
-
-def hosts_from_env(env: dict[str, str]) -> list[Host]:
-    """Parse ``CALICO_HOSTS="name=ip name=ip"``; placeholders count as unset."""
-    text = env.get("CALICO_HOSTS", "").strip()
-    if not text or is_placeholder(text):
-        return []
-    hosts = []
-    for item in text.replace(",", " ").split():
-        name, sep, ip = item.partition("=")
-        try:
-            if not sep:
-                raise ValidationError("want name=ip")
-            hosts.append(Host(check_hostname(short_hostname(name)), str(parse_ip(ip, allow_loopback=True))))
-        except ValidationError as exc:
-            raise ConfigError(f"environment CALICO_HOSTS item {shown(item)}: {exc}") from None
-    return hosts
 
 
 def cluster_hosts(env: dict[str, str]) -> list[Host]:

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from calico.common.config import DEFAULT_CLUSTER_FILE, ConfigError, hosts_from_env
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, ConfigError, hosts_from_env
 from calico.common.datafiles import (DataFileError, GlobalSettings, Host, load_cluster, settings_with_env)
 from calico.common.validation import ValidationError
 
