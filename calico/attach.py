@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import netaddr
 
-from calico.netns import entered as entered_netns
 from calico.common.datafiles import (
     CLUSTER_FILE_NAME,
     DATA_DIR as DEFAULT_DATA_DIR,
@@ -55,6 +54,8 @@ from calico.common.datafiles import (
     parse_data_file,
     write_file_atomically,
 )
+from calico.common.kernel_names import interface_name
+from calico.common.netns import entered as entered_netns
 from calico.common.validation import (
     DEFAULT_POOL,
     DEFAULT_POOL6,
@@ -63,7 +64,6 @@ from calico.common.validation import (
     check_group_name,
     check_hostname,
     host_cidr,
-    interface_name,
     parse_cidr,
     parse_ip,
     parse_mac,
@@ -324,7 +324,7 @@ def local_hostname(data_dir: str) -> str:
     """This host's name as Felix resolves it: CALICO_FELIX_HOSTNAME,
     CALICO_HOSTS or the cluster file (by an address this host owns), else
     the machine's host name up to the first dot."""
-    from calico.bird import owned_addresses
+    from calico.common.netns import owned_addresses
     from calico.common.config import ConfigError, load_config, resolve_peers
 
     env = dict(os.environ)

@@ -78,12 +78,11 @@ import netaddr
 
 from calico.common.datafiles import (IPIP_ALWAYS, IPIP_NEVER, Cluster, DataFileError, Host, load_cluster,
                                      settings_with_env, write_file_atomically)
+from calico.common.kernel_names import IFACE_PREFIX
+from calico.common.kernel_names import ROUTE_PROTO as FELIX_ROUTE_PROTO
+from calico.common.netns import owned_addresses
 from calico.common.validation import ValidationError, short_hostname
 
-try:  # Felix owns the number it stamps on its routes; use its constant when present.
-    from calico.felix.routes import ROUTE_PROTO as FELIX_ROUTE_PROTO  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - only before Felix's dataplane exists
-    FELIX_ROUTE_PROTO = 80
 
 KERNEL_SCAN_SECS = 10
 BGP_TIMERS = {
@@ -238,7 +237,7 @@ def render(cluster: Cluster, local: Host, felix_proto: int = FELIX_ROUTE_PROTO,
         "protocol direct {",
         "  ipv4;",
         "  ipv6;",
-        f'  interface -"tap*", -"{TUNNEL_DEVICE}", "*";',
+        f'  interface -"{IFACE_PREFIX}*", -"{TUNNEL_DEVICE}", "*";',
         "}",
         "",
     ]
@@ -301,14 +300,6 @@ def choose_local_host(cluster: Cluster, name: str | None, owned_addresses: Itera
             f"cannot tell which host this is: no cluster host owns one of this machine's addresses "
             f"and host name {short_hostname(hostname)!r} is not listed (use --host)")
     return host
-
-
-def owned_addresses() -> set[str]:
-    """Every address configured in this network namespace (netlink)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {addr.get_attr("IFA_ADDRESS") for addr in ipr.get_addr()} - {None}
 
 
 def local_subnet(address: str) -> str | None:

@@ -1,22 +1,18 @@
 """Small helpers for named network namespaces (the lab and the tests).
 
 Namespaces are managed with iproute2 through argument lists (never a shell
-string).  ``entered`` moves only the calling *thread* into a namespace:
-Linux namespaces are per thread, and threads started from there (ZeroMQ's
-I/O threads included) inherit it, so a test can run a ZeroMQ peer inside a
+string).  ``entered`` (from ``calico.common.netns``) moves only the calling
+*thread* into a namespace, so a test can run a ZeroMQ peer inside a
 namespace without a subprocess.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import subprocess
-from typing import Iterator, Sequence
+from typing import Sequence
 
-NETNS_DIR = "/var/run/netns"
-CLONE_NEWNET = 0x40000000
+from calico.common.netns import NETNS_DIR, entered  # noqa: F401  (the lab's and tests' netns.entered)
 
 
 def path(name: str) -> str:
@@ -64,36 +60,3 @@ def run(name: str | None, command: Sequence[str], check: bool = True,
 
 def sysctl(name: str | None, key: str, value: str) -> None:
     run(name, ["sysctl", "-q", "-w", f"{key}={value}"])
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-@contextlib.contextmanager
-def entered(name: str) -> Iterator[None]:
-    """Run the body (in this thread only) inside namespace ``name``.
-
-    ``name`` is a name in /var/run/netns or, if it contains a slash, the
-    path of a namespace file (``/proc/PID/ns/net``, a bind mount).
-    Sockets opened in the body stay in that namespace after it ends."""
-    target = os.open(name if "/" in name else path(name), os.O_RDONLY)
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    except OSError:
-        os.close(target)
-        raise
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(target)
-        os.close(own)

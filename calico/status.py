@@ -32,76 +32,24 @@ import configparser
 import json
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from calico.common import health as health_module
+from calico.common.bird_socket import BIRD_SOCKETS, BirdError, bird_command, find_bird_socket
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, hosts_from_env
+from calico.common.netns import owned_addresses
 
-BIRD_SOCKETS = ("/run/bird/bird.ctl", "/var/run/bird/bird.ctl", "/run/bird.ctl", "/var/run/bird.ctl")
 FELIX_CONFIG = "/etc/calico/felix.cfg"
 ACL_MANAGER_CONFIG = "/etc/calico/acl_manager.cfg"
 HTTP_TIMEOUT = 3.0
-BIRD_TIMEOUT = 5.0
-BIRD_MAX_REPLY = 4 << 20
 STATE_NAMES = (("programmed", "programmed"), ("waiting-for-acls", "waiting for ACLs"),
                ("fail-closed", "fail-closed"), ("interface-missing", "interface missing"),
                ("disabled", "disabled"))
 
 Getter = Callable[[str, float], "tuple[int, str]"]
-
-
-# --- BIRD's control socket ---------------------------------------------------------
-
-class BirdError(RuntimeError):
-    """BIRD refused a command or said something we cannot read."""
-
-
-def find_bird_socket(candidates: Iterable[str] = BIRD_SOCKETS) -> str | None:
-    return next((path for path in candidates if os.path.exists(path)), None)
-
-
-def bird_command(path: str, command: str, timeout: float = BIRD_TIMEOUT) -> str:
-    """Send one command over BIRD's control socket; its reply, raw (the
-    coded lines of the protocol birdc speaks).  The session is restricted
-    first (birdc -r): only ``show`` commands are allowed on it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-        reader = sock.makefile("rb")
-        greeting = reader.readline(4096).decode("utf-8", "replace")
-        if not greeting.startswith("0001 "):
-            raise BirdError(f"unexpected greeting {greeting.strip()!r}")
-        replies = []
-        for line in ("restrict", command):
-            sock.sendall(line.encode() + b"\n")
-            replies.append(_read_reply(reader))
-        return replies[-1]
-    except socket.timeout:
-        raise BirdError(f"no answer within {timeout:g} s") from None
-    finally:
-        sock.close()
-
-
-def _read_reply(reader: Any) -> str:
-    lines, size = [], 0
-    while True:
-        raw = reader.readline(65536)
-        if not raw:
-            raise BirdError("BIRD closed the connection mid-reply")
-        size += len(raw)
-        if size > BIRD_MAX_REPLY:
-            raise BirdError("reply too long")
-        line = raw.decode("utf-8", "replace").rstrip("\n")
-        lines.append(line)
-        if len(line) >= 5 and line[:4].isdigit() and line[4] == " ":
-            code = int(line[:4])
-            if code >= 8000:
-                raise BirdError(line[5:].strip())
-            return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -508,21 +456,15 @@ def _config_address(path: str, component: str, env: dict[str, str]) -> str | Non
 def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
     """Does this host run the plugin (the first host of CALICO_HOSTS or the
     cluster file)?  None when that cannot be told."""
-    hosts: list[tuple[str, str]] = []
-    text = env.get("CALICO_HOSTS", "").strip()
-    if text and not re.search(r"\b(IP|HOST)\d\b", text):
-        hosts = [tuple(item.split("=", 1)) for item in text.replace(",", " ").split() if "=" in item]  # type: ignore[misc]
-    else:
-        try:
-            from calico.common.datafiles import DEFAULT_CLUSTER_FILE, load_cluster
+    try:
+        hosts = hosts_from_env(env)
+        if not hosts:
+            from calico.common.datafiles import load_cluster
 
-            cluster = load_cluster(env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE))
-            hosts = [(cluster.plugin_host.name, cluster.plugin_host.ip)]
-        except Exception:
-            return None, ""
-    if not hosts:
+            hosts = [load_cluster(env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE)).plugin_host]
+    except Exception:
         return None, ""
-    name, ip = hosts[0]
+    name, ip = hosts[0].name, hosts[0].ip
     owned = _local_addresses()
     if owned is None:
         return None, ""
@@ -530,14 +472,10 @@ def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
 
 
 def _local_addresses() -> set[str] | None:
+    """This host's addresses, or None where they cannot be read (no pyroute2)."""
     try:
-        from pyroute2 import IPRoute
-    except ImportError:
-        return None
-    try:
-        with IPRoute() as ipr:
-            return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
-    except OSError:
+        return owned_addresses()
+    except (ImportError, OSError):
         return None
 
 

@@ -45,6 +45,7 @@ from typing import Callable
 import zmq
 
 from calico.common import messages, security
+from calico.common.heartbeat import PubHeartbeat
 from calico.common.security import Transport
 from calico.common.validation import ValidationError, check_endpoint_id, shown
 from calico.common.zmqloop import EventLoop, tcp_address
@@ -81,7 +82,7 @@ class AclPublisher:
         self.pub = transport.listen(zmq.XPUB, tcp_address(bind_address, messages.PORT_ACL_PUB),
                                     security.ROLE_ACL_MANAGER, security.DOMAIN_ACL_PUB,
                                     options={zmq.SNDHWM: PUB_HWM, zmq.XPUB_VERBOSE: 1})
-        self.next_heartbeat = loop.clock()
+        self._heartbeat = PubHeartbeat(self.pub, messages.TOPIC_ACL_HEARTBEAT, self.keepalive, loop.clock())
         self.published = 0          # ACLUPDATEs
         self.published_members = 0  # GROUPMEMBERS and MEMBERSUPDATEs
         self.published_bytes = 0    # bodies of both
@@ -150,12 +151,6 @@ class AclPublisher:
         acls = self.lookup(endpoint_id)
         if acls is not None:
             self.publish(endpoint_id, acls)
-
-    def _heartbeat(self, now: float) -> float:
-        if now >= self.next_heartbeat:
-            self.pub.send_multipart([messages.TOPIC_ACL_HEARTBEAT, messages.encode(messages.make(messages.HEARTBEAT))])
-            self.next_heartbeat = now + self.keepalive
-        return self.next_heartbeat - now
 
     def _on_readable(self) -> None:
         for _ in range(MAX_BATCH):

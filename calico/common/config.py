@@ -24,11 +24,10 @@ from dataclasses import field, make_dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from calico.common import settings
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, PLACEHOLDER_RE, hosts_from_env, is_placeholder
 from calico.common.datafiles import DataFileError, Host, load_cluster
-from calico.common.settings import (DEFAULT_CLUSTER_FILE, IPTABLES_BACKENDS, LOG_LEVELS, PLACEHOLDER_RE,
-                                    TO_HOST_ACTIONS, is_placeholder)
-from calico.common.validation import (DEFAULT_POOL, DEFAULT_POOL6, ValidationError, check_hostname, parse_ip,
-                                      printable, short_hostname, shown)
+from calico.common.settings import IPTABLES_BACKENDS, LOG_LEVELS, TO_HOST_ACTIONS
+from calico.common.validation import DEFAULT_POOL, DEFAULT_POOL6, printable, short_hostname, shown
 
 __all__ = ["Config", "ConfigError", "DEFAULT_CLUSTER_FILE", "IPTABLES_BACKENDS", "LOG_LEVELS", "PLACEHOLDER_RE",
            "TO_HOST_ACTIONS", "apply_flags", "cluster_hosts", "config_keys", "hosts_from_env", "is_placeholder",
@@ -103,23 +102,6 @@ def read_settings(component: str, args: argparse.Namespace, env: Mapping[str, st
     config.origins["config_file"] = "flag --config-file" if args.config_file is not None else "default"
     given = {name: raw for name, raw in settings.flag_values(args, component).items() if name != "config_file"}
     return apply_flags(config, component, given)
-
-
-def hosts_from_env(env: dict[str, str]) -> list[Host]:
-    """Parse ``CALICO_HOSTS="name=ip name=ip"``; placeholders count as unset."""
-    text = env.get("CALICO_HOSTS", "").strip()
-    if not text or is_placeholder(text):
-        return []
-    hosts = []
-    for item in text.replace(",", " ").split():
-        name, sep, ip = item.partition("=")
-        try:
-            if not sep:
-                raise ValidationError("want name=ip")
-            hosts.append(Host(check_hostname(short_hostname(name)), str(parse_ip(ip, allow_loopback=True))))
-        except ValidationError as exc:
-            raise ConfigError(f"environment CALICO_HOSTS item {shown(item)}: {exc}") from None
-    return hosts
 
 
 def cluster_hosts(env: dict[str, str]) -> list[Host]:

@@ -429,7 +429,7 @@ def health_url(component: str, args: Sequence[str]) -> str | None:
 
 
 def _bird_check(args: Sequence[str]) -> tuple[bool, str]:
-    from calico.status import BirdError, bird_command, find_bird_socket
+    from calico.common.bird_socket import BirdError, bird_command, find_bird_socket
 
     args = list(args)
     given = args[args.index("-s") + 1] if "-s" in args[:-1] else None  # bird ... -s SOCKET

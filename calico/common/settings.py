@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from calico.common.cluster_env import ConfigError, is_placeholder
 from calico.common.datafiles import DATA_DIR, DEFAULT_CLUSTER_FILE
 from calico.common.health import DEFAULT_HOST as DEFAULT_HEALTH_HOST
 from calico.common.health import DEFAULT_PORTS as DEFAULT_HEALTH_PORTS
@@ -55,7 +56,6 @@ PLUGIN = (PLUGIN_EP, PLUGIN_NETWORK)
 DAEMONS = (FELIX, ACL_MANAGER, PLUGIN_EP, PLUGIN_NETWORK)
 FILE_READERS = (FELIX, ACL_MANAGER)  # the components with a config file
 
-PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "NONE")
 PLUGIN_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Felix's DefaultEndpointToHostAction: what may an endpoint send to its host
@@ -68,13 +68,10 @@ IPTABLES_BACKENDS = ("auto", "legacy", "nft")
 WATCH_MODES = ("auto", "inotify", "poll")
 
 
-class SettingError(ValueError):
-    """A setting that stops start-up; str() is one line."""
-
-
-def is_placeholder(value: str) -> bool:
-    """True for a value the seed's sed step was meant to replace."""
-    return bool(PLACEHOLDER_RE.search(value))
+# A setting that stops start-up; str() is one line.  One class with the
+# cluster environment's errors (which the ZeroMQ-free bird image raises too),
+# so that a component catching one catches both.
+SettingError = ConfigError
 
 
 # --- parsers: text -> value, ValueError (or ValidationError) with the reason ---

@@ -1,6 +1,6 @@
 """Validation of every name and address that may reach the kernel.
 
-Endpoint ids become interface names (``tap`` + id[:11]) and parts of ipset and
+Endpoint ids become interface names (``calico.common.kernel_names``) and parts of ipset and
 iptables chain names; group names appear in logs and config.  Both are held to
 a conservative character set so that nothing from a file or a message can
 smuggle in whitespace, slashes or option-like text.  Addresses and MACs are
@@ -25,8 +25,6 @@ ENDPOINT_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}")
 # ASCII digits only: str.isdigit() and int() also take '²' or '١'.
 DECIMAL_RE = re.compile(r"[0-9]{1,18}")
-IFACE_PREFIX = "tap"
-IFACE_ID_CHARS = 11
 
 DEFAULT_POOL = "192.168.0.0/16"
 # IPv6 endpoint addresses come from here unless [global] pool6 says otherwise.
@@ -85,10 +83,6 @@ def check_hostname(name: object) -> str:
 def short_hostname(name: str) -> str:
     """Host names are compared up to their first dot, as the seed's plugin did."""
     return name.split(".", 1)[0]
-
-
-def interface_name(endpoint_id: str) -> str:
-    return IFACE_PREFIX + endpoint_id[:IFACE_ID_CHARS]
 
 
 def parse_ip(value: object, allow_loopback: bool = False) -> netaddr.IPAddress:

@@ -56,23 +56,15 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
+from calico.common.iptables_backends import BACKENDS, LEGACY, NFT, Which, tool
+from calico.common.kernel_names import CHAIN_PREFIX as FELIX_PREFIX
 from calico.felix.tools import Runner, ToolError, run_tool
 
 log = logging.getLogger(__name__)
 
-LEGACY, NFT, AUTO = "legacy", "nft", "auto"
-BACKENDS = (LEGACY, NFT)
+AUTO = "auto"
 SETTINGS = (AUTO, LEGACY, NFT)  # the values of IptablesBackend
 HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
-FELIX_PREFIX = "felix-"
-Which = Callable[[str], "str | None"]
-
-
-def tool(backend: str, version: int, suffix: str = "") -> str:
-    """``iptables-nft-save`` and the like: ``suffix`` is "", "-save" or "-restore"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"iptables backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    return f"{'iptables' if version == 4 else 'ip6tables'}-{backend}{suffix}"
 
 
 def other(backend: str) -> str:
@@ -234,34 +226,3 @@ def other_backend_warnings(chosen: str, versions: Iterable[int] = (4, 6), runner
         log.warning(message)
         warnings.append(message)
     return warnings
-
-
-def table_section(save_text: str, table: str = "filter") -> str:
-    """One table's part of save output (``*table`` to its ``COMMIT``)."""
-    lines, inside = [], False
-    for line in save_text.splitlines():
-        if line.startswith("*"):
-            inside = line == f"*{table}"
-        if inside:
-            lines.append(line)
-            if line == "COMMIT":
-                inside = False
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def felix_table(version: int = 4, table: str = "filter", runner: Runner = subprocess.run,
-                which: Which = shutil.which) -> tuple[str | None, str]:
-    """(backend, that table's save text) of the backend holding Felix's chains
-    in ``table``, or (None, "") where neither does: for the lab's status and
-    the tests, which do not know which backend a Felix chose."""
-    for backend in BACKENDS:
-        command = tool(backend, version, "-save")
-        if which(command) is None:
-            continue
-        try:
-            text = table_section(run_tool([command], runner=runner, timeout=30), table)  # no -t: creates nothing
-        except (ToolError, OSError, subprocess.TimeoutExpired):
-            continue
-        if f"\n:{FELIX_PREFIX}" in text:
-            return backend, text
-    return None, ""

@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 
 from calico.common import settings as registry
-from calico.common.config import ConfigError, hosts_from_env
+from calico.common.cluster_env import ConfigError, hosts_from_env
 from calico.common.datafiles import (DataFileError, GlobalSettings, Host, load_cluster, settings_with_env)
 from calico.common.validation import ValidationError
 

@@ -23,7 +23,7 @@ import logging
 from calico.felix import nat, tunnel
 from calico.felix.cluster import ClusterView
 from calico.felix.ipsets import SetSpec
-from calico.felix.backend_check import LEGACY
+from calico.common.iptables_backends import LEGACY
 from calico.felix.iptables_writer import AUTO, RESTORE, IptablesWriter
 from calico.felix.kernel_writes import WriteCounter
 

@@ -50,7 +50,6 @@ forked.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -59,6 +58,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import AbstractSet, Iterator, Mapping
 
+from calico.common.netns import setns as _setns
 from calico.common.validation import ValidationError, check_endpoint_id, parse_ip, parse_mac
 from calico.felix import iptables_layout, nat
 from calico.felix import backend_check
@@ -78,14 +78,6 @@ _NETNS_SELF = "/proc/thread-self/ns/net"
 # Passes one failed pass may spend finding the endpoints at fault (about
 # 2 * log2(changed) + 2 per culprit); the next pass continues from there.
 MAX_ISOLATION_ATTEMPTS = 64
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def _netns_identity(path_or_fd: str | int) -> tuple[int, int]:

@@ -28,8 +28,9 @@ from typing import AbstractSet, Any, Iterable, Mapping, Sequence
 
 import netaddr
 
+from calico.common.kernel_names import IFACE_ID_CHARS
 from calico.common.rules import Rule, rule_from_wire
-from calico.common.validation import IFACE_ID_CHARS, ValidationError, parse_cidr
+from calico.common.validation import ValidationError, parse_cidr
 from calico.felix.state import AclRules, Acls, EndpointSpec
 
 ALLOW_ALL = {4: "0.0.0.0/0", 6: "::/0"}

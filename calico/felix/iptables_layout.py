@@ -63,18 +63,17 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from calico.common.config import TO_HOST_ACTIONS
+from calico.common.kernel_names import CHAIN_PREFIX, IFACE_ID_CHARS, IFACE_PREFIX
 from calico.felix.ipsets import HASH_NET_PORT, SetMatch
 from calico.felix.state import EndpointSpec
 
-CHAIN_PREFIX = "felix-"
 INPUT_CHAIN = "felix-INPUT"
 FORWARD_CHAIN = "felix-FORWARD"
 TO_HOST = "felix-TO-HOST"
 FROM_ENDPOINT = "felix-FROM-ENDPOINT"
 TO_ENDPOINT = "felix-TO-ENDPOINT"
 TOP_JUMPS = {"INPUT": INPUT_CHAIN, "FORWARD": FORWARD_CHAIN}
-ID_CHARS = 11
-TAP_WILDCARD = "tap+"
+TAP_WILDCARD = f"{IFACE_PREFIX}+"
 
 DROP, RETURN, ACCEPT = TO_HOST_ACTIONS  # the values of DefaultEndpointToHostAction
 # Chains that depend on nothing but the settings: written in full at start-up.
@@ -90,15 +89,15 @@ Chains = dict[str, tuple[str, ...]]
 
 
 def from_chain(endpoint_id: str) -> str:
-    return f"{CHAIN_PREFIX}from-{endpoint_id[:ID_CHARS]}"
+    return f"{CHAIN_PREFIX}from-{endpoint_id[:IFACE_ID_CHARS]}"
 
 
 def to_chain(endpoint_id: str) -> str:
-    return f"{CHAIN_PREFIX}to-{endpoint_id[:ID_CHARS]}"
+    return f"{CHAIN_PREFIX}to-{endpoint_id[:IFACE_ID_CHARS]}"
 
 
 def spoof_chain(endpoint_id: str) -> str:
-    return f"{CHAIN_PREFIX}sp-{endpoint_id[:ID_CHARS]}"
+    return f"{CHAIN_PREFIX}sp-{endpoint_id[:IFACE_ID_CHARS]}"
 
 
 def is_felix_chain(name: str) -> bool:

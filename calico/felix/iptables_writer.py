@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from calico.common.rules import PROTOCOL_NUMBERS
-from calico.felix.backend_check import BACKENDS, LEGACY, NFT, tool
+from calico.common.iptables_backends import BACKENDS, LEGACY, NFT, tool
 from calico.felix.iptables_layout import TOP_JUMPS, is_felix_chain, top_jump_rule
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.tools import Runner, run_tool

@@ -24,6 +24,7 @@ from typing import Sequence
 from calico.common import settings
 from calico.common.config import Config, ConfigError, read_settings, resolve_peers, resolve_pools
 from calico.common.logs import setup_logging
+from calico.common.netns import owned_addresses
 from calico.common.security import SecurityError, load_credentials
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,6 @@ def _read(args: argparse.Namespace) -> Config:
     return read_settings(settings.FELIX, args)
 
 
-def local_addresses() -> set[str]:
-    """This host's addresses, to pick our own entry from the cluster file."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {msg.get_attr("IFA_ADDRESS") for msg in ipr.get_addr()} - {None}
-
-
 def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
     """(HealthEnabled, HealthHost, HealthPort) that ``calico-felix argv`` serves on."""
     config = _read(_arguments(argv))
@@ -57,7 +50,7 @@ def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
 def load(argv: Sequence[str] | None = None) -> Config:
     config = resolve_pools(_read(_arguments(argv)))
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],
-                         local_addresses=local_addresses)
+                         local_addresses=owned_addresses)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,14 +40,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import AbstractSet, Any, Iterable, Iterator, Mapping
 
+from calico.common.kernel_names import IFACE_PREFIX, ROUTE_PROTO
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.state import EndpointSpec
 
 log = logging.getLogger(__name__)
 
-ROUTE_PROTO = 80
 V6_GATEWAY = "fe80::1"
-IFACE_PREFIX = "tap"
 RT_TABLE_MAIN = 254
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255  # in a delete: any scope (pyroute2's default, 0, must match exactly)

@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Mapping
 
 from calico.common.rules import Rule
-from calico.common.validation import interface_name
+from calico.common.kernel_names import interface_name
 
 
 GroupAddrs = Mapping[str, frozenset[str]]

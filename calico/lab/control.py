@@ -122,7 +122,7 @@ def _iptables(ns: str, version: int = 4) -> str:
     """The filter table of the backend where this host's Felix put its chains."""
     if not netns.exists(ns):
         return ""
-    from calico.felix.backend_check import felix_table
+    from calico.common.iptables_backends import felix_table
 
     return felix_table(version, runner=lambda argv, **kwargs: subprocess.run(netns.argv(ns, argv), **kwargs))[1]
 
@@ -156,7 +156,7 @@ def status(layout: Layout) -> str:
         routes = _routes(ns, "-4") + _routes(ns, "-6")
         rules = _iptables(ns)
         for container in sorted(lab.containers.values(), key=lambda c: c.name):
-            from calico.common.validation import interface_name
+            from calico.common.kernel_names import interface_name
             tap = interface_name(container.endpoint_id)
             ours = container.host == index
             route_state = []

@@ -37,6 +37,7 @@ import zmq
 
 from calico.common import messages, security
 from calico.common.datafiles import Host
+from calico.common.rep_server import answer_one
 from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
 from calico.common.validation import printable, short_hostname
@@ -205,19 +206,7 @@ class EndpointApi:
     # --- requests from Felix -----------------------------------------------
 
     def _on_request(self) -> None:
-        try:
-            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return
-        follow_up = None
-        try:
-            reply, follow_up = self._answer(frames)
-        except Exception:  # a bug must not leave the REP socket owing a reply
-            log.exception("endpoint API: internal error on a request; answered INVALID")
-            reply = messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")
-        self.socket.send(messages.encode(reply))
-        if follow_up is not None:
-            follow_up()
+        answer_one(self.socket, self._answer, log, "endpoint API", copy=False)
 
     def _answer(self, frames: list[zmq.Frame]) -> tuple[dict[str, Any], Callable[[], None] | None]:
         """The reply to one request, and what to do once it is sent."""

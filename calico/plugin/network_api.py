@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import zmq
 
 from calico.common import messages, security
+from calico.common.heartbeat import PubHeartbeat
+from calico.common.rep_server import answer_one
 from calico.common.security import Transport
 from calico.common.zmqloop import EventLoop, tcp_address
 from calico.plugin.metrics import PluginMetrics
@@ -47,7 +49,7 @@ class NetworkApi:
         self.pub = transport.listen(zmq.PUB, self.pub_address, security.ROLE_PLUGIN_NETWORK, security.DOMAIN_NET_PUB,
                                     options={zmq.SNDHWM: 100_000})
         loop.add_socket(self.rep, self._on_request)
-        self._next_heartbeat = loop.clock()
+        self._heartbeat = PubHeartbeat(self.pub, messages.TOPIC_NETWORK_HEARTBEAT, self.keepalive, loop.clock())
         loop.add_timer(self._heartbeat)
 
     def apply(self, state: DataState, change: StateChange, changed_at: Mapping[str, float] | None = None) -> None:
@@ -72,42 +74,27 @@ class NetworkApi:
         self.published += 1
         self.metrics.group_published()
 
-    def _heartbeat(self, now: float) -> float:
-        if now >= self._next_heartbeat:
-            self.pub.send_multipart([messages.TOPIC_NETWORK_HEARTBEAT,
-                                     messages.encode(messages.make(messages.HEARTBEAT))])
-            self._next_heartbeat = now + self.keepalive
-        return self._next_heartbeat - now
-
     def _on_request(self) -> None:
-        try:
-            frames = self.rep.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        publish_all = False
-        try:
-            reply, publish_all = self._answer(frames)
-        except Exception:  # a bug must not leave the REP socket owing a reply
-            log.exception("network API: internal error on a request; answered INVALID")
-            reply = messages.reply("UNKNOWN", messages.RC_INVALID, "internal error")
-        self.rep.send(messages.encode(reply))
-        if publish_all:
-            self.getgroups += 1
-            self.metrics.getgroups()
-            log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
-            for group in self.state.groups.values():
-                self._publish(group)
+        answer_one(self.rep, self._answer, log, "network API")
 
-    def _answer(self, frames: list[bytes]) -> tuple[dict, bool]:
-        """The reply to one request, and whether every group follows it."""
+    def _answer(self, frames: Sequence[bytes]) -> tuple[dict, Callable[[], None] | None]:
+        """The reply to one request, and what follows it (every group, after GETGROUPS)."""
         try:
             if len(frames) != 1:
                 raise messages.MessageError(f"want one frame, got {len(frames)}")
             request = messages.decode_request(frames[0], REQUEST_TYPES)
         except messages.MessageError as exc:
             log.warning("network API: bad request (%s); answered INVALID", exc)
-            return messages.invalid_reply(exc), False
-        return messages.reply(request["type"]), request["type"] == messages.GETGROUPS
+            return messages.invalid_reply(exc), None
+        follow_up = self._publish_every_group if request["type"] == messages.GETGROUPS else None
+        return messages.reply(request["type"]), follow_up
+
+    def _publish_every_group(self) -> None:
+        self.getgroups += 1
+        self.metrics.getgroups()
+        log.info("network API: GETGROUPS: publishing all %d groups", len(self.state.groups))
+        for group in self.state.groups.values():
+            self._publish(group)
 
     def status(self) -> dict[str, Any]:
         """For /status."""

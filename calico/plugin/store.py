@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from calico.common import messages
-from calico.common.config import PLACEHOLDER_RE
+from calico.common.cluster_env import PLACEHOLDER_RE
 from calico.common.datafiles import DataFileError, Endpoint, FileContents, GroupRules, Host, default_group_rules, parse_data_text
-from calico.common.validation import interface_name
+from calico.common.kernel_names import interface_name
 
 
 @dataclass(frozen=True)

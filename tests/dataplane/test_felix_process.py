@@ -47,7 +47,7 @@ import testkeys
 from binding import BIND_WAIT_SECS, bind_when_free, close_and_wait
 from calico import netns
 from calico.common import messages, security
-from calico.common.validation import interface_name
+from calico.common.kernel_names import interface_name
 from calico.felix import backend_check
 from felix_dp_helpers import BACKENDS, HOST, Lab
 

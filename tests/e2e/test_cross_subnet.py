@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from calico import netns
-from calico.felix.backend_check import felix_table
+from calico.common.iptables_backends import felix_table
 from calico.lab import control, hosts, probe
 from calico.lab.layout import OUTSIDE_IP, ROUTER_IP, host_ip
 from e2e_lab import add_all, assert_matrix_converges, running_lab, wait_until

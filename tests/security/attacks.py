@@ -45,7 +45,7 @@ from zmq.utils.monitor import recv_monitor_message
 import testkeys
 from calico import netns
 from calico.common.security import ClusterKeys
-from calico.felix.backend_check import felix_table
+from calico.common.iptables_backends import felix_table
 from calico.lab import fabric, state
 from calico.lab.layout import Layout, host_ip
 from e2e_lab import kernel_snapshot

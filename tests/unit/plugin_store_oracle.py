@@ -13,7 +13,7 @@ from typing import Iterable
 
 from calico.common import messages
 from calico.common.datafiles import Endpoint, GroupRules, Host, default_group_rules
-from calico.common.validation import interface_name
+from calico.common.kernel_names import interface_name
 from calico.plugin.store import Group, ParsedFile
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from calico.common.netns import owned_addresses
 from calico.felix import main as felix_main
 
 GOOD = """[global]
@@ -75,8 +76,8 @@ def test_missing_config_file(tmp_path, capsys):
     assert "nope.cfg" in capsys.readouterr().err
 
 
-def test_local_addresses_lists_this_hosts_addresses():
-    assert "127.0.0.1" in felix_main.local_addresses()
+def test_owned_addresses_lists_this_hosts_addresses():
+    assert "127.0.0.1" in owned_addresses()
 
 
 def test_endpoint_settings_defaults(tmp_path):

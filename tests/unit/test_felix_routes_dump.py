@@ -7,7 +7,8 @@ test covers how the installed pyroute2 exposes attributes (0.7's
 from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from calico.felix.routes import NUD_PERMANENT, ROUTE_PROTO, RT_TABLE_MAIN, felix_routes, neighbours
+from calico.common.kernel_names import ROUTE_PROTO
+from calico.felix.routes import NUD_PERMANENT, RT_TABLE_MAIN, felix_routes, neighbours
 
 
 def route(dst, dst_len, proto=ROUTE_PROTO, table=RT_TABLE_MAIN, oif=7):
