@@ -56,16 +56,17 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import AbstractSet, Iterator, Mapping
 
 from calico.common.validation import ValidationError, check_endpoint_id, parse_ip, parse_mac
-from calico.felix import iptables_layout, nat
+from calico.felix import host_layout, iptables_layout, nat
 from calico.felix import backend_check
 from calico.felix.cluster import ClusterView
 from calico.felix.cluster_dataplane import ClusterDataplane
 from calico.felix.ipset_writer import IpsetWriter
-from calico.felix.ipsets import SetSpec, endpoint_sets, group_set
+from calico.felix.host_layout import EndpointLayout
+from calico.felix.ipsets import SetSpec, group_set
 from calico.felix.iptables_writer import AUTO, RESTORE, IptablesWriter
 from calico.felix.kernel_writes import WriteCounter
 from calico.felix.routes import HOST_SYSCTLS, RouteWriter, Sysctls
@@ -93,17 +94,6 @@ def _netns_identity(path_or_fd: str | int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-@dataclass(frozen=True)
-class _EndpointLayout:
-    """What one endpoint needs: its sets and, per family it has addresses in,
-    its chains (the dispatch rules are derived from the spec)."""
-
-    spec: EndpointSpec
-    sets: tuple[SetSpec, ...]
-    chains: dict[int, dict[str, tuple[str, ...]]]
-    groups: frozenset[tuple[str, int]] = frozenset()  # (group, version) shared sets its chains name
-
-
 @dataclass
 class _Checked:
     """The memo of one endpoint: its spec, whether it passed the re-check,
@@ -111,7 +101,7 @@ class _Checked:
 
     spec: EndpointSpec
     usable: bool
-    layout: _EndpointLayout | None = None
+    layout: EndpointLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -301,20 +291,14 @@ class Dataplane:
         missing = self.routes.sync(endpoints, unrouted=closed)
         layouts = [self._closed_layout(spec) if key in closed else self._layout(key, spec)
                    for key, spec in endpoints.items() if key not in missing]
-        wanted_sets = {s.name: s for layout in layouts for s in layout.sets}
-        wanted_sets.update(self._shared_sets({key for layout in layouts for key in layout.groups}))
-        wanted_sets.update(self.cluster.sets())
-        self.ipsets.sync(wanted_sets)
+        desired = host_layout.desired_state(
+            layouts, self.versions, self.to_host_action, self._shared_sets(host_layout.groups_named(layouts)),
+            self.cluster.sets(), {version: self.cluster.input_rules(version) for version in self.versions})
+        self.ipsets.sync(desired.sets)
         for version in self.versions:
-            chains = iptables_layout.table_chains(
-                version, self.to_host_action,
-                [(layout.spec, layout.chains[version]) for layout in layouts if version in layout.chains])
-            first = self.cluster.input_rules(version)
-            if first:
-                chains[iptables_layout.INPUT_CHAIN] = first + tuple(chains[iptables_layout.INPUT_CHAIN])
-            self.iptables[version].sync(chains)
+            self.iptables[version].sync(desired.chains[version])
         self.cluster.sync()
-        self.ipsets.delete_unused(wanted_sets)
+        self.ipsets.delete_unused(desired.sets)
         self.routes.delete_unused()
         return missing
 
@@ -456,23 +440,17 @@ class Dataplane:
             return False
         return True
 
-    def _layout(self, key: str, spec: EndpointSpec) -> _EndpointLayout:
+    def _layout(self, key: str, spec: EndpointSpec) -> EndpointLayout:
         """An endpoint's sets and chains, computed only when its spec changed."""
         checked = self._memo[key]
         if checked.layout is None or not (checked.layout.spec is spec or checked.layout.spec == spec):
-            sets = endpoint_sets(spec, self.versions)
-            for warning in sets.warnings:
+            checked.layout = host_layout.endpoint_layout(spec, self.versions)
+            for warning in checked.layout.warnings:
                 log.warning(warning)
-            chains = {version: iptables_layout.endpoint_chains(spec, version, sets.matches)
-                      for version in self.versions if spec.addrs_of(version)}
-            groups = frozenset(key for key in sets.groups if spec.addrs_of(key[1]))
-            checked.layout = _EndpointLayout(spec, tuple(sets.sets.values()), chains, groups)
         return checked.layout
 
-    def _closed_layout(self, spec: EndpointSpec) -> _EndpointLayout:
-        closed = replace(spec, acls=None)
-        return _EndpointLayout(spec, (), {version: iptables_layout.endpoint_chains(closed, version, {})
-                                          for version in self.versions if spec.addrs_of(version)})
+    def _closed_layout(self, spec: EndpointSpec) -> EndpointLayout:
+        return host_layout.closed_layout(spec, self.versions)
 
     @contextlib.contextmanager
     def _bound(self) -> Iterator[None]:
