@@ -139,10 +139,6 @@ class Dataplane:
         return self.iptables.backend
 
     @property
-    def iptables_backend_reason(self) -> str:
-        return self.iptables.backend_reason
-
-    @property
     def failed(self) -> dict[str, FailedEndpoint]:
         """The endpoints programmed fail-closed because the kernel refused their state."""
         return self.isolation.failed

@@ -40,7 +40,6 @@ class FilterTables:
                 raise ValueError(f"iptables backend {choice.backend}: {save} "
                                  "is not installed (Debian's iptables package has both backends' tools)")
         self.backend = choice.backend
-        self.backend_reason = choice.reason
         log.info("iptables backend: %s", choice.describe())
         self.writers = {v: IptablesWriter(v, writes, mode, library_max_rules, backend=choice.backend)
                         for v in versions}
