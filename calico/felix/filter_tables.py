@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-from typing import Mapping
+from typing import Iterator, Mapping
 
 from calico.felix import backend_check, iptables_layout, nat
 from calico.felix.iptables_layout import Chains
@@ -26,8 +26,9 @@ from calico.felix.tools import ToolError
 log = logging.getLogger(__name__)
 
 
-class FilterTables:
-    """The filter table of each family, in one backend."""
+class FilterTables(Mapping[int, IptablesWriter]):
+    """The filter table of each family, in one backend: ``tables[version]``
+    is that family's writer."""
 
     def __init__(self, versions: tuple[int, ...], writes: WriteCounter, mode: str, library_max_rules: int,
                  backend_setting: str = backend_check.AUTO) -> None:
@@ -44,6 +45,15 @@ class FilterTables:
         self.writers = {v: IptablesWriter(v, writes, mode, library_max_rules, backend=choice.backend)
                         for v in versions}
 
+    def __getitem__(self, version: int) -> IptablesWriter:
+        return self.writers[version]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.writers)
+
+    def __len__(self) -> int:
+        return len(self.writers)
+
     def check_other_backend(self) -> None:
         """Warn of filtering in the backend Felix does not program, and remove
         Felix's chains an earlier run left there."""
@@ -53,16 +63,16 @@ class FilterTables:
     def ensure_host_chains(self, version: int, to_host_action: str) -> None:
         """Felix's top-level chains and the INPUT/FORWARD jumps; the chains
         that depend only on the settings are written in full."""
-        self.writers[version].ensure_present(iptables_layout.static_chains(version, to_host_action),
-                                             force=iptables_layout.HOST_CHAINS)
+        self[version].ensure_present(iptables_layout.static_chains(version, to_host_action),
+                                    force=iptables_layout.HOST_CHAINS)
 
     def sync(self, chains: Mapping[int, Chains]) -> None:
         """Make each family's table hold ``chains`` (one commit per family)."""
         for version in self.versions:
-            self.writers[version].sync(chains[version])
+            self[version].sync(chains[version])
 
     def forget(self) -> None:
-        for writer in self.writers.values():
+        for writer in self.values():
             writer.forget()
 
     def _retire_other_backend(self) -> None:
