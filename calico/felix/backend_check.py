@@ -94,10 +94,6 @@ class Holdings:
     def hint_chains(self) -> list[str]:
         return sorted(name for name in self.chains if name in HINT_CHAINS)
 
-    @property
-    def felix_chains(self) -> list[str]:
-        return sorted(name for name in self.chains if name.startswith(FELIX_PREFIX))
-
 
 def parse_holdings(backend: str, texts: Mapping[int, str]) -> Holdings:
     """Holdings from save output (no ``-t``: every table), per family."""

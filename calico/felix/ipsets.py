@@ -54,7 +54,7 @@ fill-and-swap stays within ipset's 31.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import hashlib
 
@@ -292,19 +292,6 @@ def endpoint_sets(spec: EndpointSpec, versions: Iterable[int]) -> DesiredSets:
                 result.sets[set_spec.name] = set_spec
             result.matches[(spec.endpoint_id, version, direction)] = matches
     return result
-
-
-def desired_sets(endpoints: Mapping[str, EndpointSpec], versions: Iterable[int]) -> DesiredSets:
-    """Every set Felix should have, and each endpoint chain's set matches."""
-    desired = DesiredSets()
-    versions = tuple(versions)
-    for endpoint_id in sorted(endpoints):
-        one = endpoint_sets(endpoints[endpoint_id], versions)
-        desired.sets.update(one.sets)
-        desired.matches.update(one.matches)
-        desired.warnings.extend(one.warnings)
-        desired.groups |= one.groups
-    return desired
 
 
 def member_text(member: Member, set_type: str) -> str:

@@ -204,10 +204,3 @@ def table_chains(version: int, action: str, endpoints: Iterable[tuple[EndpointSp
     chains.update(static_chains(version, action, [d[0] for d in dispatch], [d[1] for d in dispatch]))
     return chains
 
-
-def desired_chains(endpoints: Mapping[str, EndpointSpec], version: int,
-                   set_matches: Mapping[tuple[str, int, str], tuple[SetMatch, ...]],
-                   action: str = DROP) -> Chains:
-    """Every Felix chain of one family's filter table, keyed by name."""
-    return table_chains(version, action, [(spec, endpoint_chains(spec, version, set_matches))
-                                          for spec in endpoints.values() if spec.addrs_of(version)])

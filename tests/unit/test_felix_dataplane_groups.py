@@ -70,7 +70,7 @@ def dp():
     dataplane.ipsets = ipset_writer.IpsetWriter(WriteCounter(), ipset_writer.RESTORE, runner=runner)
     dataplane.ipsets.kernel = {}  # an empty host; never read through netlink
     dataplane.routes = FakeRoutes(set())
-    dataplane.iptables = {v: FakeIptables(v, events) for v in (4, 6)}
+    dataplane.iptables.writers = {v: FakeIptables(v, events) for v in (4, 6)}
     dataplane.cluster = FakeCluster()
     dataplane.events = events
     try:

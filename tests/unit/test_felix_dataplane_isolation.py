@@ -15,7 +15,8 @@ from dataclasses import replace
 import pytest
 
 from calico.common.rules import Rule
-from calico.felix.dataplane import Dataplane, IsolationIncomplete
+from calico.felix.dataplane import Dataplane
+from calico.felix.isolation import IsolationIncomplete
 from calico.felix.state import AclRules, Acls, EndpointSpec
 
 ACLS = Acls(v4=AclRules(inbound=(Rule(cidr="10.0.0.0/8"),)))
@@ -79,7 +80,7 @@ def test_nothing_failing_costs_one_pass(dp):
 def test_the_endpoint_at_fault_is_found_failed_closed_and_named_once(dp, caplog):
     desired = state(*(endpoint(n) for n in range(1, 33)))
     dp.kernel.bad = {endpoint(23)}
-    with caplog.at_level(logging.INFO, logger="calico.felix.dataplane"):
+    with caplog.at_level(logging.INFO, logger="calico.felix"):
         assert dp.apply(desired) == set()
     assert set(dp.failed) == {"ep23"}
     programmed, closed = dp.kernel.programmed

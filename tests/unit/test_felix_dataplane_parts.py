@@ -49,7 +49,7 @@ def test_holdings_count_rules_and_see_docker_kubernetes_felix_and_the_forward_ch
     assert docker.rules == 2 + 3
     assert docker.docker_chains == ["DOCKER-USER"] and docker.hint_chains == ["KUBE-IPTABLES-HINT",
                                                                                "KUBE-KUBELET-CANARY"]
-    assert docker.felix_chains == ["felix-FORWARD"]
+    assert "felix-FORWARD" in docker.chains  # counted with the rest: a restarted Felix stays where its chains are
     # FORWARD: policy and the rules other than Felix's own jump, per family.
     assert docker.forward == {4: ("DROP", 2), 6: ("ACCEPT", 0)}
     assert held("legacy").rules == 0 and held("legacy").forward == {4: ("ACCEPT", 0), 6: ("ACCEPT", 0)}

@@ -3,7 +3,7 @@
 import hashlib
 
 from calico.common.rules import Rule
-from calico.felix import ipset_writer, ipsets
+from calico.felix import host_layout, ipset_writer, ipsets
 from calico.felix.ipset_writer import SetEdit
 from calico.felix.ipsets import HASH_NET, HASH_NET_PORT, SetMatch, SetSpec
 from calico.felix.state import AclRules, Acls, EndpointSpec
@@ -17,7 +17,18 @@ def endpoint(inbound=(), outbound=(), inbound6=(), outbound6=(), addrs=("10.0.0.
 
 
 def sets_of(spec, versions=(4, 6)):
-    return ipsets.desired_sets({spec.endpoint_id: spec}, versions)
+    return ipsets.endpoint_sets(spec, versions)
+
+
+def matches_of(*specs):
+    """Every chain's set matches, endpoint by endpoint (what the chains are built from)."""
+    return {key: matches for spec in specs for key, matches in sets_of(spec).matches.items()}
+
+
+def host_sets(*specs):
+    """The sets one dataplane pass over these endpoints creates (``host_layout``, as the pass computes them)."""
+    layouts = [host_layout.endpoint_layout(spec, (4, 6)) for spec in specs]
+    return host_layout.desired_state(layouts, (4, 6)).sets
 
 
 def content_name(set_type, version, *members):
@@ -83,11 +94,11 @@ def test_fail_closed_and_missing_family_get_no_sets():
     disabled = EndpointSpec("off", MAC, ("10.0.0.2",), enabled=False,
                             acls=Acls(AclRules((Rule(cidr="0.0.0.0/0"),), ())))
     v4_only = endpoint(inbound6=[Rule(cidr="::/0")])
-    desired = ipsets.desired_sets({"closed": closed, "off": disabled, v4_only.endpoint_id: v4_only}, (4, 6))
-    assert desired.sets == {}
-    assert ("closed", 4, "in") not in desired.matches
-    assert desired.matches[(v4_only.endpoint_id, 4, "in")] == ()
-    assert (v4_only.endpoint_id, 6, "in") not in desired.matches
+    assert host_sets(closed, disabled, v4_only) == {}
+    matches = matches_of(closed, disabled, v4_only)
+    assert ("closed", 4, "in") not in matches and ("off", 4, "in") not in matches
+    assert matches[(v4_only.endpoint_id, 4, "in")] == ()
+    assert (v4_only.endpoint_id, 6, "in") not in matches
 
 
 def test_rules_that_cannot_apply_are_skipped_with_a_warning_and_never_widen():
@@ -111,16 +122,16 @@ def test_endpoints_whose_rules_hold_the_same_cidrs_share_one_set_and_a_change_is
     b = endpoint(inbound=[Rule(cidr="10.2.0.0/16"), Rule(cidr="10.1.0.0/16")], outbound=anywhere, eid="b",
                  addrs=("10.0.0.2",))  # a's CIDRs in another order
     c = endpoint(inbound=[Rule(cidr="10.1.0.0/16")], outbound=anywhere, eid="c", addrs=("10.0.0.3",))
-    desired = ipsets.desired_sets({"a": a, "b": b, "c": c}, (4, 6))
+    sets, matches = host_sets(a, b, c), matches_of(a, b, c)
     out = content_name(HASH_NET, 4, "0.0.0.0/1", "128.0.0.0/1")
     both = content_name(HASH_NET, 4, "10.1.0.0/16", "10.2.0.0/16")
     one = content_name(HASH_NET, 4, "10.1.0.0/16")
     assert len({out, both, one}) == 3
     for eid in "abc":
-        assert desired.matches[(eid, 4, "out")] == (SetMatch(out, HASH_NET),)
-    assert desired.matches[("a", 4, "in")] == desired.matches[("b", 4, "in")] == (SetMatch(both, HASH_NET),)
-    assert desired.matches[("c", 4, "in")] == (SetMatch(one, HASH_NET),)
-    assert desired.sets == {
+        assert matches[(eid, 4, "out")] == (SetMatch(out, HASH_NET),)
+    assert matches[("a", 4, "in")] == matches[("b", 4, "in")] == (SetMatch(both, HASH_NET),)
+    assert matches[("c", 4, "in")] == (SetMatch(one, HASH_NET),)
+    assert sets == {
         out: SetSpec(out, HASH_NET, 4, frozenset({"0.0.0.0/1", "128.0.0.0/1"})),
         both: SetSpec(both, HASH_NET, 4, frozenset({"10.1.0.0/16", "10.2.0.0/16"})),
         one: SetSpec(one, HASH_NET, 4, frozenset({"10.1.0.0/16"})),
@@ -128,13 +139,13 @@ def test_endpoints_whose_rules_hold_the_same_cidrs_share_one_set_and_a_change_is
 
     # b's inbound rules change: b names a new set; a's set and matches stay exactly as they were.
     b2 = endpoint(inbound=[Rule(cidr="10.2.0.0/16")], outbound=anywhere, eid="b", addrs=("10.0.0.2",))
-    after = ipsets.desired_sets({"a": a, "b": b2, "c": c}, (4, 6))
+    after_sets, after_matches = host_sets(a, b2, c), matches_of(a, b2, c)
     two = content_name(HASH_NET, 4, "10.2.0.0/16")
-    assert after.matches[("b", 4, "in")] == (SetMatch(two, HASH_NET),)
-    assert after.matches[("a", 4, "in")] == desired.matches[("a", 4, "in")]
-    assert after.sets[both] == desired.sets[both]
-    assert after.sets[two] == SetSpec(two, HASH_NET, 4, frozenset({"10.2.0.0/16"}))
-    assert set(after.sets) == {out, both, one, two}
+    assert after_matches[("b", 4, "in")] == (SetMatch(two, HASH_NET),)
+    assert after_matches[("a", 4, "in")] == matches[("a", 4, "in")]
+    assert after_sets[both] == sets[both]
+    assert after_sets[two] == SetSpec(two, HASH_NET, 4, frozenset({"10.2.0.0/16"}))
+    assert set(after_sets) == {out, both, one, two}
 
 
 # --- group rules: one shared set per group and family --------------------------------
@@ -223,8 +234,8 @@ def test_desired_groups_are_collected_over_endpoints_and_closed_ones_name_none()
     a = endpoint(inbound=[Rule(group="web")], eid="a")
     b = endpoint(outbound=[Rule(group="db")], eid="b", addrs=("10.0.0.2",))
     closed = EndpointSpec("c", MAC, ("10.0.0.3",), acls=None)
-    desired = ipsets.desired_sets({"a": a, "b": b, "c": closed}, (4, 6))
-    assert desired.groups == {("web", 4), ("db", 4)}
+    layouts = [host_layout.endpoint_layout(spec, (4, 6)) for spec in (a, b, closed)]
+    assert host_layout.groups_named(layouts) == {("web", 4), ("db", 4)}
 
 
 def test_names_fit_ipset_limits_with_room_for_the_temporary_twin():

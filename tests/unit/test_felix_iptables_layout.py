@@ -5,17 +5,18 @@ import hashlib
 import pytest
 
 from calico.common.rules import Rule
+from calico.felix import host_layout
 from calico.felix import iptables_layout as layout
 from calico.felix import iptables_writer as writer
-from calico.felix.ipsets import desired_sets
 from calico.felix.state import AclRules, Acls, EndpointSpec
 
 MAC = "02:00:00:00:00:0a"
 
 
-def chains_for(endpoints, version=4):
-    endpoints = {e.endpoint_id: e for e in endpoints}
-    return layout.desired_chains(endpoints, version, desired_sets(endpoints, (4, 6)).matches)
+def chains_for(endpoints, version=4, action="DROP"):
+    """One family's filter table as a dataplane pass over these endpoints computes it."""
+    layouts = [host_layout.endpoint_layout(spec, (4, 6)) for spec in endpoints]
+    return host_layout.desired_state(layouts, (4, 6), action).chains[version]
 
 
 def content_name(set_type, version, *members):
@@ -129,13 +130,13 @@ TO_HOST_COMMON = {
     ("ACCEPT", ("-j felix-FROM-ENDPOINT", "-j ACCEPT")),
 ])
 def test_endpoint_to_host_traffic_meets_conntrack_loopback_dhcp_nd_then_the_setting(version, action, tail):
-    chains = layout.desired_chains({}, version, {}, action)
+    chains = chains_for([], version, action)
     assert chains[layout.INPUT_CHAIN] == ("-i tap+ -g felix-TO-HOST",)
     assert chains[layout.TO_HOST] == TO_HOST_COMMON[version] + tail
 
 
 def test_endpoint_to_host_action_defaults_to_drop_and_refuses_others():
-    assert layout.desired_chains({}, 4, {})[layout.TO_HOST][-1] == "-j DROP"
+    assert chains_for([])[layout.TO_HOST][-1] == "-j DROP"
     with pytest.raises(ValueError):
         layout.to_host_rules(4, "drop")  # the config parser upper-cases; the layout takes only its values
 
