@@ -33,10 +33,14 @@ component would.  Unset (the default), it costs nothing.
 from __future__ import annotations
 
 import collections
+import enum
+import heapq
+import itertools
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import zmq
@@ -97,16 +101,47 @@ def _answer_if_owed(sock: zmq.Socket) -> None:
     log.warning("answered INVALID for the failed handler")
 
 
+class Phase(enum.Enum):
+    """Where in a turn of the loop a timer runs (module docstring)."""
+
+    TIMERS = "timers"  # when due, earliest deadline first
+    AFTER = "after"    # every turn, after the due timers, in registration order
+
+
+TIMERS = Phase.TIMERS
+AFTER = Phase.AFTER
+
+
+@dataclass(eq=False)
+class _Scheduled:
+    """One registered timer and when it is due."""
+
+    timer: Timer
+    phase: Phase
+    seq: int                       # registration order: breaks ties between equal deadlines
+    deadline: float | None = None  # None: at the next turn, without shortening the wait
+    generation: int = 0            # heap entries of an older generation are stale
+    woken: float | None = None     # a wake-up asked for while it ran this turn
+    removed: bool = False
+
+
 class EventLoop:
-    """Poll sockets; call their handlers; run timers that say when next."""
+    """Poll sockets; call their handlers; run timers when they are due."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Handler] = {}
-        self._timers: list[Timer] = []
+        self._scheduled: dict[Timer, _Scheduled] = {}
+        self._heap: list[tuple[float, int, int, _Scheduled]] = []
+        self._next_turn: list[tuple[float, int, int, _Scheduled]] = []
+        self._after: list[_Scheduled] = []
+        self._after_deadline: float | None = None
+        self._seq = itertools.count()
+        self._now = clock()
+        self._ran: dict[_Scheduled, float | None] | None = None  # set during the timer phase
         self.stopped = False
-        self.last_iteration = clock()  # read by the health server's thread
+        self.last_iteration = self._now  # read by the health server's thread
         self._stall_file = os.environ.get(STALL_FILE_ENV) or None
 
     def add_socket(self, sock: zmq.Socket | int, handler: Handler) -> None:
@@ -121,30 +156,93 @@ class EventLoop:
 
     def add_timer(self, timer: Timer) -> None:
         """``timer(now)`` does what is due and returns seconds until it next
-        needs calling (None: no deadline of its own)."""
-        self._timers.append(timer)
+        needs calling (None: no deadline of its own; it runs at the next
+        turn, whenever that comes).  It is first due at once."""
+        self._add(timer, TIMERS)
+
+    def add_after(self, callback: Timer) -> None:
+        """``callback(now)`` runs at the end of every turn, after the due
+        timers, in the order added: for work the handlers and timers mark
+        (Felix's dataplane pass).  It answers as a timer does, but its
+        answer only bounds the wait: it runs every turn anyway."""
+        self._add(callback, AFTER)
+
+    def _add(self, timer: Timer, phase: Phase) -> None:
+        if timer in self._scheduled:
+            raise ValueError(f"timer {timer!r} is already registered")
+        entry = _Scheduled(timer, phase, next(self._seq))
+        self._scheduled[timer] = entry
+        if phase is AFTER:
+            self._after.append(entry)
+        else:
+            self._put(entry, self._wake_time())
 
     def remove_timer(self, timer: Timer) -> None:
-        if timer in self._timers:
-            self._timers.remove(timer)
+        entry = self._scheduled.pop(timer, None)
+        if entry is None:
+            return
+        entry.removed = True  # its heap entries are skipped when they come up
+        if entry.phase is AFTER:
+            self._after.remove(entry)
+
+    def wake(self, timer: Timer, at: float | None = None) -> None:
+        """Run ``timer`` no later than ``at`` (loop clock; default: now, in
+        this turn if its phase has not passed it yet, else at the start of
+        the next).  For callers that mark work for a timer (a dirty flag, a
+        request just sent): the timer's own deadline is only ever brought
+        forward.  An AFTER callback runs every turn anyway."""
+        entry = self._scheduled.get(timer)
+        if entry is None or entry.phase is AFTER:
+            return
+        at = self._wake_time() if at is None else at
+        if self._ran is not None and entry in self._ran:
+            entry.woken = at if entry.woken is None else min(entry.woken, at)
+        elif entry.deadline is None or at < entry.deadline:
+            self._put(entry, at)
+
+    def _wake_time(self) -> float:
+        # Inside a turn, "now" is the turn's own: a timer woken by another is
+        # due in the same turn however far the clock has moved meanwhile.
+        return self._now if self._ran is not None else self.clock()
+
+    def _put(self, entry: _Scheduled, deadline: float | None) -> None:
+        entry.generation += 1
+        entry.deadline = deadline
+        item = (self._now if deadline is None else deadline, entry.seq, entry.generation, entry)
+        if deadline is None:
+            self._next_turn.append(item)
+        else:
+            heapq.heappush(self._heap, item)
+            if len(self._heap) > 2 * len(self._scheduled) + 64:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop stale entries (each wake-up that moved a deadline left one)."""
+        self._heap = [item for item in self._heap if self._current(item)]
+        heapq.heapify(self._heap)
+
+    @staticmethod
+    def _current(item: tuple[float, int, int, _Scheduled]) -> bool:
+        entry = item[3]
+        return not entry.removed and item[2] == entry.generation
+
+    # --- one turn ------------------------------------------------------------
 
     def run_once(self, max_wait: float = 1.0) -> None:
+        """One turn: the due timers, the AFTER callbacks, then the wait
+        (at most ``max_wait``) and the handlers of the sockets that became
+        readable.  What a handler marks is seen by the next turn, which
+        begins at once when it woke a timer."""
         if self._stall_file is not None:
             self._debug_stall()
-        wait = max_wait
         now = self.clock()
+        self._now = now
         self.last_iteration = now
-        for timer in list(self._timers):
-            try:
-                due = timer(now)
-            except Exception as exc:  # a bug must not end the component
-                self._failed("a timer", exc)
-                continue
-            if due is not None:
-                wait = min(wait, max(due, 0.0))
+        self._run_due_timers(now)
+        self._run_after(now)
         # Rounded up: waking a fraction of a millisecond early would spin
         # (poll(0)) until the deadline.
-        for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
+        for sock, _ in self._poller.poll(math.ceil(self._wait(max_wait) * 1000)):
             handler = self._handlers.get(sock)
             if handler is None:
                 continue
@@ -154,6 +252,54 @@ class EventLoop:
                 self._failed(f"the handler of a {zmq.SocketType(sock.type).name} socket", exc)
                 if sock.type == zmq.REP and not sock.closed:
                     _answer_if_owed(sock)
+
+    def _run_due_timers(self, now: float) -> None:
+        """Every timer due by ``now``, earliest deadline first, each at most
+        once: a timer woken during this phase runs in it unless it already
+        has, and then it is due again at the start of the next turn."""
+        for item in self._next_turn:
+            heapq.heappush(self._heap, item)
+        self._next_turn = []
+        ran: dict[_Scheduled, float | None] = {}
+        self._ran = ran
+        try:
+            while self._heap and self._heap[0][0] <= now:
+                item = heapq.heappop(self._heap)
+                entry = item[3]
+                if self._current(item) and entry not in ran:
+                    ran[entry] = None  # in ``ran`` while it runs: a wake-up it asks for itself is kept
+                    ran[entry] = self._call(entry, now)
+        finally:
+            self._ran = None
+        for entry, deadline in ran.items():
+            if entry.removed:
+                continue
+            woken, entry.woken = entry.woken, None
+            if woken is not None:
+                deadline = woken if deadline is None else min(deadline, woken)
+            self._put(entry, deadline)
+
+    def _run_after(self, now: float) -> None:
+        deadlines = [self._call(entry, now) for entry in list(self._after) if not entry.removed]
+        self._after_deadline = min((d for d in deadlines if d is not None), default=None)
+
+    def _call(self, entry: _Scheduled, now: float) -> float | None:
+        """Run one timer: the deadline it asks for, None for the next turn
+        (a timer that raised is called again then, as before it failed)."""
+        try:
+            wait = entry.timer(now)
+        except Exception as exc:  # a bug must not end the component
+            self._failed("a timer", exc)
+            return None
+        return None if wait is None else now + max(wait, 0.0)
+
+    def _wait(self, max_wait: float) -> float:
+        while self._heap and not self._current(self._heap[0]):
+            heapq.heappop(self._heap)
+        deadlines = [d for d in (self._heap[0][0] if self._heap else None, self._after_deadline) if d is not None]
+        if not deadlines:
+            return max_wait
+        return min(max_wait, max(min(deadlines) - self.clock(), 0.0))
 
     def _debug_stall(self) -> None:
         """The test hook (CALICO_DEBUG_STALL_FILE): sleep while the file exists."""
@@ -222,13 +368,23 @@ class ReqChannel:
         return self.in_flight is None and not self.queue
 
     def _pump(self) -> None:
-        if self.in_flight is not None or not self.queue:
-            return
-        msg = self.queue.popleft()
-        self.in_flight = msg
-        self.sent_at = self.loop.clock()
-        self.socket.send(messages.encode(msg))
-        log.debug("%s: sent %s", self.name, msg.get("type"))
+        if self.in_flight is None and self.queue:
+            msg = self.queue.popleft()
+            self.in_flight = msg
+            self.sent_at = self.loop.clock()
+            self.socket.send(messages.encode(msg))
+            log.debug("%s: sent %s", self.name, msg.get("type"))
+        # Every change of the channel's state ends here: a request sent or
+        # answered moves the timeout or the keepalive, maybe earlier than
+        # the timer last asked for.
+        self.loop.wake(self._tick, at=self._due_at())
+
+    def _due_at(self) -> float:
+        """When the timer must next look (loop clock): the timeout of the
+        request in flight, else the keepalive."""
+        if self.in_flight is not None:
+            return self.sent_at + self.timeout
+        return max(self.last_heard, self.sent_at) + self.keepalive
 
     def _readable(self) -> None:
         try:

@@ -200,7 +200,7 @@ class Agent:
         if self.health is not None:
             self.health.watch(self.loop)
             self.loop.add_timer(self._health_timer)
-        self.loop.add_timer(self._apply_timer)  # last: runs after the others marked work
+        self.loop.add_after(self._apply_timer)  # every turn, after the handlers and timers that mark work
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, self.addresses.plugin, self.addresses.endpoints,
                  self.addresses.acl_req, self.addresses.acl_pub)
