@@ -2,7 +2,23 @@
 
 Every component is a single thread polling its sockets.  ``EventLoop`` holds
 the poller, the per-socket handlers and the timers; handlers run to
-completion, so component state needs no locks.  A handler or timer that
+completion, so component state needs no locks.
+
+One turn of the loop (``run_once``) does its work in a fixed order:
+
+1. the timers that are due, earliest deadline first (a heap), each at most
+   once; a timer answers how long until it needs calling again, or None to
+   run at the next turn without shortening the wait;
+2. the ``add_after`` callbacks, every turn, in the order added: work that
+   the timers and handlers mark and one pass does (Felix's dataplane pass);
+3. the wait, until a socket is readable or the earliest deadline, and the
+   handlers of the readable sockets.
+
+So a handler's work is seen by the next turn's timers and after callbacks,
+which follow at once.  Whoever marks work for a timer (a dirty flag, a
+request just sent) calls ``wake``: a timer woken in phase 1 before its own
+turn came runs in that same phase, and otherwise at the start of the next
+turn, without waiting.  A handler or timer that
 raises is logged in one line and the loop carries on: no message, however
 it is made, ends a component (a REP socket whose handler failed before
 answering still answers, rc INVALID, or it could never take another

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from calico.common.zmqloop import EventLoop
 from calico.plugin import inotify, store
 from calico.plugin.store import DataState, ParsedFile, StateChange
 
@@ -414,6 +415,7 @@ class DataDirectory:
         self.store = store.Store()
         self.batch_files = batch_files
         self._on_change: Callable[[DataState, StateChange], None] | None = None
+        self._loop: EventLoop | None = None
 
     @property
     def state(self) -> DataState:
@@ -440,13 +442,20 @@ class DataDirectory:
         files = self.watcher.batch(self.batch_files)
         return self._apply(files) if files else None
 
-    def attach(self, loop, on_change: Callable[[DataState, StateChange], None]) -> None:
+    def attach(self, loop: EventLoop, on_change: Callable[[DataState, StateChange], None]) -> None:
         """Serve from ``loop``: inotify's fd wakes it; each wake-up applies
         at most one batch and hands the change to ``on_change``."""
         self._on_change = on_change
+        self._loop = loop
         if self.watcher.inbox is not None:
-            loop.add_socket(self.watcher.inbox.fd, self.watcher.on_events)
+            loop.add_socket(self.watcher.inbox.fd, self._on_events)
         loop.add_timer(self._tick)
+
+    def _on_events(self) -> None:
+        # The events may make files due at once (a rename) or sooner than
+        # the timer last asked for (a write settling).
+        self.watcher.on_events()
+        self._loop.wake(self._tick, at=self._loop.clock() + self.watcher.due(self.watcher.clock()))
 
     def _tick(self, now: float) -> float:
         change = self.refresh()

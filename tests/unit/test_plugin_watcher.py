@@ -473,6 +473,26 @@ def test_data_directory_in_a_loop_applies_one_bounded_batch_per_wake_up(tmp_path
     assert len(data.state.groups["web"].members) == 450
 
 
+def test_data_directory_in_a_loop_reads_a_file_renamed_in_at_the_turn_after_its_event(tmp_path):
+    # The loop's clock stands still: the file is read because inotify's event
+    # woke the timer, not because a poll interval or rescan came due.
+    (tmp_path / "felix.txt").write_text(CLUSTER)
+    clock = FakeClock()
+    data = DataDirectory(str(tmp_path), "inotify", clock=clock)
+    loop = EventLoop(clock=clock)
+    changes = []
+    try:
+        data.load()
+        data.attach(loop, lambda state, change: changes.append([item.endpoint.endpoint_id
+                                                                for item in change.endpoints]))
+        loop.run_once(0)
+        write_file_atomically(str(tmp_path / "e.txt"), EP)
+        polling.wait_until(lambda: loop.run_once(0.05) or changes, what="the endpoint", timeout=10, interval=0)
+    finally:
+        data.close()
+    assert changes == [["e"]]
+
+
 def test_a_file_renamed_on_before_its_event_is_read_is_not_taken_for_removed(tmp_path, inotify_watcher):
     # Written into place, then renamed again before the first event was read
     # (the rename's event still on its way): the endpoint must not vanish in
