@@ -2,13 +2,18 @@
 
 Every component is a single thread polling its sockets.  ``EventLoop`` holds
 the poller, the per-socket handlers and the timers; handlers run to
-completion, so component state needs no locks.
+completion, so component state needs no locks.  A handler or timer that
+raises is logged in one line and the loop carries on: no message, however
+it is made, ends a component (a REP socket whose handler failed before
+answering still answers, rc INVALID, or it could never take another
+request).
 
 One turn of the loop (``run_once``) does its work in a fixed order:
 
-1. the timers that are due, earliest deadline first (a heap), each at most
-   once; a timer answers how long until it needs calling again, or None to
-   run at the next turn without shortening the wait;
+1. the timers that are due, earliest deadline first, each at most once (the
+   heap is ``calico.common.timer_queue``); a timer answers how long until it
+   needs calling again, or None to run at the next turn without shortening
+   the wait;
 2. the ``add_after`` callbacks, every turn, in the order added: work that
    the timers and handlers mark and one pass does (Felix's dataplane pass);
 3. the wait, until a socket is readable or the earliest deadline, and the
@@ -16,13 +21,9 @@ One turn of the loop (``run_once``) does its work in a fixed order:
 
 So a handler's work is seen by the next turn's timers and after callbacks,
 which follow at once.  Whoever marks work for a timer (a dirty flag, a
-request just sent) calls ``wake``: a timer woken in phase 1 before its own
-turn came runs in that same phase, and otherwise at the start of the next
-turn, without waiting.  A handler or timer that
-raises is logged in one line and the loop carries on: no message, however
-it is made, ends a component (a REP socket whose handler failed before
-answering still answers, rc INVALID, or it could never take another
-request).
+request just sent) calls ``wake``: a timer woken in step 1 before its own
+run came runs in that same step, and otherwise at the start of the next
+turn, without waiting.
 
 Every socket is made by ``make_socket``, the one place its options are set,
 among them the largest message it accepts (MaxMessageBytes): a peer that
@@ -49,25 +50,21 @@ component would.  Unset (the default), it costs nothing.
 from __future__ import annotations
 
 import collections
-import enum
-import heapq
-import itertools
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import zmq
 
 from calico.common import messages
+from calico.common.timer_queue import Timer, TimerQueue
 from calico.common.validation import shown
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[], None]
-Timer = Callable[[float], float | None]
 
 # The largest message a socket accepts unless MaxMessageBytes says otherwise.
 # The largest messages of a real cluster are those of a big group: for
@@ -117,30 +114,6 @@ def _answer_if_owed(sock: zmq.Socket) -> None:
     log.warning("answered INVALID for the failed handler")
 
 
-class Phase(enum.Enum):
-    """Where in a turn of the loop a timer runs (module docstring)."""
-
-    TIMERS = "timers"  # when due, earliest deadline first
-    AFTER = "after"    # every turn, after the due timers, in registration order
-
-
-TIMERS = Phase.TIMERS
-AFTER = Phase.AFTER
-
-
-@dataclass(eq=False)
-class _Scheduled:
-    """One registered timer and when it is due."""
-
-    timer: Timer
-    phase: Phase
-    seq: int                       # registration order: breaks ties between equal deadlines
-    deadline: float | None = None  # None: at the next turn, without shortening the wait
-    generation: int = 0            # heap entries of an older generation are stale
-    woken: float | None = None     # a wake-up asked for while it ran this turn
-    removed: bool = False
-
-
 class EventLoop:
     """Poll sockets; call their handlers; run timers when they are due."""
 
@@ -148,16 +121,9 @@ class EventLoop:
         self.clock = clock
         self._poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Handler] = {}
-        self._scheduled: dict[Timer, _Scheduled] = {}
-        self._heap: list[tuple[float, int, int, _Scheduled]] = []
-        self._next_turn: list[tuple[float, int, int, _Scheduled]] = []
-        self._after: list[_Scheduled] = []
-        self._after_deadline: float | None = None
-        self._seq = itertools.count()
-        self._now = clock()
-        self._ran: dict[_Scheduled, float | None] | None = None  # set during the timer phase
         self.stopped = False
-        self.last_iteration = self._now  # read by the health server's thread
+        self.last_iteration = clock()  # read by the health server's thread
+        self._timers = TimerQueue(self.last_iteration)
         self._stall_file = os.environ.get(STALL_FILE_ENV) or None
 
     def add_socket(self, sock: zmq.Socket | int, handler: Handler) -> None:
@@ -174,91 +140,47 @@ class EventLoop:
         """``timer(now)`` does what is due and returns seconds until it next
         needs calling (None: no deadline of its own; it runs at the next
         turn, whenever that comes).  It is first due at once."""
-        self._add(timer, TIMERS)
+        self._timers.add(timer, self._wake_time())
 
     def add_after(self, callback: Timer) -> None:
         """``callback(now)`` runs at the end of every turn, after the due
         timers, in the order added: for work the handlers and timers mark
         (Felix's dataplane pass).  It answers as a timer does, but its
         answer only bounds the wait: it runs every turn anyway."""
-        self._add(callback, AFTER)
-
-    def _add(self, timer: Timer, phase: Phase) -> None:
-        if timer in self._scheduled:
-            raise ValueError(f"timer {timer!r} is already registered")
-        entry = _Scheduled(timer, phase, next(self._seq))
-        self._scheduled[timer] = entry
-        if phase is AFTER:
-            self._after.append(entry)
-        else:
-            self._put(entry, self._wake_time())
+        self._timers.add(callback, self._wake_time(), after=True)
 
     def remove_timer(self, timer: Timer) -> None:
-        entry = self._scheduled.pop(timer, None)
-        if entry is None:
-            return
-        entry.removed = True  # its heap entries are skipped when they come up
-        if entry.phase is AFTER:
-            self._after.remove(entry)
+        self._timers.remove(timer)
 
     def wake(self, timer: Timer, at: float | None = None) -> None:
         """Run ``timer`` no later than ``at`` (loop clock; default: now, in
         this turn if its phase has not passed it yet, else at the start of
         the next).  For callers that mark work for a timer (a dirty flag, a
         request just sent): the timer's own deadline is only ever brought
-        forward.  An AFTER callback runs every turn anyway."""
-        entry = self._scheduled.get(timer)
-        if entry is None or entry.phase is AFTER:
-            return
-        at = self._wake_time() if at is None else at
-        if self._ran is not None and entry in self._ran:
-            entry.woken = at if entry.woken is None else min(entry.woken, at)
-        elif entry.deadline is None or at < entry.deadline:
-            self._put(entry, at)
+        forward."""
+        self._timers.wake(timer, self._wake_time() if at is None else at)
 
     def _wake_time(self) -> float:
-        # Inside a turn, "now" is the turn's own: a timer woken by another is
-        # due in the same turn however far the clock has moved meanwhile.
-        return self._now if self._ran is not None else self.clock()
-
-    def _put(self, entry: _Scheduled, deadline: float | None) -> None:
-        entry.generation += 1
-        entry.deadline = deadline
-        item = (self._now if deadline is None else deadline, entry.seq, entry.generation, entry)
-        if deadline is None:
-            self._next_turn.append(item)
-        else:
-            heapq.heappush(self._heap, item)
-            if len(self._heap) > 2 * len(self._scheduled) + 64:
-                self._compact()
-
-    def _compact(self) -> None:
-        """Drop stale entries (each wake-up that moved a deadline left one)."""
-        self._heap = [item for item in self._heap if self._current(item)]
-        heapq.heapify(self._heap)
-
-    @staticmethod
-    def _current(item: tuple[float, int, int, _Scheduled]) -> bool:
-        entry = item[3]
-        return not entry.removed and item[2] == entry.generation
-
-    # --- one turn ------------------------------------------------------------
+        # Inside the timer phase "now" is the turn's own: a timer woken by
+        # another is due in the same turn however far the clock has moved.
+        return self._timers.turn_now if self._timers.in_timer_phase else self.clock()
 
     def run_once(self, max_wait: float = 1.0) -> None:
-        """One turn: the due timers, the AFTER callbacks, then the wait
+        """One turn: the due timers, the after callbacks, then the wait
         (at most ``max_wait``) and the handlers of the sockets that became
         readable.  What a handler marks is seen by the next turn, which
         begins at once when it woke a timer."""
         if self._stall_file is not None:
             self._debug_stall()
         now = self.clock()
-        self._now = now
         self.last_iteration = now
-        self._run_due_timers(now)
-        self._run_after(now)
+        self._timers.run_due(now, self._call)
+        self._timers.run_after(now, self._call)
+        deadline = self._timers.next_deadline()
+        wait = max_wait if deadline is None else min(max_wait, max(deadline - self.clock(), 0.0))
         # Rounded up: waking a fraction of a millisecond early would spin
         # (poll(0)) until the deadline.
-        for sock, _ in self._poller.poll(math.ceil(self._wait(max_wait) * 1000)):
+        for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
             handler = self._handlers.get(sock)
             if handler is None:
                 continue
@@ -269,53 +191,15 @@ class EventLoop:
                 if sock.type == zmq.REP and not sock.closed:
                     _answer_if_owed(sock)
 
-    def _run_due_timers(self, now: float) -> None:
-        """Every timer due by ``now``, earliest deadline first, each at most
-        once: a timer woken during this phase runs in it unless it already
-        has, and then it is due again at the start of the next turn."""
-        for item in self._next_turn:
-            heapq.heappush(self._heap, item)
-        self._next_turn = []
-        ran: dict[_Scheduled, float | None] = {}
-        self._ran = ran
-        try:
-            while self._heap and self._heap[0][0] <= now:
-                item = heapq.heappop(self._heap)
-                entry = item[3]
-                if self._current(item) and entry not in ran:
-                    ran[entry] = None  # in ``ran`` while it runs: a wake-up it asks for itself is kept
-                    ran[entry] = self._call(entry, now)
-        finally:
-            self._ran = None
-        for entry, deadline in ran.items():
-            if entry.removed:
-                continue
-            woken, entry.woken = entry.woken, None
-            if woken is not None:
-                deadline = woken if deadline is None else min(deadline, woken)
-            self._put(entry, deadline)
-
-    def _run_after(self, now: float) -> None:
-        deadlines = [self._call(entry, now) for entry in list(self._after) if not entry.removed]
-        self._after_deadline = min((d for d in deadlines if d is not None), default=None)
-
-    def _call(self, entry: _Scheduled, now: float) -> float | None:
+    def _call(self, timer: Timer, now: float) -> float | None:
         """Run one timer: the deadline it asks for, None for the next turn
         (a timer that raised is called again then, as before it failed)."""
         try:
-            wait = entry.timer(now)
+            wait = timer(now)
         except Exception as exc:  # a bug must not end the component
             self._failed("a timer", exc)
             return None
         return None if wait is None else now + max(wait, 0.0)
-
-    def _wait(self, max_wait: float) -> float:
-        while self._heap and not self._current(self._heap[0]):
-            heapq.heappop(self._heap)
-        deadlines = [d for d in (self._heap[0][0] if self._heap else None, self._after_deadline) if d is not None]
-        if not deadlines:
-            return max_wait
-        return min(max_wait, max(min(deadlines) - self.clock(), 0.0))
 
     def _debug_stall(self) -> None:
         """The test hook (CALICO_DEBUG_STALL_FILE): sleep while the file exists."""

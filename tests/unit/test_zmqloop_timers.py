@@ -1,4 +1,4 @@
-"""EventLoop's timers: kept by deadline, and the order of work in one turn.
+"""EventLoop's timers (calico.common.timer_queue): kept by deadline, and the order of work in one turn.
 
 Every test drives the loop with a fake clock and ``run_once(max_wait=0)``,
 so nothing here depends on how fast the machine is.
@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from calico.common.timer_queue import TimerQueue
 from calico.common.zmqloop import EventLoop
 
 
@@ -264,13 +265,16 @@ def test_the_cost_of_a_turn_is_the_timers_due_not_all_timers(loop, clock):
     assert calls == ["busy"] * 100
 
 
-def test_waking_a_timer_many_times_keeps_the_heap_small(loop, clock):
+def test_waking_a_timer_many_times_keeps_the_queue_small():
+    queue = TimerQueue(now=0.0)
     t = timer([], "t", [3600.0])
-    loop.add_timer(t)
-    loop.run_once(max_wait=0)
+    queue.add(t, now=3600.0)
     for i in range(10_000):
-        loop.wake(t, at=clock.now + 3000.0 - i * 0.1)  # each earlier: each leaves a stale entry
-    assert len(loop._heap) < 100
+        queue.wake(t, at=3000.0 - i * 0.1)  # each earlier than the last: each leaves a stale item
+    assert len(queue) < 100
+    calls = []
+    queue.run_due(3000.0, lambda timer, now: calls.append(now))
+    assert calls == [3000.0]  # once, however many items it had
 
 
 def test_every_turn_stamps_last_iteration(loop, clock):
