@@ -20,9 +20,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable
 
-Timer = Callable[[float], "float | None"]
+Timer = Callable[[float], float | None]
 # Runs one timer at ``now``: the absolute deadline it asks for, or None.
-Call = Callable[[Timer, float], "float | None"]
+Call = Callable[[Timer, float], float | None]
 _Item = tuple[float, int, int, "_Scheduled"]
 
 
