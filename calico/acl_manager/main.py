@@ -1,35 +1,9 @@
 """calico-acl-manager: groups in from the plugin, per-endpoint ACLs out to Felix.
 
-One thread, one ``EventLoop`` over four sockets:
-
-* SUB to the plugin's PUB (PluginAddress:9904), topics ``groups`` and
-  ``networkheartbeat``;
-* ``ReqChannel`` (REQ) to the plugin's REP (PluginAddress:9903) for GETGROUPS
-  and keepalive HEARTBEATs;
-* ROUTER and PUB on LocalAddress:9905/9906 for Felix (``publisher``);
-* a monitor of the SUB socket, which tells when the subscription (re)connects.
-
-A connection libzmq drops for a protocol error (such as a publication over
-MaxMessageBytes) is never made again by that socket: when the subscription
-is down and nothing has come for ConnectionTimeoutMillis, the SUB socket is
-made afresh.
-
-When we ask for every group (GETGROUPS):
-* whenever the SUB socket completes a handshake with the plugin's PUB: at
-  start, and after the plugin restarted (however quickly);
-* once more when the first publication arrives on a new subscription, if a
-  GETGROUPS was answered before it.  A handshake does not mean the PUB has
-  taken our subscription in yet (ZeroMQ's slow joiner): the burst that
-  followed that answer may have been published before it and lost, whole
-  or in part.  The first publication received proves the subscription, so
-  the burst after the repeated GETGROUPS is complete.  Until then no
-  snapshot completes, so nothing is dropped on the strength of a burst
-  that may have gone missing;
-* when the REQ channel resets (the plugin stopped answering);
-* when nothing (not even ``networkheartbeat``) has come on the SUB socket
-  for ConnectionTimeoutMillis.
-A GETGROUPS already queued and not yet sent is not duplicated.  How the
-following burst replaces the whole state is described in ``network_store``.
+One thread, one ``EventLoop`` over five sockets: three to the plugin for
+the groups (``network_client``: its SUB, its GETGROUPS REQ channel and the
+SUB's monitor, and when and why every group is asked for), and the ROUTER
+and PUB on LocalAddress:9905/9906 for Felix (``publisher``).
 
 Health (``calico.common.health``, HealthPort 9096 by default): ready once
 the first GETGROUPS burst is complete (it has the groups); live while its
@@ -47,28 +21,29 @@ import time
 from typing import Any, Sequence
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
-from calico.common import messages, security, settings
+from calico.common import settings
 from calico.common.config import Config, ConfigError, read_settings, resolve_peers
 from calico.common.health import Health, serve
 from calico.common.logs import setup_logging
 from calico.common.security import ClusterKeys, SecurityError, Transport, load_credentials
-from calico.common.zmqloop import EventLoop, ReqChannel, tcp_address
+from calico.common.zmqloop import EventLoop
 from calico.acl_manager import metrics as acl_metrics
 from calico.acl_manager.memberships import Memberships
-from calico.acl_manager.network_store import GroupSpec, NetworkStore, SnapshotTracker
+from calico.acl_manager.network_client import NetworkApiClient
+from calico.acl_manager.network_store import GroupSpec, NetworkStore
 from calico.acl_manager.publisher import AclPublisher
 from calico.acl_manager.rule_processor import RuleProcessor
 
 log = logging.getLogger("calico.acl_manager")
 
 INSECURE_SETTING = "[security] Insecure = true (or CALICO_INSECURE=1)"
-SUB_HWM = 100_000
-SUB_BATCH = 200  # publications handled per wake-up, so timers and Felix's requests still get turns
 
 
 class AclManager:
+    """Groups from the plugin (``network_client``) in, each endpoint's ACLs
+    and the groups' members out to Felix (``publisher``)."""
+
     def __init__(self, config: Config, context: zmq.Context | None = None, snapshot_quiet: float = 1.0,
                  keys: ClusterKeys | None = None, health: Health | None = None,
                  metrics: acl_metrics.AclMetrics | None = None):
@@ -81,27 +56,12 @@ class AclManager:
         self.store = NetworkStore()
         self.processor = RuleProcessor()
         self.memberships = Memberships()
-        self.snapshot = SnapshotTracker(snapshot_quiet)
-        self.timeout = config.connection_timeout_millis / 1000.0
         self.publisher = AclPublisher(self.loop, self.transport, config.local_address, self.processor.acls_for,
                                       config.connection_keepalive_interval_millis,
                                       members=self.memberships.snapshot, metrics=self.metrics)
-
-        self.sub_address = tcp_address(config.plugin_address, messages.PORT_NET_PUB)
-        self._open_subscription()
-        self.proven = False  # a publication has arrived on the current subscription
-        self.answered_unproven = False  # a GETGROUPS was answered before that
-        self.last_published_heard = self.loop.clock()
-
-        self.channel = ReqChannel(self.loop, self.transport.dialer(zmq.REQ, tcp_address(config.plugin_address,
-                                                                                         messages.PORT_NET_REQ),
-                                                                   security.ROLE_ACL_MANAGER,
-                                                                   security.ROLE_PLUGIN_NETWORK),
-                                  "network API", config.connection_timeout_millis,
-                                  config.connection_keepalive_interval_millis,
-                                  on_reply=self._on_reply, on_reset=self._on_reset)
-        self.retry_getgroups_at: float | None = None
-        self.last_request_reason = ""
+        self.plugin = NetworkApiClient(self.loop, self.transport, config, snapshot_quiet, self.metrics,
+                                       on_group=self._on_group_update, on_batch=self._apply,
+                                       on_snapshot=self._on_snapshot)
         # For /status and the metrics.
         self.have_groups = False  # a GETGROUPS burst has completed
         self.snapshot_completed_at: float | None = None
@@ -109,105 +69,18 @@ class AclManager:
         if health is not None:
             health.watch(self.loop)
             self.loop.add_timer(self._health_timer)
-        self.loop.add_timer(self._tick)
-        log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address, self.sub_address)
+        log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address,
+                 self.plugin.sub_address)
 
-    def _open_subscription(self) -> None:
-        self.sub = self.transport.client(zmq.SUB, security.ROLE_ACL_MANAGER, security.ROLE_PLUGIN_NETWORK,
-                                         options={zmq.RCVHWM: SUB_HWM})
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_GROUPS)
-        self.sub.setsockopt(zmq.SUBSCRIBE, messages.TOPIC_NETWORK_HEARTBEAT)
-        self.monitor = self.sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self.sub.connect(self.sub_address)
-        self.subscribed = False
-        self.loop.add_socket(self.monitor, self._on_monitor)
-        self.loop.add_socket(self.sub, self._on_publication)
+    # --- groups in, ACLs out -------------------------------------------------
 
-    def _close_subscription(self) -> None:
-        self.loop.remove_socket(self.sub)
-        self.loop.remove_socket(self.monitor)
-        self.sub.disable_monitor()
-        self.monitor.close(linger=0)
-        self.sub.close(linger=0)
-
-    # --- asking for groups ---------------------------------------------------
-
-    def request_groups(self, reason: str) -> None:
-        if any(msg["type"] == messages.GETGROUPS for msg in self.channel.queue):
-            log.debug("GETGROUPS already queued (%s)", reason)
-            return
-        # While the plugin stays down this repeats every timeout: say it once.
-        level = logging.INFO if self.channel.connected or reason != self.last_request_reason else logging.DEBUG
-        self.last_request_reason = reason
-        log.log(level, "asking the plugin for every group: %s", reason)
-        self.channel.send(messages.make(messages.GETGROUPS))
-        self.metrics.getgroups_sent()
-        self.snapshot.request_sent(self.loop.clock())
-
-    def _on_reply(self, request: dict[str, Any], reply: dict[str, Any]) -> None:
-        if request["type"] != messages.GETGROUPS:
-            return
-        if reply.get("rc", messages.RC_SUCCESS) == messages.RC_SUCCESS:
-            log.info("plugin accepted GETGROUPS; its groups follow")
-            self.snapshot.reply_received(self.loop.clock())
-            if not self.proven:
-                self.answered_unproven = True
-            return
-        log.warning("plugin refused GETGROUPS (%s: %s); asking again in %.1fs",
-                    reply.get("rc"), reply.get("message", ""), self.timeout)
-        self.snapshot.abandon()
-        self.retry_getgroups_at = self.loop.clock() + self.timeout
-
-    def _on_reset(self) -> None:
-        # Keep every group: the plugin may merely be restarting.
-        self.request_groups("the plugin's network API stopped answering")
-
-    def _on_monitor(self) -> None:
-        try:
-            event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self.subscribed = True
-            self.proven = self.answered_unproven = False
-            self.last_published_heard = self.loop.clock()
-            self.snapshot.resubscribed()
-            self.request_groups(f"subscribed to {self.sub_address}")
-        elif event["event"] == zmq.EVENT_DISCONNECTED:
-            self.subscribed = self.proven = False
-            log.warning("lost the subscription to %s; keeping the groups we have", self.sub_address)
-
-    def _tick(self, now: float) -> float | None:
-        waits = []
-        if now - self.last_published_heard >= self.timeout:
-            self.last_published_heard = now
-            if not self.subscribed:
-                # libzmq does not reconnect a connection it dropped for a
-                # protocol error (a publication over MaxMessageBytes, say):
-                # only a new socket does.
-                log.debug("subscription to %s down: opening it afresh", self.sub_address)
-                self._close_subscription()
-                self._open_subscription()
-            self.request_groups(f"nothing from {self.sub_address} for {self.timeout:.1f}s")
-        waits.append(self.last_published_heard + self.timeout - now)
-        if self.retry_getgroups_at is not None:
-            if now >= self.retry_getgroups_at:
-                self.retry_getgroups_at = None
-                self.request_groups("retrying a refused GETGROUPS")
-            else:
-                waits.append(self.retry_getgroups_at - now)
-        seen = self.snapshot.complete(now, self.subscribed and self.proven)
-        if seen is not None:
-            self._drop_unannounced(seen)
-            self.metrics.snapshot_completed()
-            self.snapshot_completed_at = time.time()
-            if not self.have_groups:
-                self.have_groups = True
-                self.publish_health()
-        due = self.snapshot.next_due(now)
-        if due is not None:
-            waits.append(due)
-        return min(waits)
+    def _on_snapshot(self, seen: set[str]) -> None:
+        self._drop_unannounced(seen)
+        self.metrics.snapshot_completed()
+        self.snapshot_completed_at = time.time()
+        if not self.have_groups:
+            self.have_groups = True
+            self.publish_health()
 
     def _drop_unannounced(self, seen: set[str]) -> None:
         stale = sorted(set(self.store.groups) - seen)
@@ -218,52 +91,9 @@ class AclManager:
         if stale:
             self._apply({name: None for name in stale})
 
-    # --- groups in, ACLs out -------------------------------------------------
-
-    def _on_publication(self) -> None:
-        # Groups read in one wake-up are applied as one batch, so a burst
-        # publishes each endpoint's ACLs once rather than once per group
-        # that touches it.
-        batch: dict[str, GroupSpec | None] = {}
-        for _ in range(SUB_BATCH):
-            try:
-                frames = self.sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.last_published_heard = self.loop.clock()
-            if not self.proven:
-                self._subscription_proven()
-            if len(frames) != 2:
-                log.warning("publication of %d frames from %s ignored (want topic and body)",
-                            len(frames), self.sub_address)
-                continue
-            topic, body = frames
-            if topic == messages.TOPIC_GROUPS:
-                spec = self._on_group_update(body)
-                if spec is not None:
-                    batch[spec.name] = spec if spec.members else None
-            elif topic == messages.TOPIC_NETWORK_HEARTBEAT:
-                log.debug("network heartbeat")
-        if batch:
-            self._apply(batch)
-
-    def _subscription_proven(self) -> None:
-        self.proven = True
-        if self.answered_unproven:
-            self.answered_unproven = False
-            self.request_groups(f"first publication from {self.sub_address} since subscribing, after the last "
-                                "GETGROUPS was answered: its groups may have been published before the "
-                                "subscription took effect")
-
-    def _on_group_update(self, body: bytes) -> GroupSpec | None:
+    def _on_group_update(self, msg: dict[str, Any]) -> GroupSpec | None:
         """Record one GROUPUPDATE; the spec if it changed anything, else None."""
-        try:
-            msg = messages.decode_request(body, {messages.GROUPUPDATE})
-        except messages.MessageError as exc:
-            log.warning("bad GROUPUPDATE from %s skipped: %s", self.sub_address, exc)
-            return None
         spec = self.store.parse(msg)
-        self.snapshot.group_received(spec.name, self.loop.clock())
         if not self.store.apply(spec):
             log.debug("group %s unchanged", spec.name)
             return None
@@ -310,17 +140,13 @@ class AclManager:
         if self.have_groups:
             health.set_ready()
         else:
-            health.set_not_ready(
-                f"no complete set of groups from the plugin yet (GETGROUPS to {self.channel.address}: "
-                f"{'answering' if self.channel.connected else 'no answer yet'}; subscription to "
-                f"{self.sub_address}: {'up' if self.subscribed else 'down'})")
+            health.set_not_ready(f"no complete set of groups from the plugin yet ({self.plugin.progress()})")
         pub = self.publisher
         health.publish({
             "groups": len(self.processor.groups),
             "endpoints": len(self.processor.acls),
             "referenced_groups": len(self.processor.referenced),
-            "plugin": {"requests": self.channel.address, "requests_connected": self.channel.connected,
-                       "subscription": self.sub_address, "subscribed": self.subscribed},
+            "plugin": self.plugin.status(),
             "snapshot_completed": self.snapshot_completed_at,
             "last_batch": self.last_batch,
             "published": {"acl_updates": pub.published, "membership_messages": pub.published_members,
@@ -334,8 +160,7 @@ class AclManager:
         self.loop.run()
 
     def close(self) -> None:
-        self.channel.close()
-        self._close_subscription()
+        self.plugin.close()
         self.publisher.close()
         self.transport.close()
 

@@ -37,7 +37,7 @@ An endpoint that leaves its last group is reported once with ``EMPTY_ACLS``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable
 

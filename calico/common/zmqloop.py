@@ -8,6 +8,23 @@ it is made, ends a component (a REP socket whose handler failed before
 answering still answers, rc INVALID, or it could never take another
 request).
 
+One turn of the loop (``run_once``) does its work in a fixed order:
+
+1. the timers that are due, earliest deadline first, each at most once (the
+   heap is ``calico.common.timer_queue``); a timer answers how long until it
+   needs calling again, or None to run at the next turn without shortening
+   the wait;
+2. the ``add_after`` callbacks, every turn, in the order added: work that
+   the timers and handlers mark and one pass does (Felix's dataplane pass);
+3. the wait, until a socket is readable or the earliest deadline, and the
+   handlers of the readable sockets.
+
+So a handler's work is seen by the next turn's timers and after callbacks,
+which follow at once.  Whoever marks work for a timer (a dirty flag, a
+request just sent) calls ``wake``: a timer woken in step 1 before its own
+run came runs in that same step, and otherwise at the start of the next
+turn, without waiting.
+
 Every socket is made by ``make_socket``, the one place its options are set,
 among them the largest message it accepts (MaxMessageBytes): a peer that
 sends more is disconnected by ZeroMQ before anything is allocated for it.
@@ -42,12 +59,12 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from calico.common import messages
+from calico.common.timer_queue import Timer, TimerQueue
 from calico.common.validation import shown
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[], None]
-Timer = Callable[[float], float | None]
 
 # The largest message a socket accepts unless MaxMessageBytes says otherwise.
 # The largest messages of a real cluster are those of a big group: for
@@ -98,15 +115,15 @@ def _answer_if_owed(sock: zmq.Socket) -> None:
 
 
 class EventLoop:
-    """Poll sockets; call their handlers; run timers that say when next."""
+    """Poll sockets; call their handlers; run timers when they are due."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self._poller = zmq.Poller()
         self._handlers: dict[zmq.Socket, Handler] = {}
-        self._timers: list[Timer] = []
         self.stopped = False
         self.last_iteration = clock()  # read by the health server's thread
+        self._timers = TimerQueue(self.last_iteration)
         self._stall_file = os.environ.get(STALL_FILE_ENV) or None
 
     def add_socket(self, sock: zmq.Socket | int, handler: Handler) -> None:
@@ -121,27 +138,46 @@ class EventLoop:
 
     def add_timer(self, timer: Timer) -> None:
         """``timer(now)`` does what is due and returns seconds until it next
-        needs calling (None: no deadline of its own)."""
-        self._timers.append(timer)
+        needs calling (None: no deadline of its own; it runs at the next
+        turn, whenever that comes).  It is first due at once."""
+        self._timers.add(timer, self._wake_time())
+
+    def add_after(self, callback: Timer) -> None:
+        """``callback(now)`` runs at the end of every turn, after the due
+        timers, in the order added: for work the handlers and timers mark
+        (Felix's dataplane pass).  It answers as a timer does, but its
+        answer only bounds the wait: it runs every turn anyway."""
+        self._timers.add(callback, self._wake_time(), after=True)
 
     def remove_timer(self, timer: Timer) -> None:
-        if timer in self._timers:
-            self._timers.remove(timer)
+        self._timers.remove(timer)
+
+    def wake(self, timer: Timer, at: float | None = None) -> None:
+        """Run ``timer`` no later than ``at`` (loop clock; default: now, in
+        this turn if its phase has not passed it yet, else at the start of
+        the next).  For callers that mark work for a timer (a dirty flag, a
+        request just sent): the timer's own deadline is only ever brought
+        forward."""
+        self._timers.wake(timer, self._wake_time() if at is None else at)
+
+    def _wake_time(self) -> float:
+        # Inside the timer phase "now" is the turn's own: a timer woken by
+        # another is due in the same turn however far the clock has moved.
+        return self._timers.turn_now if self._timers.in_timer_phase else self.clock()
 
     def run_once(self, max_wait: float = 1.0) -> None:
+        """One turn: the due timers, the after callbacks, then the wait
+        (at most ``max_wait``) and the handlers of the sockets that became
+        readable.  What a handler marks is seen by the next turn, which
+        begins at once when it woke a timer."""
         if self._stall_file is not None:
             self._debug_stall()
-        wait = max_wait
         now = self.clock()
         self.last_iteration = now
-        for timer in list(self._timers):
-            try:
-                due = timer(now)
-            except Exception as exc:  # a bug must not end the component
-                self._failed("a timer", exc)
-                continue
-            if due is not None:
-                wait = min(wait, max(due, 0.0))
+        self._timers.run_due(now, self._call)
+        self._timers.run_after(now, self._call)
+        deadline = self._timers.next_deadline()
+        wait = max_wait if deadline is None else min(max_wait, max(deadline - self.clock(), 0.0))
         # Rounded up: waking a fraction of a millisecond early would spin
         # (poll(0)) until the deadline.
         for sock, _ in self._poller.poll(math.ceil(wait * 1000)):
@@ -154,6 +190,16 @@ class EventLoop:
                 self._failed(f"the handler of a {zmq.SocketType(sock.type).name} socket", exc)
                 if sock.type == zmq.REP and not sock.closed:
                     _answer_if_owed(sock)
+
+    def _call(self, timer: Timer, now: float) -> float | None:
+        """Run one timer: the deadline it asks for, None for the next turn
+        (a timer that raised is called again then, as before it failed)."""
+        try:
+            wait = timer(now)
+        except Exception as exc:  # a bug must not end the component
+            self._failed("a timer", exc)
+            return None
+        return None if wait is None else now + max(wait, 0.0)
 
     def _debug_stall(self) -> None:
         """The test hook (CALICO_DEBUG_STALL_FILE): sleep while the file exists."""
@@ -222,13 +268,23 @@ class ReqChannel:
         return self.in_flight is None and not self.queue
 
     def _pump(self) -> None:
-        if self.in_flight is not None or not self.queue:
-            return
-        msg = self.queue.popleft()
-        self.in_flight = msg
-        self.sent_at = self.loop.clock()
-        self.socket.send(messages.encode(msg))
-        log.debug("%s: sent %s", self.name, msg.get("type"))
+        if self.in_flight is None and self.queue:
+            msg = self.queue.popleft()
+            self.in_flight = msg
+            self.sent_at = self.loop.clock()
+            self.socket.send(messages.encode(msg))
+            log.debug("%s: sent %s", self.name, msg.get("type"))
+        # Every change of the channel's state ends here: a request sent or
+        # answered moves the timeout or the keepalive, maybe earlier than
+        # the timer last asked for.
+        self.loop.wake(self._tick, at=self._due_at())
+
+    def _due_at(self) -> float:
+        """When the timer must next look (loop clock): the timeout of the
+        request in flight, else the keepalive."""
+        if self.in_flight is not None:
+            return self.sent_at + self.timeout
+        return max(self.last_heard, self.sent_at) + self.keepalive
 
     def _readable(self) -> None:
         try:

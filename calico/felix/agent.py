@@ -125,8 +125,10 @@ class Agent:
         loop.add_timer(self.acls.subscription.timer)
         if health is not None:
             health.watch(loop)
-            loop.add_timer(self.health_report.timer)
-        loop.add_timer(self.driver.timer)  # last: runs after the others marked work
+            # Every turn, as the dataplane pass: readiness and /status follow
+            # each pass at once rather than on a clock of their own.
+            loop.add_after(self.health_report.timer)
+        loop.add_after(self.driver.timer)  # every turn, after the handlers and timers that mark work
         log.info("Felix %s: plugin %s, endpoints on %s, ACL manager %s / %s",
                  config.felix_hostname, addresses.plugin, addresses.endpoints, addresses.acl_req, addresses.acl_pub)
         log.info("Endpoint addresses must be in %s; at most %d endpoints; endpoint to host: %s",

@@ -189,6 +189,10 @@ class ResyncClient:
         deadlines = [self._next_periodic - now, self.timeout]
         if self._retry_at is not None:
             deadlines.append(self._retry_at - now)
+        if self.current is not None and self.current.expected is not None:
+            # The loop calls a timer only when it is due: name the moment a
+            # stall would be declared, or it is seen up to a timeout late.
+            deadlines.append(max(self._progress_at, self._last_pass_end()) + 2 * self.timeout - now)
         return min(deadlines)
 
     def close(self) -> None:

@@ -8,7 +8,9 @@ pause (SETTLE after the last, at most MAX_SETTLE after the first), so an
 editor or scp rewriting a file in place is read whole, not truncated.  Names
 starting with a dot, or not ending in .txt, are ignored (the writers'
 temporary names).  A file that changes while it is being read is read
-again shortly; the last good parse stands meanwhile.
+again shortly; the last good parse stands meanwhile.  Which names to read,
+and when, is ``read_queue``; what each file said, and reading one,
+``known_files``.
 
 Polling is the fallback where inotify cannot serve: when watchdog or
 inotify is missing, the inotify limits are reached (the watch fails to
@@ -41,54 +43,35 @@ was noticed), for the plugin's change-to-message metric.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from calico.common.settings import WATCH_MODES
+from calico.common.zmqloop import EventLoop
 from calico.plugin import inotify, store
+from calico.plugin.known_files import KnownFiles, Retry, StatKey, stat_key, wanted
+from calico.plugin.read_queue import ReadQueue
 from calico.plugin.store import DataState, ParsedFile, StateChange
 
 log = logging.getLogger(__name__)
 
-StatKey = tuple[int, int, int, int]
-
-SETTLE = 0.05
-MAX_SETTLE = 1.0
 RETRY_DELAY = 0.02           # a file that changed while being read
 RESCAN_INTERVAL = 60.0
 BATCH_FILES = 200
-MAX_FILE_BYTES = 1 << 20     # an endpoint file is ~200 bytes; a cluster file a few KB
 # Polling: a full scan may run again after this many times its own duration,
 # but never waits longer than the gap (changes must show within half a second).
 FULL_SCAN_SPACING = 4.0
 MAX_FULL_SCAN_GAP = 0.4
 
 
-@dataclass
-class _Entry:
-    key: StatKey
-    digest: bytes
-
-
-def _stat_key(st: os.stat_result) -> StatKey:
-    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
-
-
-def wanted(name: str) -> bool:
-    return name.endswith(".txt") and not name.startswith(".")
-
-
-class _Retry(Exception):
-    """The file changed while it was being read."""
-
-
 class DirectoryWatcher:
-    """The ``*.txt`` files of one directory: which changed, and what they say now."""
+    """The ``*.txt`` files of one directory: which changed, and what they say
+    now.  It holds how the directory is watched and when it is next checked
+    and scanned; the names to read are its ``queue`` (``read_queue``), what
+    each file said is its ``files`` (``known_files``)."""
 
     def __init__(self, path: str, watch: str = "auto", poll_interval: float = 0.1,
                  clock: Callable[[], float] = time.monotonic):
@@ -101,14 +84,8 @@ class DirectoryWatcher:
         self.mode = "poll"
         self.inbox: inotify.Inbox | None = None
         self._watch: inotify.DirectoryWatch | None = None
-        self._entries: dict[str, _Entry] = {}
-        self._pending: dict[str, str | None] = {}           # read these next, oldest first; -> the
-                                                              # other side of a rename, read with it
-        self._settling: dict[str, tuple[float, float]] = {}  # name -> (read at, read at the latest)
-        # Names an event said exist: one missing when read has been renamed
-        # or removed since, and the event saying so is still on its way; a
-        # removal now would take an endpoint down for the moment in between.
-        self._expected: set[str] = set()
+        self.files = KnownFiles(self.path)
+        self.queue = ReadQueue()
         self._dir_id: tuple[int, int] | None = None
         self._dir_error: str | None = None
         self._dir_key: StatKey | None = None                 # polling: the directory's own stat
@@ -169,80 +146,42 @@ class DirectoryWatcher:
         for kind, names, present in self.inbox.take():
             if kind == inotify.LOST:
                 self._next_check = 0.0
-                continue
-            names = [name for name in names if wanted(name)]
-            for name in names:
-                if name in present:
-                    self._expected.add(name)
-                else:
-                    self._expected.discard(name)
-                if kind == inotify.NOW:
-                    self._settling.pop(name, None)
-                    # Both sides of a rename go to the store in one batch:
-                    # an endpoint moving file must not vanish in between.
-                    self._pending[name] = next((other for other in names if other != name), None)
-                elif name not in self._pending:
-                    latest = self._settling.get(name, (now, now + MAX_SETTLE))[1]
-                    self._settling[name] = (min(now + SETTLE, latest), latest)
+            else:
+                self.queue.note_event(kind, [name for name in names if wanted(name)], present, now)
 
     def due(self, now: float) -> float:
         """Seconds until ``batch`` has work (0: now)."""
         if self._dir_error is not None:
             return max(0.0, self._next_check - now)  # only the check can end it
-        if self._pending:
+        if self.queue:
             return 0.0
         deadlines = [self._next_check]
         if self.mode == "inotify":
             deadlines.append(self._next_rescan)
-        deadlines.extend(at for at, _ in self._settling.values())
+        deadlines.extend(self.queue.settling_deadlines())
         return max(0.0, min(deadlines) - now)
 
     def batch(self, limit: int | None = None) -> dict[str, ParsedFile | None]:
         """Do what is due and read up to ``limit`` changed files: {name: parse,
         or None when gone}; only files whose content changed are in it."""
         now = self.clock()
-        for name, (at, _) in list(self._settling.items()):
-            if at <= now:
-                del self._settling[name]
-                self._pending[name] = None
+        self.queue.settle(now)
         check_due = now >= self._next_check
         if check_due:
             self._next_check = now + self.poll_interval
-        if check_due or self._pending:
+        if check_due or self.queue:
             if not self._check_directory():
                 return {}
             if check_due and self.mode == "poll":
                 self._poll(now)
         if self.mode == "inotify" and now >= self._next_rescan:
             self._full_scan()
-        changed: dict[str, ParsedFile | None] = {}
-        self.changed_at = {}
-        read = 0
-        while self._pending and (limit is None or read < limit):
-            name = next(iter(self._pending))
-            names = [name]
-            other = self._pending.pop(name)
-            if other is not None and other in self._pending:
-                del self._pending[other]
-                names.append(other)
-            for name in names:
-                read += 1
-                try:
-                    result = self._read(name, expected=name in self._expected)
-                except _Retry:
-                    log.debug("%s: changed while being read; reading it again", name)
-                    self._settling[name] = (now + RETRY_DELAY, now + RETRY_DELAY)
-                    continue
-                if result is not False:
-                    changed[name] = result
-                    entry = self._entries.get(name)
-                    wall = time.time()
-                    self.changed_at[name] = min(entry.key[1] / 1e9, wall) if result is not None and entry else wall
+        changed, self.changed_at = _read_queued(self.queue, self.files, limit, now, self.mode == "inotify")
         return changed
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self.queue)
 
     @property
     def error(self) -> str | None:
@@ -273,13 +212,11 @@ class DirectoryWatcher:
             if reason is not None:
                 if not os.path.isdir(self.path):
                     return False  # gone again already: arm when it is back
-                self._fall_back(reason)
+                self.mode = "poll"
+                log.warning("data directory %s: polling every %g ms (%s)", self.path, self.poll_interval * 1000,
+                            reason)
         self._dir_id = ident
         return self._full_scan()
-
-    def _fall_back(self, reason: str) -> None:
-        self.mode = "poll"
-        log.warning("data directory %s: polling every %g ms (%s)", self.path, self.poll_interval * 1000, reason)
 
     def _unreadable(self, reason: str) -> None:
         if reason != self._dir_error:
@@ -292,7 +229,7 @@ class DirectoryWatcher:
         start = self.clock()
         try:
             # Stat'ed before listing, so a change during the scan shows next time.
-            dir_key = _stat_key(os.stat(self.path))
+            dir_key = stat_key(os.stat(self.path))
             with os.scandir(self.path) as listing:
                 found = {e.name: e for e in listing if wanted(e.name)}
         except OSError as exc:
@@ -302,21 +239,8 @@ class DirectoryWatcher:
             log.info("data directory %s is readable again", self.path)
             self._dir_error = None
         self.read_once = True
-        for name in self._entries.keys() - found.keys():
-            self._pending[name] = None
-        for name, dir_entry in found.items():
-            entry = self._entries.get(name)
-            try:
-                st = dir_entry.stat()
-            except OSError:
-                if entry is not None:
-                    self._pending[name] = None
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                if entry is not None:
-                    self._pending[name] = None
-            elif entry is None or entry.key != _stat_key(st):
-                self._pending[name] = None
+        for name in self.files.to_read(found):
+            self.queue.add(name)
         end = self.clock()
         self._dir_key = dir_key
         self._next_rescan = end + RESCAN_INTERVAL
@@ -326,82 +250,35 @@ class DirectoryWatcher:
     def _poll(self, now: float) -> None:
         """Polling: a full scan when the directory changed or one is due."""
         try:
-            dir_key = _stat_key(os.stat(self.path))
+            dir_key = stat_key(os.stat(self.path))
         except OSError:
             dir_key = None
         if dir_key is None or dir_key != self._dir_key or now >= self._next_full_scan:
             self._full_scan()
 
-    # --- one file ----------------------------------------------------------
 
-    def _read(self, name: str, expected: bool = False) -> ParsedFile | None | bool:
-        """The file's new parse, None when it is gone, False when unchanged
-        (or, when ``expected``, missing: the next event tells what became of it)."""
-        self._expected.discard(name)
-        path = os.path.join(self.path, name)
-        data, reason, key = None, None, (0, 0, -1, 0)
-        try:
-            # stat first: never open a FIFO or a device that took a .txt name.
-            st = os.stat(path)
-            if not stat.S_ISREG(st.st_mode):
-                return self._gone(name)
-            key = _stat_key(st)
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if expected and self.mode == "inotify":
-                log.debug("%s: moved on before it was read; waiting for the event that says where", name)
-                return False
-            return self._gone(name)
-        except OSError as exc:
-            reason = f"cannot read: {exc.strerror}"
-        else:
+def _read_queued(queue: ReadQueue, files: KnownFiles, limit: int | None, now: float,
+                 inotify_mode: bool) -> tuple[dict[str, ParsedFile | None], dict[str, float]]:
+    """Read up to ``limit`` names from ``queue`` (both sides of a rename
+    together): the files whose content changed, and when each changed."""
+    changed: dict[str, ParsedFile | None] = {}
+    changed_at: dict[str, float] = {}
+    read = 0
+    while queue and (limit is None or read < limit):
+        for name in queue.take():
+            read += 1
+            await_event = queue.forget_expected(name) and inotify_mode
             try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    return self._gone(name)
-                key = _stat_key(st)
-                if st.st_size > MAX_FILE_BYTES:
-                    reason = f"larger than {MAX_FILE_BYTES} bytes; not read"
-                else:
-                    data = _read_at_most(fd, MAX_FILE_BYTES + 1)
-                    if len(data) > MAX_FILE_BYTES:
-                        data, reason = None, f"larger than {MAX_FILE_BYTES} bytes; not read"
-                if _stat_key(os.fstat(fd)) != key:
-                    raise _Retry()
-            except OSError as exc:
-                data, reason = None, f"cannot read: {exc.strerror}"
-            finally:
-                os.close(fd)
-        digest = hashlib.sha256(data).digest() if data is not None else b"unreadable:" + reason.encode()
-        entry = self._entries.get(name)
-        if entry is not None and entry.digest == digest:
-            entry.key = key
-            return False
-        self._entries[name] = _Entry(key, digest)
-        log.debug("%s: %s", name, "changed" if entry is not None else "found")
-        if data is None:
-            return store.unreadable_file(name, reason)
-        try:
-            return store.parse_file(name, data.decode("utf-8"))
-        except UnicodeDecodeError:
-            return store.unreadable_file(name, "not UTF-8 text")
-
-    def _gone(self, name: str) -> None | bool:
-        if self._entries.pop(name, None) is None:
-            return False
-        log.debug("%s: removed", name)
-        return None
-
-
-def _read_at_most(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
-    while size < limit:
-        chunk = os.read(fd, min(65536, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+                result = files.read(name, await_event)
+            except Retry:
+                log.debug("%s: changed while being read; reading it again", name)
+                queue.retry(name, now + RETRY_DELAY)
+                continue
+            if result is not False:
+                changed[name] = result
+                ctime, wall = files.changed_at(name), time.time()
+                changed_at[name] = min(ctime, wall) if result is not None and ctime is not None else wall
+    return changed, changed_at
 
 
 class DataDirectory:
@@ -414,6 +291,7 @@ class DataDirectory:
         self.store = store.Store()
         self.batch_files = batch_files
         self._on_change: Callable[[DataState, StateChange], None] | None = None
+        self._loop: EventLoop | None = None
 
     @property
     def state(self) -> DataState:
@@ -440,13 +318,20 @@ class DataDirectory:
         files = self.watcher.batch(self.batch_files)
         return self._apply(files) if files else None
 
-    def attach(self, loop, on_change: Callable[[DataState, StateChange], None]) -> None:
+    def attach(self, loop: EventLoop, on_change: Callable[[DataState, StateChange], None]) -> None:
         """Serve from ``loop``: inotify's fd wakes it; each wake-up applies
         at most one batch and hands the change to ``on_change``."""
         self._on_change = on_change
+        self._loop = loop
         if self.watcher.inbox is not None:
-            loop.add_socket(self.watcher.inbox.fd, self.watcher.on_events)
+            loop.add_socket(self.watcher.inbox.fd, self._on_events)
         loop.add_timer(self._tick)
+
+    def _on_events(self) -> None:
+        # The events may make files due at once (a rename) or sooner than
+        # the timer last asked for (a write settling).
+        self.watcher.on_events()
+        self._loop.wake(self._tick, at=self._loop.clock() + self.watcher.due(self.watcher.clock()))
 
     def _tick(self, now: float) -> float:
         change = self.refresh()

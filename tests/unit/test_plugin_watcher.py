@@ -12,7 +12,7 @@ import pytest
 import polling
 from calico.common.datafiles import write_file_atomically
 from calico.common.zmqloop import EventLoop
-from calico.plugin import inotify, watcher
+from calico.plugin import inotify, known_files, read_queue, watcher
 from calico.plugin.watcher import DataDirectory, DirectoryWatcher
 
 CLUSTER = "[felix h1]\nip=10.0.0.1\n"
@@ -47,7 +47,7 @@ def drain(w, timeout=0.2):
 
 def wait_settling(w, name):
     """Until an event has put ``name`` among those read once writes pause."""
-    polling.wait_until(lambda: drain(w, 0.02) or name in w._settling, what=f"{name} settling", interval=0)
+    polling.wait_until(lambda: drain(w, 0.02) or w.queue.is_settling(name), what=f"{name} settling", interval=0)
 
 
 def collect(w, until, what, clock=None, step=0.0):
@@ -133,7 +133,7 @@ def test_written_in_place_is_read_when_the_writer_closes_or_pauses(tmp_path, ino
         handle.flush()
         wait_settling(w, "e.txt")
         assert w.batch() == {}
-        clock.now += watcher.SETTLE
+        clock.now += read_queue.SETTLE
         assert sources(w.batch()) == {"e.txt": ["e", "f"]}
 
 
@@ -196,7 +196,7 @@ def test_unchanged_content_is_no_change(tmp_path, inotify_watcher):
 
 def test_a_file_changing_while_read_is_read_again(tmp_path, inotify_watcher, monkeypatch):
     path = tmp_path / "e.txt"
-    real_read = watcher._read_at_most
+    real_read = known_files._read_at_most
     edits = []
 
     def read_then_edit(fd, limit):
@@ -210,13 +210,13 @@ def test_a_file_changing_while_read_is_read_again(tmp_path, inotify_watcher, mon
     clock = FakeClock()
     w = inotify_watcher(clock=clock)
     w.batch()
-    monkeypatch.setattr(watcher, "_read_at_most", read_then_edit)
+    monkeypatch.setattr(known_files, "_read_at_most", read_then_edit)
     write_file_atomically(str(path), EP)
     batches = []
     polling.wait_until(lambda: drain(w, 0.02) or batches.append(w.batch()) or edits, what="the first read",
                        interval=0)
     assert not any(batches) and w.batch() == {}  # what it read while the file changed is not used
-    clock.now += watcher.SETTLE
+    clock.now += read_queue.SETTLE
     got = collect(w, lambda got: "e.txt" in got, "the second read")
     assert sources(got) == {"e.txt": ["e", "f"]}
 
@@ -306,7 +306,7 @@ def test_a_burst_comes_in_bounded_batches(tmp_path, inotify_watcher):
 
 
 def test_too_large_file_is_an_error_for_that_file(tmp_path, inotify_watcher, monkeypatch):
-    monkeypatch.setattr(watcher, "MAX_FILE_BYTES", 100)
+    monkeypatch.setattr(known_files, "MAX_FILE_BYTES", 100)
     (tmp_path / "big.txt").write_text(EP + "#" * 100)
     w = inotify_watcher()
     assert w.batch()["big.txt"].errors == ("big.txt: larger than 100 bytes; not read",)
@@ -471,6 +471,26 @@ def test_data_directory_in_a_loop_applies_one_bounded_batch_per_wake_up(tmp_path
         data.close()
     assert max(changes) == 100 and len(changes) >= 5
     assert len(data.state.groups["web"].members) == 450
+
+
+def test_data_directory_in_a_loop_reads_a_file_renamed_in_at_the_turn_after_its_event(tmp_path):
+    # The loop's clock stands still: the file is read because inotify's event
+    # woke the timer, not because a poll interval or rescan came due.
+    (tmp_path / "felix.txt").write_text(CLUSTER)
+    clock = FakeClock()
+    data = DataDirectory(str(tmp_path), "inotify", clock=clock)
+    loop = EventLoop(clock=clock)
+    changes = []
+    try:
+        data.load()
+        data.attach(loop, lambda state, change: changes.append([item.endpoint.endpoint_id
+                                                                for item in change.endpoints]))
+        loop.run_once(0)
+        write_file_atomically(str(tmp_path / "e.txt"), EP)
+        polling.wait_until(lambda: loop.run_once(0.05) or changes, what="the endpoint", timeout=10, interval=0)
+    finally:
+        data.close()
+    assert changes == [["e"]]
 
 
 def test_a_file_renamed_on_before_its_event_is_read_is_not_taken_for_removed(tmp_path, inotify_watcher):
