@@ -65,6 +65,15 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
+def diverge(repo: Path) -> None:
+    """Branch "side" and "main" each commit a source change of their own."""
+    for branch, name in (("side", "side.py"), ("main", "main.py")):
+        git(repo, "checkout", "-q", *(["-b"] if branch == "side" else []), branch)
+        (repo / "calico" / name).write_text("X = 1\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", branch)
+
+
 def test_a_commit_carries_tarballs_made_from_what_it_commits(repo: Path):
     assert_in_step(repo)
     (repo / "calico" / "felix.py").write_text("X = 1\n")
@@ -76,14 +85,7 @@ def test_a_commit_carries_tarballs_made_from_what_it_commits(repo: Path):
 
 
 def test_a_merge_commit_is_restaged_from_the_merged_source(repo: Path):
-    git(repo, "checkout", "-q", "-b", "side")
-    (repo / "calico" / "side.py").write_text("S = 1\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "side")
-    git(repo, "checkout", "-q", "main")
-    (repo / "calico" / "main.py").write_text("M = 1\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "main")
+    diverge(repo)
     git(repo, "merge", "-q", "--no-edit", "side")
     assert git(repo, "rev-list", "--count", "--merges", "HEAD").strip() == "1"
     assert git(repo, "status", "--porcelain") == ""
@@ -91,14 +93,7 @@ def test_a_merge_commit_is_restaged_from_the_merged_source(repo: Path):
 
 
 def test_a_rebased_branch_tip_is_restaged(repo: Path):
-    git(repo, "checkout", "-q", "-b", "side")
-    (repo / "calico" / "side.py").write_text("S = 1\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "side")
-    git(repo, "checkout", "-q", "main")
-    (repo / "calico" / "main.py").write_text("M = 1\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "main")
+    diverge(repo)
     git(repo, "checkout", "-q", "side")
     git(repo, "rebase", "-q", "main")
     assert git(repo, "status", "--porcelain") == ""
