@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, ConfigError, hosts_from_env, is_placeholder
+from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, ConfigError, cluster_file, hosts_from_env, is_placeholder
 from calico.common.datafiles import DataFileError, Host, parse_data_file, write_file_atomically
 
 DEFAULT_CONFIG_DIR = "/etc/bird"
@@ -138,7 +138,7 @@ def cluster_source(site: Site) -> tuple[str, list[Host]] | None:
         path = os.path.join(site.config_dir, "calico-hosts.txt")
         write_file_atomically(path, cluster_file_text(hosts))
         return path, hosts
-    path = site.env.get("CALICO_CLUSTER_FILE", "").strip() or DEFAULT_CLUSTER_FILE
+    path = cluster_file(site.env)
     if not os.path.isfile(path):
         return None
     listed = cluster_file_hosts(path)

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from calico.common import health as health_module
 from calico.common.bird_socket import BIRD_SOCKETS, BirdError, bird_command, find_bird_socket
-from calico.common.cluster_env import DEFAULT_CLUSTER_FILE, hosts_from_env
+from calico.common.cluster_env import cluster_file, hosts_from_env
 from calico.common.netns import owned_addresses
 
 FELIX_CONFIG = "/etc/calico/felix.cfg"
@@ -461,7 +461,7 @@ def _plugin_host(env: dict[str, str]) -> tuple[bool | None, str]:
         if not hosts:
             from calico.common.datafiles import load_cluster
 
-            hosts = [load_cluster(env.get("CALICO_CLUSTER_FILE", DEFAULT_CLUSTER_FILE)).plugin_host]
+            hosts = [load_cluster(cluster_file(env)).plugin_host]
     except Exception:
         return None, ""
     name, ip = hosts[0].name, hosts[0].ip

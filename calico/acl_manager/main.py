@@ -68,7 +68,9 @@ class AclManager:
         self.last_batch: dict[str, Any] | None = None
         if health is not None:
             health.watch(self.loop)
-            self.loop.add_timer(self._health_timer)
+            # Every turn, after the timers: /status and the gauges follow
+            # each change rather than a clock of their own.
+            self.loop.add_after(self._health_timer)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address,
                  self.plugin.sub_address)
 

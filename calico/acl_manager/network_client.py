@@ -182,7 +182,10 @@ class NetworkApiClient:
         seen = self.snapshot.complete(now, self.subscribed and self.proven)
         if seen is not None:
             self.on_snapshot(seen)
-        due = self.snapshot.next_due(now)
+        # Until the subscription is up and proven a quiet snapshot cannot
+        # complete, so it sets no deadline (0 would spin the loop); becoming
+        # proven wakes this timer.
+        due = self.snapshot.next_due(now) if self.subscribed and self.proven else None
         if due is not None:
             waits.append(due)
         return min(waits)

@@ -13,11 +13,12 @@ module needs neither ZeroMQ nor pyroute2: the bird image has neither.
 from __future__ import annotations
 
 import re
+from typing import Mapping
 
 from calico.common.datafiles import DEFAULT_CLUSTER_FILE, Host
 from calico.common.validation import ValidationError, check_hostname, parse_ip, short_hostname, shown
 
-__all__ = ["DEFAULT_CLUSTER_FILE", "PLACEHOLDER_RE", "ConfigError", "hosts_from_env", "is_placeholder"]
+__all__ = ["DEFAULT_CLUSTER_FILE", "cluster_file", "PLACEHOLDER_RE", "ConfigError", "hosts_from_env", "is_placeholder"]
 
 PLACEHOLDER_RE = re.compile(r"\b(IP|HOST)\d\b")
 
@@ -29,6 +30,11 @@ class ConfigError(ValueError):
 def is_placeholder(value: str) -> bool:
     """True for a value the seed's sed step was meant to replace."""
     return bool(PLACEHOLDER_RE.search(value))
+
+
+def cluster_file(env: Mapping[str, str]) -> str:
+    """The cluster file's path: ``CALICO_CLUSTER_FILE`` unless unset or empty."""
+    return env.get("CALICO_CLUSTER_FILE", "").strip() or DEFAULT_CLUSTER_FILE
 
 
 def hosts_from_env(env: dict[str, str]) -> list[Host]:

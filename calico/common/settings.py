@@ -116,6 +116,17 @@ def address(text: str) -> str:
     return str(parse_ip(text, allow_loopback=True))
 
 
+def bind_address(text: str) -> str:
+    """Where to bind: as ``address``, and also 0.0.0.0 / :: for every one,
+    and an IPv6 literal in brackets (the plugin's --bind always took them)."""
+    text = text.strip()
+    if text in ("0.0.0.0", "::"):
+        return text
+    if text.startswith("[") and text.endswith("]"):
+        return str(parse_ip(text[1:-1], allow_loopback=True))
+    return address(text)
+
+
 def listen_host(text: str) -> str:
     """An address to serve on: an IP literal, 0.0.0.0 or :: for every one."""
     text = text.strip()
@@ -244,7 +255,7 @@ SETTINGS: tuple[Setting, ...] = (
             "this host owns, else the machine's name up to the first dot)", (FELIX, "attach"), hostname,
             section="global", key="FelixHostname", env="CALICO_FELIX_HOSTNAME", placeholders=True,
             flags=(_flag("--hostname", FELIX),)),
-    Setting("local_address", "address to bind the component's ZeroMQ ports to (* for all)", _ALL, address,
+    Setting("local_address", "address to bind the component's ZeroMQ ports to (* for all)", _ALL, bind_address,
             default="*", section="global", key="LocalAddress",
             flags=(_flag("--local-address", FELIX), _flag("--bind", ACL_MANAGER, *PLUGIN))),
     Setting("resync_interval_secs", "Felix asks the plugin for its whole state this often", _FELIX, positive_int,

@@ -84,8 +84,9 @@ class TimerQueue:
             return
         if self._ran is not None and entry in self._ran:
             entry.woken = at if entry.woken is None else min(entry.woken, at)
-        elif entry.deadline is None or at < entry.deadline:
+        elif entry.deadline is not None and at < entry.deadline:
             self._put(entry, at)
+        # A deadline of None is the next turn already: any ``at`` is no sooner.
 
     def run_due(self, now: float, call: Call) -> None:
         """Run every timer due by ``now`` (module docstring)."""

@@ -15,11 +15,12 @@ settings) and ``health_report.HealthReport`` (readiness, liveness,
 endpoint API and the ACL client record intent in it and mark the desired
 state dirty.
 
-The agent only builds the parts and wires them to the event loop.  Timers
-run in the order they were registered, and the driver's is registered last:
-a wake-up first takes every message and timer that marks work, then runs
-one dataplane pass over the whole desired state, so every message that was
-ready in one poll costs one kernel pass.  Every socket speaks CURVE with
+The agent only builds the parts and wires them to the event loop.  The
+health report and the driver are the loop's after callbacks (in that
+order): a turn first runs the due timers and takes every message that marks
+work, then one dataplane pass over the whole desired state, so every
+message that was ready in one poll costs one kernel pass
+(docs/architecture.md, "The order of one turn").  Every socket speaks CURVE with
 this host's keys (``calico.common.security``).
 """
 

@@ -1,7 +1,8 @@
 """Felix's dataplane driver: when to hand the desired state to the dataplane.
 
-Handlers elsewhere only mark the desired state dirty; the driver's timer,
-registered last on the event loop, then runs one pass over the whole state,
+Handlers elsewhere only mark the desired state dirty; the driver, an after
+callback of the event loop (it runs every turn, after the due timers), then
+runs one pass over the whole state,
 so every message that was ready in one wake-up costs one kernel pass.
 
 The first pass waits for the first resync with the plugin (applying the

@@ -126,7 +126,9 @@ def run(argv: list[str] | None = None) -> int:
         return 1.0
 
     publish_health(loop.clock())
-    loop.add_timer(publish_health)
+    # Every turn, after the data directory's timer: readiness and /status
+    # follow what the turn read, not a clock of their own.
+    loop.add_after(publish_health)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("plugin %s API: %s received; stopping", args.api, signal.Signals(signum).name)

@@ -259,3 +259,17 @@ def test_readme_health_table_agrees_with_the_registry():
         key, flag, env = (cell.strip(" `") for cell in row.strip().strip("|").split("|")[:3])
         s = settings.by_key("health", key)
         assert s is not None and s.flags[0].name == flag and s.env == env
+
+
+@pytest.mark.parametrize("given, bound", [("*", "*"), ("0.0.0.0", "0.0.0.0"), ("::", "::"), ("[::1]", "::1"),
+                                          ("10.0.0.1", "10.0.0.1"), ("localhost", "localhost")])
+def test_plugin_bind_takes_what_zeromq_binds_to(given, bound):
+    # The plugin's --bind went to ZeroMQ as given before the registry; these
+    # are the forms an operator writes.
+    args = plugin_main.parse_args(["network", "--bind", given])
+    assert args.local_address == bound
+
+
+def test_a_bind_address_is_still_checked():
+    with pytest.raises(SystemExit):
+        plugin_main.parse_args(["network", "--bind", "10.0.0.999"])

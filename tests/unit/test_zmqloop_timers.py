@@ -194,6 +194,17 @@ def test_wake_at_only_brings_a_deadline_forward(loop, clock):
     assert calls == ["t", "t"]  # its own answer (10 s) counts from its last run
 
 
+def test_wake_at_never_postpones_a_timer_due_at_the_next_turn(loop, clock):
+    calls = []
+    t = timer(calls, "t", [None, None])
+    loop.add_timer(t)
+    loop.run_once(max_wait=0)  # answers None: due again at the next turn
+    loop.wake(t, at=clock.now + 5.0)
+    clock.now += 1.0
+    loop.run_once(max_wait=0)
+    assert calls == ["t", "t"]
+
+
 def test_answers_none_and_zero_run_again_at_the_next_turn_once_per_turn(loop, clock):
     poller = loop._poller = RecordingPoller()
     calls = []
