@@ -68,9 +68,9 @@ class AclManager:
         self.last_batch: dict[str, Any] | None = None
         if health is not None:
             health.watch(self.loop)
-            # Every turn, after the timers: /status and the gauges follow
-            # each change rather than a clock of their own.
-            self.loop.add_after(self._health_timer)
+            # Once a second, and at once after each change (_apply wakes it):
+            # /status follows every change without being rebuilt every turn.
+            self.loop.add_timer(self._health_timer)
         log.info("ACL manager started: plugin at %s, subscribed to %s", config.plugin_address,
                  self.plugin.sub_address)
 
@@ -127,11 +127,12 @@ class AclManager:
         self.last_batch = {"at": time.time(), "seconds": round(seconds, 6), "groups": len(batch),
                            "acl_updates": len(changes), "membership_messages": len(membership)}
         self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
+        if self.health is not None:
+            self.loop.wake(self._health_timer)
 
     # --- health and metrics --------------------------------------------------
 
     def _health_timer(self, now: float) -> float:
-        self.metrics.sizes(len(self.processor.groups), len(self.processor.acls))
         self.publish_health()
         return 1.0
 
@@ -168,12 +169,6 @@ class AclManager:
 
 
 # --- command line -------------------------------------------------------------
-
-def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
-    """(HealthEnabled, HealthHost, HealthPort) that ``calico-acl-manager argv`` serves on."""
-    config = read_settings(settings.ACL_MANAGER, parse_args(argv))
-    return config.health_enabled, config.health_host, config.health_port
-
 
 def build_config(args: argparse.Namespace) -> Config:
     config = read_settings(settings.ACL_MANAGER, args)

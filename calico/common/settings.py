@@ -491,12 +491,6 @@ def resolve_command_line(component: str, args: argparse.Namespace,
     return resolve(command_line_settings(component), component, env, flag_values=flag_values(args, component))
 
 
-def flags_of(component: str) -> dict[str, str]:
-    """flag -> setting name, for this component's command line."""
-    return {flag.name: s.name for s in SETTINGS if component in s.components
-            for flag in s.flags if component in flag.components}
-
-
 # --- what a component says at start -------------------------------------------------
 
 def log_effective(log: logging.Logger, component: str, values: Mapping[str, Any],

@@ -41,12 +41,6 @@ def _read(args: argparse.Namespace) -> Config:
     return read_settings(settings.FELIX, args)
 
 
-def health_settings(argv: Sequence[str]) -> tuple[bool, str, int]:
-    """(HealthEnabled, HealthHost, HealthPort) that ``calico-felix argv`` serves on."""
-    config = _read(_arguments(argv))
-    return config.health_enabled, config.health_host, config.health_port
-
-
 def load(argv: Sequence[str] | None = None) -> Config:
     config = resolve_pools(_read(_arguments(argv)))
     return resolve_peers(config, need=["plugin_address", "acl_address", "felix_hostname"],

@@ -41,6 +41,7 @@ from calico.common.zmqloop import EventLoop
 from calico.plugin import metrics as plugin_metrics
 from calico.plugin.ep_api import EndpointApi
 from calico.plugin.network_api import NetworkApi
+from calico.plugin.store import DataState, StateChange
 from calico.plugin.watcher import DataDirectory
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,10 @@ def run(argv: list[str] | None = None) -> int:
         return 1.0
 
     publish_health(loop.clock())
-    # Every turn, after the data directory's timer: readiness and /status
-    # follow what the turn read, not a clock of their own.
-    loop.add_after(publish_health)
+    # Once a second (the links' queues), and at once after each change the
+    # directory brings (below): counting 10,000 files every turn would be
+    # work in proportion to the directory, not to what changed.
+    loop.add_timer(publish_health)
 
     def stop(signum: int, _frame: object) -> None:
         log.info("plugin %s API: %s received; stopping", args.api, signal.Signals(signum).name)
@@ -136,7 +138,12 @@ def run(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    data.attach(loop, lambda state, change: api.apply(state, change, data.changed_at))
+
+    def on_change(state: DataState, change: StateChange) -> None:
+        api.apply(state, change, data.changed_at)
+        loop.wake(publish_health)
+
+    data.attach(loop, on_change)
     try:
         loop.run()
     finally:
@@ -147,12 +154,6 @@ def run(argv: list[str] | None = None) -> int:
         if server is not None:
             server.close()
     return 0
-
-
-def health_settings(argv: list[str]) -> tuple[bool, str, int]:
-    """(health enabled, host, port) that ``calico-plugin argv`` serves on."""
-    args = parse_args(argv)
-    return args.health_enabled, args.health_host, args.health_port
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from calico.acl_manager import main as acl_main
 from calico.common.config import ConfigError, config_keys, load_config
+from calico.common.health import health_url
 from calico.felix import main as felix_main
 from calico.plugin import main as plugin_main
 
@@ -28,10 +28,11 @@ def test_defaults_are_loopback_and_metrics_off(tmp_path):
     assert (config.health_enabled, config.health_host, config.health_port, config.health_timeout_secs,
             config.prometheus_metrics_enabled) == (True, "127.0.0.1", 9099, 90, False)
     assert ("health", "HealthPort", 9099) in config_keys()
-    assert felix_main.health_settings(["--config-file", cfg(tmp_path, "")]) == (True, "127.0.0.1", 9099)
-    assert acl_main.health_settings(["--config-file", cfg(tmp_path, "")]) == (True, "127.0.0.1", 9096)
-    assert plugin_main.health_settings(["ep"]) == (True, "127.0.0.1", 9097)
-    assert plugin_main.health_settings(["network"]) == (True, "127.0.0.1", 9098)
+    # Where calico-health (the images' HEALTHCHECK) looks for each one.
+    assert health_url("felix", ["--config-file", cfg(tmp_path, "")]) == "http://127.0.0.1:9099"
+    assert health_url("acl-manager", ["--config-file", cfg(tmp_path, "")]) == "http://127.0.0.1:9096"
+    assert health_url("plugin-ep", ["ep"]) == "http://127.0.0.1:9097"
+    assert health_url("plugin-network", ["network"]) == "http://127.0.0.1:9098"
 
 
 def test_file_then_environment(tmp_path):
@@ -49,10 +50,10 @@ def test_file_then_environment(tmp_path):
 
 def test_flags_win(tmp_path):
     path = cfg(tmp_path, "[health]\nHealthPort = 19099\n")
-    assert felix_main.health_settings(["--config-file", path, "--health-port", "29099", "--health-host",
-                                       "10.1.2.3"]) == (True, "10.1.2.3", 29099)
-    assert acl_main.health_settings(["--config-file", path, "--health-enabled", "false"]) == (False, "127.0.0.1",
-                                                                                               19099)
+    assert health_url("felix", ["--config-file", path, "--health-port", "29099", "--health-host",
+                                "10.1.2.3"]) == "http://10.1.2.3:29099"
+    assert health_url("acl-manager", ["--config-file", path, "--health-port", "29096"]) == "http://127.0.0.1:29096"
+    assert health_url("acl-manager", ["--config-file", path, "--health-enabled", "false"]) is None
 
 
 def test_plugin_flags_then_environment(monkeypatch):
